@@ -1,0 +1,94 @@
+//! The API between the Cocoon shim (host) and `cocoon-agent` (guest PID 1).
+//!
+//! - [`agent`]: protobuf messages generated from `proto/agent.proto`.
+//! - [`agent_ttrpc`]: the async ttrpc client ([`agent_ttrpc::AgentClient`]) and
+//!   service trait ([`agent_ttrpc::Agent`]).
+//!
+//! The agent listens on AF_VSOCK port [`AGENT_VSOCK_PORT`]. The first call of a
+//! client is `Version`; a shim and an agent whose [`PROTOCOL_VERSION`] differ
+//! refuse to talk (see [`check_version`]).
+#![deny(missing_docs)]
+
+#[allow(missing_docs, non_upper_case_globals, non_camel_case_types, unused_results, unused_mut, unused_imports, unknown_lints, clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub mod agent {
+    //! Generated protobuf messages.
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+#[allow(missing_docs, non_upper_case_globals, non_camel_case_types, unused_results, unused_mut, unused_imports, unknown_lints, clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub mod agent_ttrpc {
+    //! Generated ttrpc client and service.
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub use protobuf;
+pub use ttrpc;
+
+/// Version of this API. Bump on every incompatible change to `agent.proto`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// AF_VSOCK port the agent serves on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The error of a peer speaking another protocol version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMismatch {
+    /// Version spoken by this side.
+    pub ours: u32,
+    /// Version spoken by the peer.
+    pub theirs: u32,
+}
+
+impl std::fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agent protocol mismatch: this side speaks version {}, the peer speaks version {}; \
+             rebuild the guest image (`make guest`) with the same Cocoon release as the shim",
+            self.ours, self.theirs
+        )
+    }
+}
+
+impl std::error::Error for VersionMismatch {}
+
+/// Checks that a peer speaks [`PROTOCOL_VERSION`].
+///
+/// ```
+/// assert!(cocoon_protocol::check_version(cocoon_protocol::PROTOCOL_VERSION).is_ok());
+/// assert!(cocoon_protocol::check_version(999).is_err());
+/// ```
+pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    #[test]
+    fn mismatch_message_names_both_versions_and_the_fix() {
+        let msg = check_version(7).unwrap_err().to_string();
+        assert!(msg.contains("version 1") && msg.contains("version 7"), "{msg}");
+        assert!(msg.contains("make guest"), "{msg}");
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "c1".into();
+        req.process.mut_or_insert_default().args = vec!["/bin/true".into()];
+        let bytes = req.write_to_bytes().unwrap();
+        let back = agent::CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(back.container_id, "c1");
+        assert_eq!(back.process.args, vec!["/bin/true".to_string()]);
+    }
+}

@@ -1,0 +1,107 @@
+#!/bin/sh
+# Install everything Cocoon needs to build and test, idempotently.
+#
+#   tests/deps.sh [PREFIX]
+#
+# - Debian packages: qemu-system-x86 10.x (bookworm-backports), containerd,
+#   cpio/xz, busybox-static (test images), build libraries for virtiofsd.
+# - virtiofsd and vhost-device-vsock with `cargo install --locked` into
+#   PREFIX (default build/tools), never system-wide.
+# - The guest kernel: Debian's linux-image-6.12 from bookworm-backports,
+#   unpacked with dpkg -x into build/kernel (never installed as the host's
+#   kernel).
+#
+# A second run finds everything in place and says so.
+set -eu
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=${1:-$ROOT/build/tools}
+KERNEL_DIR=$ROOT/build/kernel
+VIRTIOFSD_VERSION=1.14.0
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+changed=0
+
+say() { printf 'deps: %s\n' "$*"; }
+
+export DEBIAN_FRONTEND=noninteractive
+
+# --- apt sources ------------------------------------------------------------
+BACKPORTS=/etc/apt/sources.list.d/cocoon-bookworm-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >"$BACKPORTS" <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    say "added bookworm-backports to apt sources"
+    apt-get update -qq
+    changed=1
+fi
+
+# --- Debian packages --------------------------------------------------------
+PKGS="containerd cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+qemu_ok=0
+if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    qv=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+    [ "${qv:-0}" -ge 10 ] && qemu_ok=1
+fi
+if [ -n "$missing" ] || [ $qemu_ok -eq 0 ]; then
+    [ -f /var/lib/apt/lists/lock ] && [ $changed -eq 0 ] && apt-get update -qq
+    if [ -n "$missing" ]; then
+        say "installing Debian packages:$missing"
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    if [ $qemu_ok -eq 0 ]; then
+        say "installing qemu-system-x86 from bookworm-backports"
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+            qemu-system-x86 qemu-system-data ovmf >/dev/null
+    fi
+    changed=1
+fi
+
+# --- crates-built helper daemons -------------------------------------------
+mkdir -p "$PREFIX"
+install_crate() { # name version binary
+    if [ -x "$PREFIX/bin/$3" ] && "$PREFIX/bin/$3" --version 2>/dev/null | grep -q "$2"; then
+        return 0
+    fi
+    say "cargo install --locked $1@$2 (into $PREFIX)"
+    cargo install --locked --quiet --root "$PREFIX" "$1@$2"
+    changed=1
+}
+install_crate virtiofsd "$VIRTIOFSD_VERSION" virtiofsd
+install_crate vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION" vhost-device-vsock
+
+# --- guest kernel -----------------------------------------------------------
+if ! ls "$KERNEL_DIR"/boot/vmlinuz-* >/dev/null 2>&1; then
+    # Resolve the current 6.12 image from the backports metapackage.
+    kpkg=$(apt-cache depends -t bookworm-backports linux-image-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-6\.[0-9.+a-z-]*-amd64\)$/\1/p' | head -n1)
+    case "$kpkg" in
+        linux-image-6.12*) ;;
+        *) echo "deps: could not resolve linux-image-6.12 from bookworm-backports (got '${kpkg}')" >&2; exit 1 ;;
+    esac
+    say "fetching guest kernel $kpkg"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && apt-get download -qq -t bookworm-backports "$kpkg")
+    rm -rf "$KERNEL_DIR.partial"
+    mkdir -p "$KERNEL_DIR.partial"
+    dpkg -x "$tmp"/"$kpkg"_*.deb "$KERNEL_DIR.partial"
+    echo "$kpkg" >"$KERNEL_DIR.partial/package"
+    rm -rf "$KERNEL_DIR"
+    mv "$KERNEL_DIR.partial" "$KERNEL_DIR"
+    changed=1
+fi
+
+if [ $changed -eq 0 ]; then
+    say "everything already installed; nothing to do"
+else
+    say "done"
+fi
