@@ -1,0 +1,153 @@
+//! Containers and their processes as the agent tracks them.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::spawn::{self, ParentStdio, Spawned};
+use crate::stdio::{Input, Output};
+
+/// One process: a container's init or an exec.
+#[derive(Debug)]
+pub struct Process {
+    /// Guest PID.
+    pub pid: Pid,
+    arg0: String,
+    exit: watch::Receiver<Option<i32>>,
+    /// Start pipe and report pipe, until started.
+    pending: Mutex<Option<(OwnedFd, OwnedFd)>>,
+    /// Stdin (or tty master).
+    pub stdin: Input,
+    /// Stdout (or tty output).
+    pub stdout: Output,
+    /// Stderr (empty for a tty).
+    pub stderr: Output,
+}
+
+impl Process {
+    /// Wraps a spawned, not yet started child.
+    pub fn new(arg0: &str, s: Spawned) -> Result<Self> {
+        let io = |e: std::io::Error| Error::sys("set up stdio pumps", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+        let (stdin, stdout, stderr) = match s.stdio {
+            ParentStdio::Pipes { stdin, stdout, stderr } => (
+                Input::new(stdin, false).map_err(io)?,
+                Output::pump(stdout).map_err(io)?,
+                Output::pump(stderr).map_err(io)?,
+            ),
+            ParentStdio::Tty { master } => {
+                let reader = master.try_clone().map_err(io)?;
+                (Input::new(master, true).map_err(io)?, Output::pump(reader).map_err(io)?, Output::closed())
+            }
+        };
+        Ok(Self {
+            pid: s.pid,
+            arg0: arg0.to_string(),
+            exit: s.exit,
+            pending: Mutex::new(Some((s.start_fd, s.report_fd))),
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Lets the process exec.
+    pub async fn start(&self) -> Result<()> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((start_fd, report_fd)) = pending else {
+            return Err(Error::FailedPrecondition(format!("process {} was started already", self.pid)));
+        };
+        let arg0 = self.arg0.clone();
+        tokio::task::spawn_blocking(move || spawn::start(start_fd, &report_fd, &arg0))
+            .await
+            .map_err(|_| Error::sys("start task panicked", nix::errno::Errno::EIO))?
+    }
+
+    /// The exit status, if it has exited.
+    pub fn exited(&self) -> Option<i32> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the exit status.
+    pub async fn wait(&self) -> i32 {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(s) = *rx.borrow_and_update() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                // The reaper dropped the sender without a status; cannot
+                // happen while the agent runs.
+                return 255;
+            }
+        }
+    }
+
+    /// Sends `sig` unless the process is gone.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        if self.exited().is_some() {
+            return Ok(());
+        }
+        match kill(self.pid, sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::sys(format!("kill {} with {sig}", self.pid), e)),
+        }
+    }
+}
+
+/// A container: its init process and execs.
+#[derive(Debug)]
+pub struct Container {
+    /// Container id.
+    pub id: String,
+    /// The init process (PID 1 of the container's PID namespace).
+    pub init: Arc<Process>,
+    /// Exec'd processes by exec id.
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    /// The process `exec_id` ("" for init).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::ProcessNotFound {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+
+    /// Guest PIDs of every process in the container's PID namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{}/ns/pid", self.init.pid)) else {
+            return Vec::new();
+        };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l == ns))
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Signals every process of the container.
+    pub fn signal_all(&self, sig: Signal) {
+        for pid in self.pids() {
+            let Ok(pid) = i32::try_from(pid) else { continue };
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+}

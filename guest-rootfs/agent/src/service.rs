@@ -1,0 +1,416 @@
+//! The ttrpc service: one method per agent RPC, each validating its request
+//! and delegating to [`crate::spawn`] and [`crate::container`].
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cocoon_protocol::agent::*;
+use cocoon_protocol::agent_ttrpc::Agent;
+use nix::sys::signal::Signal;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::container::{Container, Process};
+use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+use crate::spawn::{self, ProcessSpec};
+
+/// Where the host's shared filesystem (virtio-fs) is mounted.
+pub const SHARED_DIR: &str = "/run/cocoon/shared";
+
+#[derive(Debug, Default)]
+struct State {
+    sandbox_id: Option<String>,
+    shared_mounted: bool,
+    containers: HashMap<String, Arc<Container>>,
+}
+
+/// The agent service.
+#[derive(Debug)]
+pub struct AgentService {
+    reaper: Arc<Reaper>,
+    state: Mutex<State>,
+    /// Root of the shared filesystem (overridable for tests).
+    shared_dir: PathBuf,
+    /// Power the machine off on `Shutdown` (PID 1) or just exit.
+    poweroff: bool,
+}
+
+fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str> {
+    if v.is_empty() {
+        return Err(Error::InvalidArgument {
+            field,
+            problem: "is empty".into(),
+        });
+    }
+    Ok(v)
+}
+
+fn process_spec(p: Option<&cocoon_protocol::agent::Process>) -> Result<ProcessSpec> {
+    let p = p.ok_or(Error::InvalidArgument {
+        field: "process",
+        problem: "is missing".into(),
+    })?;
+    let user = p.user.as_ref();
+    Ok(ProcessSpec {
+        args: p.args.clone(),
+        env: p.env.clone(),
+        cwd: if p.cwd.is_empty() { "/".into() } else { p.cwd.clone() },
+        uid: user.map_or(0, |u| u.uid),
+        gid: user.map_or(0, |u| u.gid),
+        groups: user.map(|u| u.additional_gids.clone()).unwrap_or_default(),
+        terminal: p.terminal,
+    })
+}
+
+/// Resolves a rootfs path relative to the shared directory, refusing
+/// anything that could leave it.
+fn resolve_rootfs(shared: &Path, rel: &str) -> Result<PathBuf> {
+    let rel_path = Path::new(rel);
+    if rel_path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::InvalidArgument {
+            field: "rootfs",
+            problem: format!("{rel:?} must be a relative path without `..`"),
+        });
+    }
+    Ok(shared.join(rel_path))
+}
+
+fn signal_from(n: u32) -> Result<Signal> {
+    i32::try_from(n)
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .ok_or(Error::InvalidArgument {
+            field: "signal",
+            problem: format!("{n} is not a signal number"),
+        })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::sys("blocking task panicked", nix::errno::Errno::EIO))?
+}
+
+impl AgentService {
+    /// A service rooted at `shared_dir`.
+    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf, poweroff: bool) -> Self {
+        Self {
+            reaper,
+            state: Mutex::new(State::default()),
+            shared_dir,
+            poweroff,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.state()
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    fn process(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.container(container_id)?.process(exec_id)
+    }
+
+    async fn do_create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
+        required("sandbox_id", &req.sandbox_id)?;
+        if self.state().sandbox_id.is_some() {
+            return Err(Error::AlreadyExists {
+                kind: "sandbox",
+                id: req.sandbox_id,
+            });
+        }
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
+        }
+        let mut mounted = false;
+        if !req.shared_fs_tag.is_empty() {
+            let dir = self.shared_dir.clone();
+            let tag = req.shared_fs_tag.clone();
+            blocking(move || {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::sys(format!("mkdir {}", dir.display()), nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+                nix::mount::mount(Some(tag.as_str()), &dir, Some("virtiofs"), nix::mount::MsFlags::empty(), None::<&str>)
+                    .map_err(|e| Error::sys(format!("mount virtiofs {tag:?} on {}", dir.display()), e))
+            })
+            .await?;
+            mounted = true;
+        }
+        let mut st = self.state();
+        st.sandbox_id = Some(req.sandbox_id);
+        st.shared_mounted = mounted;
+        Ok(())
+    }
+
+    async fn do_destroy_sandbox(&self) -> Result<()> {
+        let containers: Vec<_> = self.state().containers.drain().map(|(_, c)| c).collect();
+        for c in containers {
+            let _ = c.init.signal(Signal::SIGKILL);
+        }
+        let mounted = std::mem::take(&mut self.state().shared_mounted);
+        if mounted {
+            let dir = self.shared_dir.clone();
+            blocking(move || {
+                nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::sys("unmount shared dir", e))
+            })
+            .await?;
+        }
+        self.state().sandbox_id = None;
+        Ok(())
+    }
+
+    async fn do_create_container(&self, req: CreateContainerRequest) -> Result<u32> {
+        let id = required("container_id", &req.container_id)?.to_string();
+        if self.state().sandbox_id.is_none() {
+            return Err(Error::NoSandbox);
+        }
+        if self.state().containers.contains_key(&id) {
+            return Err(Error::AlreadyExists { kind: "container", id });
+        }
+        let rootfs = resolve_rootfs(&self.shared_dir, required("rootfs", &req.rootfs)?)?;
+        let spec = process_spec(req.process.as_ref())?;
+        let reaper = self.reaper.clone();
+        let hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
+        let readonly = req.readonly_rootfs;
+        let spec2 = spec.clone();
+        let spawned = blocking(move || spawn::spawn_container(&reaper, &rootfs, hostname.as_deref(), readonly, &spec2)).await?;
+        let init = Arc::new(Process::new(&spec.args[0], spawned)?);
+        let pid = init.pid.as_raw().unsigned_abs();
+        let container = Arc::new(Container {
+            id: id.clone(),
+            init,
+            execs: Mutex::default(),
+        });
+        let mut st = self.state();
+        if st.containers.contains_key(&id) {
+            let _ = container.init.signal(Signal::SIGKILL);
+            return Err(Error::AlreadyExists { kind: "container", id });
+        }
+        st.containers.insert(id, container);
+        Ok(pid)
+    }
+
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<u32> {
+        let container = self.container(required("container_id", &req.container_id)?)?;
+        let exec_id = required("exec_id", &req.exec_id)?.to_string();
+        if container.execs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&exec_id) {
+            return Err(Error::AlreadyExists { kind: "process", id: exec_id });
+        }
+        if container.init.exited().is_some() {
+            return Err(Error::FailedPrecondition(format!("container {:?} is not running", container.id)));
+        }
+        let spec = process_spec(req.process.as_ref())?;
+        let reaper = self.reaper.clone();
+        let init = container.init.pid;
+        let spec2 = spec.clone();
+        let spawned = blocking(move || spawn::spawn_exec(&reaper, init, &spec2)).await?;
+        let proc_ = Arc::new(Process::new(&spec.args[0], spawned)?);
+        let pid = proc_.pid.as_raw().unsigned_abs();
+        container
+            .execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exec_id, proc_);
+        Ok(pid)
+    }
+
+    async fn do_remove_container(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        if c.init.exited().is_none() {
+            c.init.signal(Signal::SIGKILL)?;
+            c.init.wait().await;
+        }
+        for p in c.execs.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let _ = p.signal(Signal::SIGKILL);
+        }
+        self.state().containers.remove(id);
+        Ok(())
+    }
+
+    async fn do_remove_process(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let c = self.container(container_id)?;
+        required("exec_id", exec_id)?;
+        let p = c.process(exec_id)?;
+        if p.exited().is_none() {
+            p.signal(Signal::SIGKILL)?;
+            p.wait().await;
+        }
+        c.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
+        Ok(())
+    }
+
+    fn do_shutdown(&self) {
+        let poweroff = self.poweroff;
+        let containers: Vec<_> = self.state().containers.values().cloned().collect();
+        tokio::spawn(async move {
+            for c in &containers {
+                c.signal_all(Signal::SIGKILL);
+            }
+            // Let the reply leave before the machine goes away.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            crate::init::power_off(poweroff);
+        });
+    }
+}
+
+#[async_trait]
+impl Agent for AgentService {
+    async fn version(&self, _: &TtrpcContext, _: VersionRequest) -> ttrpc::Result<VersionResponse> {
+        let mut r = VersionResponse::new();
+        r.protocol_version = cocoon_protocol::PROTOCOL_VERSION;
+        r.agent_version = env!("CARGO_PKG_VERSION").into();
+        r.kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(r)
+    }
+
+    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<CreateSandboxResponse> {
+        self.do_create_sandbox(req).await?;
+        Ok(CreateSandboxResponse::new())
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> ttrpc::Result<DestroySandboxResponse> {
+        self.do_destroy_sandbox().await?;
+        Ok(DestroySandboxResponse::new())
+    }
+
+    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+        let mut r = CreateContainerResponse::new();
+        r.pid = self.do_create_container(req).await?;
+        Ok(r)
+    }
+
+    async fn start_process(&self, _: &TtrpcContext, req: StartProcessRequest) -> ttrpc::Result<StartProcessResponse> {
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        p.start().await?;
+        let mut r = StartProcessResponse::new();
+        r.pid = p.pid.as_raw().unsigned_abs();
+        Ok(r)
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+        let mut r = ExecProcessResponse::new();
+        r.pid = self.do_exec(req).await?;
+        Ok(r)
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<SignalProcessResponse> {
+        let sig = signal_from(req.signal)?;
+        let c = self.container(&req.container_id)?;
+        if req.all {
+            c.signal_all(sig);
+        } else {
+            c.process(&req.exec_id)?.signal(sig)?;
+        }
+        Ok(SignalProcessResponse::new())
+    }
+
+    async fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        let mut r = WaitProcessResponse::new();
+        r.exit_status = p.wait().await;
+        Ok(r)
+    }
+
+    async fn remove_process(&self, _: &TtrpcContext, req: RemoveProcessRequest) -> ttrpc::Result<RemoveProcessResponse> {
+        self.do_remove_process(&req.container_id, &req.exec_id).await?;
+        Ok(RemoveProcessResponse::new())
+    }
+
+    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<RemoveContainerResponse> {
+        self.do_remove_container(&req.container_id).await?;
+        Ok(RemoveContainerResponse::new())
+    }
+
+    async fn read_stream(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        let out = match req.stream.enum_value_or_default() {
+            StdioStream::STDOUT => &p.stdout,
+            StdioStream::STDERR => &p.stderr,
+        };
+        let mut r = ReadStreamResponse::new();
+        match out.read().await {
+            Some(data) => r.data = data,
+            None => r.eof = true,
+        }
+        Ok(r)
+    }
+
+    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStdinRequest) -> ttrpc::Result<WriteStdinResponse> {
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        let n = p
+            .stdin
+            .write_all(&req.data)
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot write stdin: {e}")))?;
+        let mut r = WriteStdinResponse::new();
+        r.written = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(r)
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<CloseStdinResponse> {
+        self.process(&req.container_id, &req.exec_id)?.stdin.close().await;
+        Ok(CloseStdinResponse::new())
+    }
+
+    async fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<ResizeTtyResponse> {
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        let dim = |field: &'static str, v: u32| {
+            u16::try_from(v).map_err(|_| Error::InvalidArgument {
+                field,
+                problem: format!("{v} is larger than 65535"),
+            })
+        };
+        p.stdin
+            .resize(dim("rows", req.rows)?, dim("cols", req.cols)?)
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot resize the terminal: {e}")))?;
+        Ok(ResizeTtyResponse::new())
+    }
+
+    async fn list_processes(&self, _: &TtrpcContext, req: ListProcessesRequest) -> ttrpc::Result<ListProcessesResponse> {
+        let c = self.container(&req.container_id)?;
+        let mut r = ListProcessesResponse::new();
+        r.pids = c.pids();
+        Ok(r)
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
+        self.do_shutdown();
+        Ok(ShutdownResponse::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootfs_cannot_escape_the_share() {
+        let shared = Path::new("/run/cocoon/shared");
+        assert_eq!(resolve_rootfs(shared, "c1/rootfs").unwrap(), shared.join("c1/rootfs"));
+        assert_eq!(resolve_rootfs(shared, ".").unwrap(), shared.join("."));
+        for bad in ["../etc", "/etc", "a/../../b"] {
+            let e = resolve_rootfs(shared, bad).unwrap_err().to_string();
+            assert!(e.contains("rootfs"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn signals_are_validated() {
+        assert_eq!(signal_from(9).unwrap(), Signal::SIGKILL);
+        assert!(signal_from(0).is_err());
+        assert!(signal_from(1000).unwrap_err().to_string().contains("signal"));
+    }
+}

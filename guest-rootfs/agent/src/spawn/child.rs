@@ -1,0 +1,372 @@
+//! The child side of process creation: everything between `clone(2)` and
+//! `execve(2)`.
+//!
+//! This code runs in a copy of a multi-threaded process, so it must not
+//! allocate, lock or log: every path and argument is prepared as a
+//! [`ChildSpec`] before `clone`, and only raw system calls run here. Failures
+//! are reported to the parent as a fixed-size record on the report pipe (see
+//! [`Report`]); a successful `execve` closes that pipe (it is `O_CLOEXEC`).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use libc::{c_char, c_int, c_ulong, gid_t, uid_t};
+
+use crate::error::SpawnStep;
+
+/// One mount performed inside the container's new mount namespace.
+#[derive(Debug)]
+pub struct MountOp {
+    /// Mount source (device, or the path to bind).
+    pub source: CString,
+    /// Absolute target in the agent's view (under the container rootfs).
+    pub target: CString,
+    /// File system type; `None` for bind mounts.
+    pub fstype: Option<CString>,
+    /// `MS_*` flags.
+    pub flags: c_ulong,
+    /// File-system specific data.
+    pub data: Option<CString>,
+    /// The target is a file (for binding device nodes), not a directory.
+    pub target_is_file: bool,
+}
+
+/// A symlink created in the container's `/dev`.
+#[derive(Debug)]
+pub struct SymlinkOp {
+    /// What the link points at.
+    pub to: CString,
+    /// Absolute path of the link in the agent's view.
+    pub link: CString,
+}
+
+/// How the child gets its namespaces and root.
+#[derive(Debug)]
+pub enum NsSetup {
+    /// New mount/UTS/IPC (and PID, through the clone flags) namespaces with
+    /// `rootfs` as the root.
+    New {
+        /// Container root, in the agent's view.
+        rootfs: CString,
+        /// Mounts under the new root.
+        mounts: Vec<MountOp>,
+        /// Symlinks under the new root.
+        symlinks: Vec<SymlinkOp>,
+        /// Remount the root read-only at the end.
+        readonly: bool,
+        /// Hostname of the new UTS namespace.
+        hostname: Option<CString>,
+    },
+    /// Join a running container's namespaces (PID is joined by the cloning
+    /// thread) and chroot into its root.
+    Join {
+        /// `/proc/<init>/ns/mnt`.
+        mnt: RawFd,
+        /// `/proc/<init>/ns/uts`.
+        uts: RawFd,
+        /// `/proc/<init>/ns/ipc`.
+        ipc: RawFd,
+        /// `/proc/<init>/root`, opened as a directory.
+        root: RawFd,
+    },
+}
+
+/// Standard I/O of the child.
+#[derive(Debug, Clone, Copy)]
+pub enum ChildStdio {
+    /// Three pipe ends.
+    Pipes {
+        /// Read end for stdin.
+        stdin: RawFd,
+        /// Write end for stdout.
+        stdout: RawFd,
+        /// Write end for stderr.
+        stderr: RawFd,
+    },
+    /// The slave side of a pseudo-terminal, which becomes the controlling
+    /// terminal.
+    Tty {
+        /// Slave fd.
+        slave: RawFd,
+    },
+}
+
+/// Everything the child needs, prepared before `clone`.
+#[derive(Debug)]
+pub struct ChildSpec {
+    /// Namespace and root setup.
+    pub ns: NsSetup,
+    /// Standard I/O.
+    pub stdio: ChildStdio,
+    /// User id.
+    pub uid: uid_t,
+    /// Group id.
+    pub gid: gid_t,
+    /// Supplementary groups.
+    pub groups: Vec<gid_t>,
+    /// Working directory inside the container.
+    pub cwd: CString,
+    /// Candidate paths of the executable, tried in order.
+    pub candidates: Vec<CString>,
+    /// argv strings (kept alive for `argv_ptrs`).
+    pub argv: Vec<CString>,
+    /// envp strings (kept alive for `envp_ptrs`).
+    pub envp: Vec<CString>,
+    /// Write end of the report pipe.
+    pub report_fd: RawFd,
+    /// Read end of the start pipe.
+    pub start_fd: RawFd,
+}
+
+/// A record on the report pipe: `step` 0 means "ready, waiting for start".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// [`SpawnStep::code`] of the failed step, or 0.
+    pub step: u32,
+    /// errno of the failure.
+    pub errno: i32,
+}
+
+impl Report {
+    /// Size on the wire.
+    pub const SIZE: usize = 8;
+
+    /// Decodes a record.
+    pub fn decode(buf: [u8; Self::SIZE]) -> Self {
+        let [a, b, c, d, e, f, g, h] = buf;
+        Self {
+            step: u32::from_le_bytes([a, b, c, d]),
+            errno: i32::from_le_bytes([e, f, g, h]),
+        }
+    }
+
+    fn encode(self) -> [u8; Self::SIZE] {
+        let s = self.step.to_le_bytes();
+        let e = self.errno.to_le_bytes();
+        [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]]
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Writes a report and, for failures, exits the child.
+fn report(fd: RawFd, step: Option<SpawnStep>, err: i32) {
+    let rec = Report {
+        step: step.map_or(0, SpawnStep::code),
+        errno: err,
+    }
+    .encode();
+    // SAFETY: `rec` is a valid buffer of `rec.len()` bytes; a short or failed
+    // write only loses the diagnostic, the parent then sees EOF.
+    unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+}
+
+fn fail(spec: &ChildSpec, step: SpawnStep) -> ! {
+    let e = errno();
+    report(spec.report_fd, Some(step), e);
+    // SAFETY: `_exit` never returns and runs no atexit handlers or
+    // destructors, which is what a failed child of a threaded process needs.
+    unsafe { libc::_exit(127) }
+}
+
+/// Runs `op`; on -1, reports `step` and exits.
+macro_rules! check {
+    ($spec:expr, $step:expr, $call:expr) => {
+        if $call == -1 {
+            fail($spec, $step);
+        }
+    };
+}
+
+fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
+    v.iter().map(|s| s.as_ptr()).chain([ptr::null()]).collect()
+}
+
+/// Creates `target` as a directory or empty file, ignoring "exists".
+///
+/// # Safety
+/// `target` must be a valid C string.
+unsafe fn make_target(target: &CString, is_file: bool) -> c_int {
+    // SAFETY: `target` is a valid NUL-terminated path (caller's contract).
+    let rc = unsafe {
+        if is_file {
+            let fd = libc::open(
+                target.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+                0
+            } else {
+                -1
+            }
+        } else {
+            libc::mkdir(target.as_ptr(), 0o755)
+        }
+    };
+    if rc == -1 && errno() == libc::EEXIST {
+        0
+    } else {
+        rc
+    }
+}
+
+fn setup_stdio(spec: &ChildSpec) {
+    // SAFETY: plain syscalls on fds owned by this (child) process.
+    unsafe {
+        check!(spec, SpawnStep::Stdio, libc::setsid());
+        match spec.stdio {
+            ChildStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                check!(spec, SpawnStep::Stdio, libc::dup2(stdin, 0));
+                check!(spec, SpawnStep::Stdio, libc::dup2(stdout, 1));
+                check!(spec, SpawnStep::Stdio, libc::dup2(stderr, 2));
+            }
+            ChildStdio::Tty { slave } => {
+                check!(spec, SpawnStep::Stdio, libc::ioctl(slave, libc::TIOCSCTTY, 0));
+                check!(spec, SpawnStep::Stdio, libc::dup2(slave, 0));
+                check!(spec, SpawnStep::Stdio, libc::dup2(slave, 1));
+                check!(spec, SpawnStep::Stdio, libc::dup2(slave, 2));
+            }
+        }
+    }
+}
+
+fn setup_new_root(spec: &ChildSpec, rootfs: &CString, mounts: &[MountOp], symlinks: &[SymlinkOp], readonly: bool) {
+    let step = SpawnStep::Rootfs;
+    // SAFETY: every pointer comes from a live CString of `spec`; the calls
+    // only affect this child's private mount namespace.
+    unsafe {
+        check!(spec, step, libc::mount(c"none".as_ptr(), c"/".as_ptr(), ptr::null(), libc::MS_REC | libc::MS_PRIVATE, ptr::null()));
+        check!(spec, step, libc::mount(rootfs.as_ptr(), rootfs.as_ptr(), ptr::null(), libc::MS_BIND | libc::MS_REC, ptr::null()));
+        for m in mounts {
+            check!(spec, step, make_target(&m.target, m.target_is_file));
+            let fstype = m.fstype.as_ref().map_or(ptr::null(), |s| s.as_ptr());
+            let data = m.data.as_ref().map_or(ptr::null(), |s| s.as_ptr().cast());
+            check!(spec, step, libc::mount(m.source.as_ptr(), m.target.as_ptr(), fstype, m.flags, data));
+        }
+        for s in symlinks {
+            if libc::symlink(s.to.as_ptr(), s.link.as_ptr()) == -1 && errno() != libc::EEXIST {
+                fail(spec, step);
+            }
+        }
+        check!(spec, step, libc::chdir(rootfs.as_ptr()));
+        check!(spec, step, libc::mount(rootfs.as_ptr(), c"/".as_ptr(), ptr::null(), libc::MS_MOVE, ptr::null()));
+        check!(spec, step, libc::chroot(c".".as_ptr()));
+        check!(spec, step, libc::chdir(c"/".as_ptr()));
+        if readonly {
+            check!(spec, step, libc::mount(ptr::null(), c"/".as_ptr(), ptr::null(), libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, ptr::null()));
+        }
+    }
+}
+
+fn join_namespaces(spec: &ChildSpec, mnt: RawFd, uts: RawFd, ipc: RawFd, root: RawFd) {
+    let step = SpawnStep::JoinNamespaces;
+    // SAFETY: the fds were opened by the parent from /proc/<pid>/{ns/*,root}
+    // and stay open in this child; setns/fchdir/chroot only change this child.
+    unsafe {
+        check!(spec, step, libc::setns(uts, libc::CLONE_NEWUTS));
+        check!(spec, step, libc::setns(ipc, libc::CLONE_NEWIPC));
+        check!(spec, step, libc::setns(mnt, libc::CLONE_NEWNS));
+        check!(spec, step, libc::fchdir(root));
+        check!(spec, step, libc::chroot(c".".as_ptr()));
+        check!(spec, step, libc::chdir(c"/".as_ptr()));
+    }
+}
+
+/// The pointer arrays `execve` needs, built in the parent (the child must not
+/// allocate).
+pub fn exec_arrays(spec: &ChildSpec) -> (Vec<*const c_char>, Vec<*const c_char>) {
+    (null_terminated(&spec.argv), null_terminated(&spec.envp))
+}
+
+/// The child's whole life until `execve`. Never returns.
+///
+/// `argv`/`envp` come from [`exec_arrays`] of the same `spec`.
+pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    // SAFETY: resetting signal dispositions and the mask of this child only;
+    // the Rust runtime set SIGPIPE to SIG_IGN, which must not leak into the
+    // container's processes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
+    }
+    setup_stdio(spec);
+    match &spec.ns {
+        NsSetup::New {
+            rootfs,
+            mounts,
+            symlinks,
+            readonly,
+            hostname,
+        } => {
+            setup_new_root(spec, rootfs, mounts, symlinks, *readonly);
+            if let Some(h) = hostname {
+                // SAFETY: valid buffer and length of the hostname string.
+                check!(spec, SpawnStep::Hostname, unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) });
+            }
+        }
+        NsSetup::Join { mnt, uts, ipc, root } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
+    }
+    // SAFETY: `groups` is a live Vec whose length is passed along.
+    unsafe {
+        check!(spec, SpawnStep::User, libc::setgroups(spec.groups.len(), spec.groups.as_ptr()));
+        check!(spec, SpawnStep::User, libc::setresgid(spec.gid, spec.gid, spec.gid));
+        check!(spec, SpawnStep::User, libc::setresuid(spec.uid, spec.uid, spec.uid));
+        check!(spec, SpawnStep::Cwd, libc::chdir(spec.cwd.as_ptr()));
+    }
+    let mut exe = None;
+    let mut lookup_errno = libc::ENOENT;
+    for c in &spec.candidates {
+        // SAFETY: valid C string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+            exe = Some(c);
+            break;
+        }
+        let e = errno();
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            lookup_errno = e;
+        }
+    }
+    let Some(exe) = exe else {
+        report(spec.report_fd, Some(SpawnStep::Lookup), lookup_errno);
+        // SAFETY: see `fail`.
+        unsafe { libc::_exit(127) }
+    };
+    report(spec.report_fd, None, 0);
+    let mut byte = [0u8; 1];
+    // SAFETY: reading into a 1-byte stack buffer.
+    let n = unsafe { libc::read(spec.start_fd, byte.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        // The parent dropped the start pipe: the process was removed before
+        // it started.
+        // SAFETY: see `fail`.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: argv/envp are NULL-terminated arrays of live C strings.
+    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail(spec, SpawnStep::Exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips() {
+        let r = Report {
+            step: 7,
+            errno: libc::ENOENT,
+        };
+        assert_eq!(Report::decode(r.encode()), r);
+    }
+}
