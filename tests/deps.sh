@@ -95,6 +95,9 @@ if ! ls "$KERNEL_DIR"/boot/vmlinuz-* >/dev/null 2>&1; then
     mkdir -p "$KERNEL_DIR.partial"
     dpkg -x "$tmp"/"$kpkg"_*.deb "$KERNEL_DIR.partial"
     echo "$kpkg" >"$KERNEL_DIR.partial/package"
+    # The package leaves modules.dep to the installer; generate it here.
+    release=${kpkg#linux-image-}
+    depmod -b "$KERNEL_DIR.partial" "$release"
     rm -rf "$KERNEL_DIR"
     mv "$KERNEL_DIR.partial" "$KERNEL_DIR"
     changed=1

@@ -1,0 +1,685 @@
+//! The node configuration (`/etc/cocoon/config.toml`), in two layers: the
+//! serde form ([`RawConfig`], unknown keys rejected, every key defaulted)
+//! and the validated form ([`Config`]) the rest of Cocoon uses.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in development defaults (the text of `configs/cocoon-dev.toml`).
+pub const DEV_DEFAULTS: &str = include_str!("../../configs/cocoon-dev.toml");
+
+/// Default location of the node configuration.
+pub const DEFAULT_PATH: &str = "/etc/cocoon/config.toml";
+
+/// Environment variable overriding the configuration path.
+pub const ENV_PATH: &str = "COCOON_CONFIG";
+
+/// Errors of loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File name (or "built-in defaults").
+        origin: String,
+        /// The parser's message, naming the key and position.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{origin}: `{key}` = {value}: {problem}")]
+    Invalid {
+        /// File name.
+        origin: String,
+        /// Dotted key, e.g. `hypervisor.qemu.default_vcpus`.
+        key: &'static str,
+        /// The offending value as written.
+        value: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A file named by the configuration does not exist.
+    #[error("`{key}` = {path:?}: {problem}")]
+    MissingFile {
+        /// Dotted key.
+        key: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What to do.
+        problem: &'static str,
+    },
+}
+
+/// `[hypervisor.qemu]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // keys are documented in configs/cocoon-dev.toml
+pub struct RawQemu {
+    pub path: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub firmware: PathBuf,
+    pub machine_type: String,
+    pub accel: String,
+    pub cpu_model: String,
+    pub default_vcpus: u32,
+    pub default_memory: u32,
+    pub kernel_params: String,
+    pub debug_console: bool,
+    pub virtio_fs_daemon: PathBuf,
+    pub virtio_fs_cache: String,
+    pub vhost_user_vsock_daemon: PathBuf,
+}
+
+impl Default for RawQemu {
+    fn default() -> Self {
+        Self {
+            path: "/usr/bin/qemu-system-x86_64".into(),
+            kernel: "/usr/local/share/cocoon/vmlinuz".into(),
+            initrd: "/usr/local/share/cocoon/initrd.img".into(),
+            firmware: PathBuf::new(),
+            machine_type: "q35".into(),
+            accel: "auto".into(),
+            cpu_model: String::new(),
+            default_vcpus: 1,
+            default_memory: 1024,
+            kernel_params: String::new(),
+            debug_console: false,
+            virtio_fs_daemon: "/usr/local/libexec/cocoon/virtiofsd".into(),
+            virtio_fs_cache: "never".into(),
+            vhost_user_vsock_daemon: "/usr/local/libexec/cocoon/vhost-device-vsock".into(),
+        }
+    }
+}
+
+/// `[hypervisor]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // keys are documented in configs/cocoon-dev.toml
+pub struct RawHypervisor {
+    pub qemu: RawQemu,
+}
+
+/// `[agent]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // keys are documented in configs/cocoon-dev.toml
+pub struct RawAgent {
+    pub transport: String,
+    pub dial_timeout: u64,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        Self {
+            transport: "auto".into(),
+            dial_timeout: 30,
+        }
+    }
+}
+
+/// `[runtime]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // keys are documented in configs/cocoon-dev.toml
+pub struct RawRuntime {
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub allowed_annotations: Vec<String>,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        Self {
+            state_dir: "/run/cocoon".into(),
+            log_level: "info".into(),
+            allowed_annotations: Vec::new(),
+        }
+    }
+}
+
+/// The whole file as written; every key has a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // keys are documented in configs/cocoon-dev.toml
+pub struct RawConfig {
+    pub hypervisor: RawHypervisor,
+    pub agent: RawAgent,
+    pub runtime: RawRuntime,
+}
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM where usable, else TCG.
+    Auto,
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// How the host reaches the agent's vsock port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// vhost-vsock where `/dev/vhost-vsock` exists, else vhost-user-vsock.
+    Auto,
+    /// Kernel vhost-vsock, host connects over AF_VSOCK.
+    VhostVsock,
+    /// vhost-device-vsock daemon with the hybrid unix-socket handshake.
+    VhostUserVsock,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Progress.
+    Info,
+    /// Details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The slog level.
+    pub fn to_slog(self) -> slog::Level {
+        match self {
+            Self::Error => slog::Level::Error,
+            Self::Warn => slog::Level::Warning,
+            Self::Info => slog::Level::Info,
+            Self::Debug => slog::Level::Debug,
+            Self::Trace => slog::Level::Trace,
+        }
+    }
+}
+
+/// virtiofsd cache policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsCache {
+    /// `--cache=never`.
+    Never,
+    /// `--cache=metadata`.
+    Metadata,
+    /// `--cache=auto`.
+    Auto,
+    /// `--cache=always`.
+    Always,
+}
+
+impl FsCache {
+    /// The virtiofsd argument value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Metadata => "metadata",
+            Self::Auto => "auto",
+            Self::Always => "always",
+        }
+    }
+}
+
+/// Validated `[hypervisor.qemu]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// QEMU binary.
+    pub path: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initrd.
+    pub initrd: PathBuf,
+    /// Firmware for -bios, if any.
+    pub firmware: Option<PathBuf>,
+    /// Machine type.
+    pub machine_type: String,
+    /// Accelerator choice.
+    pub accel: Accel,
+    /// CPU model, if set.
+    pub cpu_model: Option<String>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Extra kernel parameters.
+    pub kernel_params: Vec<String>,
+    /// Serial console to a log file.
+    pub debug_console: bool,
+    /// virtiofsd binary.
+    pub virtio_fs_daemon: PathBuf,
+    /// virtiofsd cache mode.
+    pub virtio_fs_cache: FsCache,
+    /// vhost-device-vsock binary.
+    pub vhost_user_vsock_daemon: PathBuf,
+}
+
+/// Validated `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Transport.
+    pub transport: Transport,
+    /// How long to wait for the agent.
+    pub dial_timeout: Duration,
+}
+
+/// An annotation allow-list entry: exact key, or prefix when it ends in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationPattern(String);
+
+impl AnnotationPattern {
+    /// Whether `key` matches.
+    pub fn matches(&self, key: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == self.0,
+        }
+    }
+}
+
+impl fmt::Display for AnnotationPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validated `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Annotation allow-list.
+    pub allowed_annotations: Vec<AnnotationPattern>,
+}
+
+/// The validated node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where it came from (a path, or "built-in defaults").
+    pub origin: String,
+    /// The file as written, with defaults filled in (for `config show`).
+    pub raw: RawConfig,
+    /// `[hypervisor.qemu]`.
+    pub qemu: QemuConfig,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+}
+
+/// Kernel parameters the node config may not set: Cocoon owns them.
+const RESERVED_KERNEL_PARAMS: &[&str] = &["init", "rdinit", "root", "console"];
+
+impl RawConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Validates every value and resolves choices.
+    pub fn validate(self, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, value: String, problem: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            value,
+            problem,
+        };
+        let q = &self.hypervisor.qemu;
+        let abs = |key: &'static str, p: &Path| -> Result<PathBuf, ConfigError> {
+            if p.is_absolute() {
+                Ok(p.to_path_buf())
+            } else {
+                Err(invalid(key, format!("{p:?}"), "must be an absolute path".into()))
+            }
+        };
+        let accel = match q.accel.as_str() {
+            "auto" => Accel::Auto,
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            other => {
+                return Err(invalid(
+                    "hypervisor.qemu.accel",
+                    format!("{other:?}"),
+                    "use \"auto\", \"kvm\" or \"tcg\"".into(),
+                ))
+            }
+        };
+        if !(1..=240).contains(&q.default_vcpus) {
+            return Err(invalid(
+                "hypervisor.qemu.default_vcpus",
+                q.default_vcpus.to_string(),
+                "must be between 1 and 240".into(),
+            ));
+        }
+        if !(64..=4 * 1024 * 1024).contains(&q.default_memory) {
+            return Err(invalid(
+                "hypervisor.qemu.default_memory",
+                q.default_memory.to_string(),
+                "is in MiB and must be between 64 and 4194304".into(),
+            ));
+        }
+        if q.machine_type != "q35" {
+            return Err(invalid(
+                "hypervisor.qemu.machine_type",
+                format!("{:?}", q.machine_type),
+                "only \"q35\" is supported".into(),
+            ));
+        }
+        if q.cpu_model.contains([',', ' ']) {
+            return Err(invalid(
+                "hypervisor.qemu.cpu_model",
+                format!("{:?}", q.cpu_model),
+                "must be a plain CPU model name such as \"host\", \"max\" or \"EPYC-v4\"".into(),
+            ));
+        }
+        let kernel_params: Vec<String> = q.kernel_params.split_whitespace().map(str::to_string).collect();
+        if let Some(p) = kernel_params
+            .iter()
+            .find(|p| RESERVED_KERNEL_PARAMS.contains(&p.split('=').next().unwrap_or(p)))
+        {
+            return Err(invalid(
+                "hypervisor.qemu.kernel_params",
+                format!("{:?}", q.kernel_params),
+                format!("{p:?} is set by Cocoon itself; remove it"),
+            ));
+        }
+        let virtio_fs_cache = match q.virtio_fs_cache.as_str() {
+            "never" => FsCache::Never,
+            "metadata" => FsCache::Metadata,
+            "auto" => FsCache::Auto,
+            "always" => FsCache::Always,
+            other => {
+                return Err(invalid(
+                    "hypervisor.qemu.virtio_fs_cache",
+                    format!("{other:?}"),
+                    "use \"never\", \"metadata\", \"auto\" or \"always\"".into(),
+                ))
+            }
+        };
+        let qemu = QemuConfig {
+            path: abs("hypervisor.qemu.path", &q.path)?,
+            kernel: abs("hypervisor.qemu.kernel", &q.kernel)?,
+            initrd: abs("hypervisor.qemu.initrd", &q.initrd)?,
+            firmware: if q.firmware.as_os_str().is_empty() {
+                None
+            } else {
+                Some(abs("hypervisor.qemu.firmware", &q.firmware)?)
+            },
+            machine_type: q.machine_type.clone(),
+            accel,
+            cpu_model: (!q.cpu_model.is_empty()).then(|| q.cpu_model.clone()),
+            vcpus: q.default_vcpus,
+            memory_mib: q.default_memory,
+            kernel_params,
+            debug_console: q.debug_console,
+            virtio_fs_daemon: abs("hypervisor.qemu.virtio_fs_daemon", &q.virtio_fs_daemon)?,
+            virtio_fs_cache,
+            vhost_user_vsock_daemon: abs("hypervisor.qemu.vhost_user_vsock_daemon", &q.vhost_user_vsock_daemon)?,
+        };
+
+        let a = &self.agent;
+        let transport = match a.transport.as_str() {
+            "auto" => Transport::Auto,
+            "vhost-vsock" => Transport::VhostVsock,
+            "vhost-user-vsock" => Transport::VhostUserVsock,
+            other => {
+                return Err(invalid(
+                    "agent.transport",
+                    format!("{other:?}"),
+                    "use \"auto\", \"vhost-vsock\" or \"vhost-user-vsock\"".into(),
+                ))
+            }
+        };
+        if !(1..=600).contains(&a.dial_timeout) {
+            return Err(invalid(
+                "agent.dial_timeout",
+                a.dial_timeout.to_string(),
+                "is in seconds and must be between 1 and 600".into(),
+            ));
+        }
+        let agent = AgentConfig {
+            transport,
+            dial_timeout: Duration::from_secs(a.dial_timeout),
+        };
+
+        let r = &self.runtime;
+        let log_level = match r.log_level.as_str() {
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            other => {
+                return Err(invalid(
+                    "runtime.log_level",
+                    format!("{other:?}"),
+                    "use \"error\", \"warn\", \"info\", \"debug\" or \"trace\"".into(),
+                ))
+            }
+        };
+        let mut allowed = Vec::new();
+        for p in &r.allowed_annotations {
+            let star = p.find('*');
+            if p.is_empty() || star.is_some_and(|i| i != p.len() - 1) {
+                return Err(invalid(
+                    "runtime.allowed_annotations",
+                    format!("{p:?}"),
+                    "entries are annotation keys, optionally ending in `*` (e.g. \"io.cocoon.*\")".into(),
+                ));
+            }
+            allowed.push(AnnotationPattern(p.clone()));
+        }
+        let runtime = RuntimeConfig {
+            state_dir: abs("runtime.state_dir", &r.state_dir)?,
+            log_level,
+            allowed_annotations: allowed,
+        };
+        Ok(Config {
+            origin: origin.to_string(),
+            raw: self,
+            qemu,
+            agent,
+            runtime,
+        })
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        RawConfig::parse(text, origin)?.validate(origin)
+    }
+
+    /// Reads and validates a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The built-in development defaults.
+    pub fn dev_defaults() -> Result<Self, ConfigError> {
+        Self::from_toml(DEV_DEFAULTS, "built-in defaults")
+    }
+
+    /// Loads the configuration the way every Cocoon binary does: `explicit`
+    /// (a flag or the containerd `ConfigPath` option), else `$COCOON_CONFIG`,
+    /// else `/etc/cocoon/config.toml` if it exists, else the built-in
+    /// development defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(p) = explicit {
+            return Self::from_file(p);
+        }
+        if let Some(p) = std::env::var_os(ENV_PATH).filter(|v| !v.is_empty()) {
+            return Self::from_file(Path::new(&p));
+        }
+        let default = Path::new(DEFAULT_PATH);
+        if default.exists() {
+            return Self::from_file(default);
+        }
+        Self::dev_defaults()
+    }
+
+    /// Checks that the files the configuration names exist.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let q = &self.qemu;
+        let mut files: Vec<(&'static str, &Path, &'static str)> = vec![
+            ("hypervisor.qemu.path", &q.path, "install QEMU 10 (make deps) or fix the path"),
+            ("hypervisor.qemu.kernel", &q.kernel, "build the guest (make guest) and install it (make install), or fix the path"),
+            ("hypervisor.qemu.initrd", &q.initrd, "build the guest (make guest) and install it (make install), or fix the path"),
+            ("hypervisor.qemu.virtio_fs_daemon", &q.virtio_fs_daemon, "install virtiofsd (make deps install) or fix the path"),
+        ];
+        if let Some(fw) = &q.firmware {
+            files.push(("hypervisor.qemu.firmware", fw, "install the firmware package or fix the path"));
+        }
+        if self.agent.transport != Transport::VhostVsock {
+            files.push((
+                "hypervisor.qemu.vhost_user_vsock_daemon",
+                &q.vhost_user_vsock_daemon,
+                "install vhost-device-vsock (make deps install) or fix the path",
+            ));
+        }
+        for (key, path, problem) in files {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile {
+                    key,
+                    path: path.to_path_buf(),
+                    problem,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn dev_defaults_are_valid_and_match_the_serde_defaults_where_documented() {
+        let c = Config::dev_defaults().unwrap();
+        assert_eq!(c.qemu.accel, Accel::Auto);
+        assert_eq!(c.qemu.vcpus, 1);
+        assert_eq!(c.qemu.memory_mib, 1024);
+        assert_eq!(c.agent.transport, Transport::Auto);
+        assert_eq!(c.agent.dial_timeout, Duration::from_secs(30));
+        assert_eq!(c.runtime.state_dir, PathBuf::from("/run/cocoon"));
+        assert!(c.qemu.debug_console);
+        // An empty file gives the serde defaults, which only differ in the
+        // console (off unless asked for).
+        let empty = Config::from_toml("", "empty").unwrap();
+        assert!(!empty.qemu.debug_console);
+        assert_eq!(empty.qemu.kernel, c.qemu.kernel);
+    }
+
+    #[test]
+    fn show_round_trips() {
+        let c = Config::dev_defaults().unwrap();
+        let again = Config::from_toml(&c.to_toml(), "shown").unwrap();
+        assert_eq!(again.raw, c.raw);
+    }
+
+    #[test]
+    fn a_full_custom_file() {
+        let c = Config::from_toml(
+            r#"
+            [hypervisor.qemu]
+            accel = "tcg"
+            default_vcpus = 4
+            default_memory = 2048
+            kernel_params = "quiet  loglevel=3"
+            firmware = "/usr/share/ovmf/OVMF.fd"
+            [agent]
+            transport = "vhost-user-vsock"
+            dial_timeout = 5
+            [runtime]
+            log_level = "debug"
+            allowed_annotations = ["io.cocoon.*", "io.katacontainers.config.hypervisor.cc_init_data"]
+            "#,
+            "custom",
+        )
+        .unwrap();
+        assert_eq!(c.qemu.accel, Accel::Tcg);
+        assert_eq!(c.qemu.kernel_params, vec!["quiet", "loglevel=3"]);
+        assert_eq!(c.qemu.firmware, Some(PathBuf::from("/usr/share/ovmf/OVMF.fd")));
+        assert_eq!(c.agent.transport, Transport::VhostUserVsock);
+        assert_eq!(c.runtime.log_level, LogLevel::Debug);
+        assert!(c.runtime.allowed_annotations[0].matches("io.cocoon.gpu"));
+        assert!(!c.runtime.allowed_annotations[0].matches("io.other"));
+        assert!(c.runtime.allowed_annotations[1].matches("io.katacontainers.config.hypervisor.cc_init_data"));
+        assert!(!c.runtime.allowed_annotations[1].matches("io.katacontainers.config.hypervisor.cc_init_data2"));
+    }
+
+    #[test]
+    fn bad_files_name_the_key_and_the_fix() {
+        let cases: &[(&str, &[&str])] = &[
+            ("[hypervisor.qemu]\nfoo = 1", &["unknown field `foo`", "test.toml"]),
+            ("[hypervisor.qemu]\naccel = \"xen\"", &["hypervisor.qemu.accel", "\"xen\"", "\"tcg\""]),
+            ("[hypervisor.qemu]\ndefault_vcpus = 0", &["hypervisor.qemu.default_vcpus", "between 1 and 240"]),
+            ("[hypervisor.qemu]\ndefault_memory = 16", &["hypervisor.qemu.default_memory", "MiB"]),
+            ("[hypervisor.qemu]\ndefault_vcpus = \"two\"", &["invalid type", "default_vcpus"]),
+            ("[hypervisor.qemu]\nkernel = \"vmlinuz\"", &["hypervisor.qemu.kernel", "absolute path"]),
+            ("[hypervisor.qemu]\nkernel_params = \"init=/bin/sh\"", &["hypervisor.qemu.kernel_params", "set by Cocoon"]),
+            ("[hypervisor.qemu]\nmachine_type = \"pc\"", &["hypervisor.qemu.machine_type", "q35"]),
+            ("[hypervisor.qemu]\ncpu_model = \"host,+sev\"", &["hypervisor.qemu.cpu_model"]),
+            ("[hypervisor.qemu]\nvirtio_fs_cache = \"sometimes\"", &["hypervisor.qemu.virtio_fs_cache"]),
+            ("[agent]\ntransport = \"tcp\"", &["agent.transport", "vhost-user-vsock"]),
+            ("[agent]\ndial_timeout = 0", &["agent.dial_timeout", "seconds"]),
+            ("[runtime]\nlog_level = \"loud\"", &["runtime.log_level", "\"debug\""]),
+            ("[runtime]\nallowed_annotations = [\"io.*.x\"]", &["runtime.allowed_annotations", "ending in `*`"]),
+            ("[runtime]\nstate_dir = \"run\"", &["runtime.state_dir", "absolute"]),
+            ("[hypervisor.qemu", &["test.toml", "line 1"]),
+            ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            for n in *needles {
+                assert!(e.contains(n), "config {text:?}: error {e:?} lacks {n:?}");
+            }
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+    }
+
+    #[test]
+    fn missing_and_unreadable_files() {
+        let e = Config::from_file(Path::new("/nonexistent/cocoon.toml")).unwrap_err().to_string();
+        assert!(e.contains("cannot read config file /nonexistent/cocoon.toml"), "{e}");
+        let mut c = Config::dev_defaults().unwrap();
+        c.qemu.kernel = "/nonexistent/vmlinuz".into();
+        c.qemu.path = "/bin/sh".into();
+        c.qemu.initrd = "/bin/sh".into();
+        c.qemu.virtio_fs_daemon = "/bin/sh".into();
+        let e = c.check_files().unwrap_err().to_string();
+        assert!(e.contains("hypervisor.qemu.kernel") && e.contains("make guest"), "{e}");
+    }
+}

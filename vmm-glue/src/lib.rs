@@ -1,0 +1,17 @@
+//! Host side of a Cocoon VM.
+//!
+//! - [`config`]: the node configuration (TOML), parsed and validated.
+//! - [`host`]: host facts (KVM, vhost-vsock) through redirectable roots.
+//! - [`qemu::argv`]: the pure QEMU command-line builder.
+//! - [`qemu::qmp`]: QMP control (status, stop/cont, powerdown, quit).
+//! - [`process`]: supervised child processes that cannot outlive their owner.
+//! - [`agent`]: connecting to the in-guest agent (vsock or hybrid vsock).
+//! - [`vm`]: launching and stopping one VM.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod host;
+pub mod process;
+pub mod qemu;
+pub mod vm;

@@ -1,0 +1,288 @@
+//! A pure builder of QEMU's command line: no file is opened and nothing is
+//! started here, so every option is unit-tested, and the integration tests
+//! hand the very same argv to real QEMU.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use crate::config::QemuConfig;
+
+/// Kernel parameters Cocoon always passes: fail fast instead of rebooting,
+/// skip hardware probes that a VM does not need and that are slow under
+/// emulation.
+pub const BASE_KERNEL_PARAMS: &[&str] = &[
+    "reboot=k",
+    "panic=-1",
+    "quiet",
+    "i8042.noaux=1",
+    "i8042.nopnp=1",
+    "i8042.dumbkbd=1",
+    "cryptomgr.notests",
+    "no_timer_check",
+    "rcupdate.rcu_expedited=1",
+];
+
+/// The accelerator chosen for one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedAccel {
+    /// KVM.
+    Kvm,
+    /// TCG (software emulation).
+    Tcg,
+}
+
+impl ResolvedAccel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+
+    /// CPU model used when the config sets none.
+    pub fn default_cpu(self) -> &'static str {
+        match self {
+            Self::Kvm => "host",
+            Self::Tcg => "max",
+        }
+    }
+}
+
+/// The vsock device carrying the agent connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockDevice {
+    /// Kernel vhost-vsock with this guest CID.
+    Vhost {
+        /// Guest context id (≥ 3).
+        cid: u32,
+    },
+    /// vhost-user-vsock served by vhost-device-vsock on this socket.
+    VhostUser {
+        /// The vhost-user socket.
+        socket: PathBuf,
+    },
+}
+
+/// One virtio-fs share served by a virtiofsd on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    /// Mount tag seen by the guest.
+    pub tag: String,
+}
+
+/// Everything that goes on one VM's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmArgs {
+    /// VM name (shown by QEMU, used in thread names).
+    pub name: String,
+    /// Accelerator.
+    pub accel: ResolvedAccel,
+    /// Machine type.
+    pub machine_type: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initrd.
+    pub initrd: PathBuf,
+    /// Firmware for -bios.
+    pub firmware: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Agent transport device.
+    pub vsock: VsockDevice,
+    /// virtio-fs shares.
+    pub shares: Vec<FsShare>,
+    /// Serial console log file, if the console is on.
+    pub console_log: Option<PathBuf>,
+    /// QMP socket.
+    pub qmp_socket: PathBuf,
+}
+
+/// The kernel command line for a VM of this configuration.
+pub fn kernel_cmdline(q: &QemuConfig) -> String {
+    let mut params: Vec<&str> = BASE_KERNEL_PARAMS.to_vec();
+    if q.debug_console {
+        params.push("console=ttyS0");
+    }
+    params.extend(q.kernel_params.iter().map(String::as_str));
+    params.join(" ")
+}
+
+/// Escapes a value for QEMU's option syntax, where `,` separates options
+/// and a literal comma is written `,,`.
+pub fn escape(v: &OsStr) -> OsString {
+    let s = v.to_string_lossy();
+    OsString::from(s.replace(',', ",,"))
+}
+
+fn opt(parts: &[&OsStr]) -> OsString {
+    let mut s = OsString::new();
+    for p in parts {
+        s.push(p);
+    }
+    s
+}
+
+fn path_opt(prefix: &str, p: &Path, suffix: &str) -> OsString {
+    opt(&[OsStr::new(prefix), &escape(p.as_os_str()), OsStr::new(suffix)])
+}
+
+impl VmArgs {
+    /// The argv after the binary name.
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |v: OsString| a.push(v);
+        for s in ["-name", &format!("{},debug-threads=on", self.name.replace(',', ",,"))] {
+            push(s.into());
+        }
+        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"] {
+            push(s.into());
+        }
+        push("-machine".into());
+        push(format!("{},accel={},memory-backend=mem0", self.machine_type, self.accel.as_str()).into());
+        push("-cpu".into());
+        push(self.cpu_model.clone().into());
+        push("-smp".into());
+        push(self.vcpus.to_string().into());
+        push("-m".into());
+        push(format!("{}M", self.memory_mib).into());
+        // vhost-user devices (virtiofsd, vhost-device-vsock) map guest RAM,
+        // so it must be a shareable memfd.
+        push("-object".into());
+        push(format!("memory-backend-memfd,id=mem0,size={}M,share=on", self.memory_mib).into());
+        if let Some(fw) = &self.firmware {
+            push("-bios".into());
+            push(fw.clone().into_os_string());
+        }
+        push("-kernel".into());
+        push(self.kernel.clone().into_os_string());
+        push("-initrd".into());
+        push(self.initrd.clone().into_os_string());
+        push("-append".into());
+        push(self.cmdline.clone().into());
+        match &self.vsock {
+            VsockDevice::Vhost { cid } => {
+                push("-device".into());
+                push(format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}").into());
+            }
+            VsockDevice::VhostUser { socket } => {
+                push("-chardev".into());
+                push(path_opt("socket,id=vsock0,path=", socket, ""));
+                push("-device".into());
+                push("vhost-user-vsock-pci,chardev=vsock0".into());
+            }
+        }
+        for (i, share) in self.shares.iter().enumerate() {
+            push("-chardev".into());
+            push(path_opt(&format!("socket,id=fs{i},path="), &share.socket, ""));
+            push("-device".into());
+            push(format!("vhost-user-fs-pci,chardev=fs{i},tag={},queue-size=1024", share.tag.replace(',', ",,")).into());
+        }
+        match &self.console_log {
+            Some(log) => {
+                push("-chardev".into());
+                push(path_opt("file,id=console0,path=", log, ""));
+                push("-serial".into());
+                push("chardev:console0".into());
+            }
+            None => {
+                push("-serial".into());
+                push("none".into());
+            }
+        }
+        push("-qmp".into());
+        push(path_opt("unix:", &self.qmp_socket, ",server=on,wait=off"));
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn args() -> VmArgs {
+        VmArgs {
+            name: "cocoon-t1".into(),
+            accel: ResolvedAccel::Tcg,
+            machine_type: "q35".into(),
+            cpu_model: "max".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd.img".into(),
+            firmware: None,
+            cmdline: "quiet".into(),
+            vsock: VsockDevice::VhostUser {
+                socket: "/run/c/vhu.sock".into(),
+            },
+            shares: vec![FsShare {
+                socket: "/run/c/fs.sock".into(),
+                tag: "cocoon".into(),
+            }],
+            console_log: Some("/run/c/console.log".into()),
+            qmp_socket: "/run/c/qmp.sock".into(),
+        }
+    }
+
+    fn joined(a: &VmArgs) -> String {
+        a.to_argv().iter().map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn golden_tcg_vhost_user() {
+        assert_eq!(
+            joined(&args()),
+            "-name cocoon-t1,debug-threads=on -nodefaults -no-user-config -display none -no-reboot \
+             -machine q35,accel=tcg,memory-backend=mem0 -cpu max -smp 2 -m 512M \
+             -object memory-backend-memfd,id=mem0,size=512M,share=on \
+             -kernel /k/vmlinuz -initrd /k/initrd.img -append quiet \
+             -chardev socket,id=vsock0,path=/run/c/vhu.sock -device vhost-user-vsock-pci,chardev=vsock0 \
+             -chardev socket,id=fs0,path=/run/c/fs.sock -device vhost-user-fs-pci,chardev=fs0,tag=cocoon,queue-size=1024 \
+             -chardev file,id=console0,path=/run/c/console.log -serial chardev:console0 \
+             -qmp unix:/run/c/qmp.sock,server=on,wait=off"
+        );
+    }
+
+    #[test]
+    fn kernel_vsock_firmware_no_console() {
+        let mut a = args();
+        a.accel = ResolvedAccel::Kvm;
+        a.cpu_model = "host".into();
+        a.vsock = VsockDevice::Vhost { cid: 7 };
+        a.firmware = Some("/usr/share/ovmf/OVMF.fd".into());
+        a.console_log = None;
+        a.shares.clear();
+        let s = joined(&a);
+        assert!(s.contains("-machine q35,accel=kvm,memory-backend=mem0 -cpu host"), "{s}");
+        assert!(s.contains("-device vhost-vsock-pci,id=vsock0,guest-cid=7"), "{s}");
+        assert!(s.contains("-bios /usr/share/ovmf/OVMF.fd"), "{s}");
+        assert!(s.contains("-serial none"), "{s}");
+        assert!(!s.contains("vhost-user"), "{s}");
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut a = args();
+        a.qmp_socket = "/run/a,b/qmp.sock".into();
+        assert!(joined(&a).contains("-qmp unix:/run/a,,b/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn cmdline_from_config() {
+        let mut c = Config::dev_defaults().unwrap();
+        c.qemu.kernel_params = vec!["loglevel=7".into()];
+        let line = kernel_cmdline(&c.qemu);
+        assert!(line.starts_with("reboot=k panic=-1 quiet"), "{line}");
+        assert!(line.ends_with("console=ttyS0 loglevel=7"), "{line}");
+        c.qemu.debug_console = false;
+        assert!(!kernel_cmdline(&c.qemu).contains("console="));
+    }
+}

@@ -1,0 +1,385 @@
+//! One VM from start to end: helper daemons, QEMU, the agent connection, and
+//! a shutdown that leaves nothing behind (also when dropped after a failure).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cocoon_protocol::agent_ttrpc::AgentClient;
+use cocoon_protocol::AGENT_VSOCK_PORT;
+use slog::{info, warn, Logger};
+
+use crate::agent::{self, AgentAddr, AgentError};
+use crate::config::{Accel, Config, ConfigError, Transport};
+use crate::host::HostRoots;
+use crate::process::{log_tail, Daemon, DaemonError};
+use crate::qemu::argv::{kernel_cmdline, FsShare, ResolvedAccel, VmArgs, VsockDevice};
+use crate::qemu::qmp::Qmp;
+
+/// How long a helper daemon may take to create its socket.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Guest CID used with vhost-device-vsock (each VM has its own backend).
+const HYBRID_GUEST_CID: u32 = 3;
+
+/// Errors of launching or stopping a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration names a missing file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `accel = "kvm"` on a host where KVM cannot run guests.
+    #[error("`hypervisor.qemu.accel` = \"kvm\" but KVM cannot run guests here (no /dev/kvm or no vmx/svm CPU flag); use \"auto\" or \"tcg\"")]
+    KvmUnavailable,
+    /// `transport = "vhost-vsock"` without the kernel device.
+    #[error("`agent.transport` = \"vhost-vsock\" but /dev/vhost-vsock does not exist; load the vhost_vsock module or use \"vhost-user-vsock\"")]
+    NoVhostVsock,
+    /// The VM's state directory exists already.
+    #[error("VM state directory {0} exists already; is a VM with this id running? (`cocoon` cleans it up on delete)")]
+    Exists(PathBuf),
+    /// The state directory could not be created.
+    #[error("cannot create VM state directory {path}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path would not fit a unix socket address.
+    #[error("socket path {0} is longer than 107 bytes; use a shorter `runtime.state_dir`")]
+    SocketPathTooLong(PathBuf),
+    /// A shared directory is not a directory.
+    #[error("shared directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// A helper or QEMU failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The agent never answered.
+    #[error("agent did not answer within {secs} s ({reason}); guest console: {console}")]
+    AgentTimeout {
+        /// The configured timeout.
+        secs: u64,
+        /// What was observed.
+        reason: String,
+        /// Tail of the console log.
+        console: String,
+    },
+    /// The agent answered wrongly.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// A host directory shared into the guest over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// Mount tag.
+    pub tag: String,
+    /// Host directory.
+    pub dir: PathBuf,
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    /// Unique id (sandbox id); names the state directory.
+    pub id: String,
+    /// virtio-fs shares.
+    pub shares: Vec<Share>,
+}
+
+/// Removes a directory tree on drop.
+#[derive(Debug)]
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running VM with a connected agent. Dropping it kills everything and
+/// removes its state directory; [`Vm::shutdown`] does it gracefully.
+pub struct Vm {
+    // Field order is drop order: processes first, then the directory.
+    agent: AgentClient,
+    qemu: Daemon,
+    helpers: Vec<Daemon>,
+    qmp: Qmp,
+    console_log: Option<PathBuf>,
+    kernel_release: String,
+    boot_time: Duration,
+    log: Logger,
+    run_dir: RunDir,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("run_dir", &self.run_dir.0)
+            .field("qemu", &self.qemu)
+            .field("helpers", &self.helpers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The resolved choices for one launch (also used by `cocoon config show`
+/// and measurement code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// Accelerator.
+    pub accel: ResolvedAccel,
+    /// Agent transport.
+    pub transport: Transport,
+}
+
+/// Resolves `auto` choices against the host.
+pub fn resolve(config: &Config, host: &HostRoots) -> Result<Resolved, VmError> {
+    let accel = match config.qemu.accel {
+        Accel::Tcg => ResolvedAccel::Tcg,
+        Accel::Kvm if host.kvm_usable() => ResolvedAccel::Kvm,
+        Accel::Kvm => return Err(VmError::KvmUnavailable),
+        Accel::Auto if host.kvm_usable() => ResolvedAccel::Kvm,
+        Accel::Auto => ResolvedAccel::Tcg,
+    };
+    let transport = match config.agent.transport {
+        Transport::VhostVsock if !host.has_vhost_vsock() => return Err(VmError::NoVhostVsock),
+        Transport::Auto if host.has_vhost_vsock() => Transport::VhostVsock,
+        Transport::Auto => Transport::VhostUserVsock,
+        t => t,
+    };
+    Ok(Resolved { accel, transport })
+}
+
+fn socket_path(dir: &Path, name: &str) -> Result<PathBuf, VmError> {
+    let p = dir.join(name);
+    if p.as_os_str().len() > 107 {
+        return Err(VmError::SocketPathTooLong(p));
+    }
+    Ok(p)
+}
+
+/// A guest CID for kernel vhost-vsock: random in [3, 2^31), so concurrent
+/// VMs practically never collide (QEMU refuses a CID in use).
+fn random_cid() -> u32 {
+    let mut b = [0u8; 4];
+    if getrandom_fill(&mut b).is_err() {
+        return 3 + std::process::id();
+    }
+    3 + (u32::from_le_bytes(b) % ((1 << 31) - 3))
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+impl Vm {
+    /// Starts helpers and QEMU, then waits for the agent.
+    pub async fn launch(config: &Config, host: &HostRoots, req: &VmRequest, log: &Logger) -> Result<Self, VmError> {
+        let log = log.new(slog::o!("vm" => req.id.clone()));
+        let started = Instant::now();
+        config.check_files()?;
+        let resolved = resolve(config, host)?;
+        for s in &req.shares {
+            if !s.dir.is_dir() {
+                return Err(VmError::NotADirectory(s.dir.clone()));
+            }
+        }
+        std::fs::create_dir_all(&config.runtime.state_dir).map_err(|source| VmError::StateDir {
+            path: config.runtime.state_dir.clone(),
+            source,
+        })?;
+        let dir = config.runtime.state_dir.join(&req.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(VmError::Exists(dir)),
+            Err(source) => return Err(VmError::StateDir { path: dir, source }),
+        }
+        let run_dir = RunDir(dir.clone());
+        let q = &config.qemu;
+
+        let mut helpers = Vec::new();
+        let mut shares = Vec::new();
+        for (i, s) in req.shares.iter().enumerate() {
+            let sock = socket_path(&dir, &format!("fs{i}.sock"))?;
+            let args: Vec<OsString> = vec![
+                format!("--socket-path={}", sock.display()).into(),
+                format!("--shared-dir={}", s.dir.display()).into(),
+                "--sandbox=none".into(),
+                format!("--cache={}", q.virtio_fs_cache.as_str()).into(),
+                "--announce-submounts".into(),
+                "--log-level=warn".into(),
+            ];
+            let mut d = Daemon::spawn("virtiofsd", &q.virtio_fs_daemon, &args, &dir.join(format!("virtiofsd{i}.log")))?;
+            d.wait_for_socket(&sock, HELPER_TIMEOUT).await?;
+            helpers.push(d);
+            shares.push(FsShare {
+                socket: sock,
+                tag: s.tag.clone(),
+            });
+        }
+
+        let (vsock, addr) = match resolved.transport {
+            Transport::VhostUserVsock | Transport::Auto => {
+                let vhu = socket_path(&dir, "vsock.sock")?;
+                let hybrid = socket_path(&dir, "agent.sock")?;
+                // vhost-device-vsock connects guest-initiated streams to
+                // `<uds-path>_<port>`; keep room for that suffix.
+                socket_path(&dir, "agent.sock_4294967295")?;
+                let arg = format!("guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}", vhu.display(), hybrid.display());
+                let mut d = Daemon::spawn("vhost-device-vsock", &q.vhost_user_vsock_daemon, &["--vm".into(), arg.into()], &dir.join("vsock.log"))?;
+                d.wait_for_socket(&vhu, HELPER_TIMEOUT).await?;
+                helpers.push(d);
+                (
+                    VsockDevice::VhostUser { socket: vhu },
+                    AgentAddr::Hybrid {
+                        uds: hybrid,
+                        port: AGENT_VSOCK_PORT,
+                    },
+                )
+            }
+            Transport::VhostVsock => {
+                let cid = random_cid();
+                (
+                    VsockDevice::Vhost { cid },
+                    AgentAddr::Vsock {
+                        cid,
+                        port: AGENT_VSOCK_PORT,
+                    },
+                )
+            }
+        };
+
+        let qmp_socket = socket_path(&dir, "qmp.sock")?;
+        let console_log = q.debug_console.then(|| dir.join("console.log"));
+        let args = VmArgs {
+            name: format!("cocoon-{}", req.id.chars().take(16).collect::<String>()),
+            accel: resolved.accel,
+            machine_type: q.machine_type.clone(),
+            cpu_model: q.cpu_model.clone().unwrap_or_else(|| resolved.accel.default_cpu().into()),
+            vcpus: q.vcpus,
+            memory_mib: q.memory_mib,
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            firmware: q.firmware.clone(),
+            cmdline: kernel_cmdline(q),
+            vsock,
+            shares,
+            console_log: console_log.clone(),
+            qmp_socket: qmp_socket.clone(),
+        };
+        let argv = args.to_argv();
+        info!(log, "starting qemu"; "accel" => ?resolved.accel, "transport" => ?resolved.transport,
+              "argv" => argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+        let mut qemu = Daemon::spawn("qemu", &q.path, &argv, &dir.join("qemu.log"))?;
+
+        let deadline = started + config.agent.dial_timeout;
+        let (agent, kernel_release) = loop {
+            if let Some(status) = qemu.try_wait() {
+                return Err(VmError::AgentTimeout {
+                    secs: config.agent.dial_timeout.as_secs(),
+                    reason: format!("qemu exited with {status} after {:.1} s; qemu log: {}", started.elapsed().as_secs_f64(), log_tail(qemu.log(), 3)),
+                    console: console_log.as_deref().map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::AgentTimeout {
+                    secs: config.agent.dial_timeout.as_secs(),
+                    reason: "qemu is running but nothing listens on the agent port".into(),
+                    console: console_log.as_deref().map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
+                });
+            }
+            let attempt = tokio::time::timeout(Duration::from_secs(2), agent::connect_checked(&addr, Duration::from_secs(2))).await;
+            match attempt {
+                Ok(Ok(ok)) => break ok,
+                Ok(Err(AgentError::Version(v))) => return Err(AgentError::Version(v).into()),
+                Ok(Err(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let boot_time = started.elapsed();
+        info!(log, "agent ready"; "boot_ms" => boot_time.as_millis() as u64, "kernel" => &kernel_release);
+        Ok(Self {
+            agent,
+            qemu,
+            helpers,
+            qmp: Qmp::new(&qmp_socket),
+            console_log,
+            kernel_release,
+            boot_time,
+            log,
+            run_dir,
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// The QMP client.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// Launch → agent ready.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Guest kernel release reported by the agent.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+
+    /// The VM's state directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir.0
+    }
+
+    /// The serial console log, if the console is on.
+    pub fn console_log(&self) -> Option<&Path> {
+        self.console_log.as_deref()
+    }
+
+    /// PIDs of QEMU and the helpers (for resource accounting).
+    pub fn pids(&self) -> Vec<i32> {
+        std::iter::once(&self.qemu)
+            .chain(&self.helpers)
+            .filter_map(|d| d.pid().map(|p| p.as_raw()))
+            .collect()
+    }
+
+    /// Whether QEMU has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.qemu.try_wait()
+    }
+
+    /// Waits until QEMU exits.
+    pub async fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.qemu.wait().await
+    }
+
+    /// Stops the VM: asks the agent to power off, falls back to QMP `quit`
+    /// and then SIGKILL; stops the helpers and removes the state directory.
+    pub async fn shutdown(mut self) {
+        if self.qemu.try_wait().is_none() {
+            let req = cocoon_protocol::agent::ShutdownRequest::new();
+            let asked = self.agent.shutdown(agent::ctx(Duration::from_secs(2)), &req).await.is_ok();
+            if !asked || self.qemu.wait_timeout(Duration::from_secs(5)).await.is_none() {
+                warn!(self.log, "guest did not power off; quitting qemu");
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.quit()).await;
+                if self.qemu.wait_timeout(Duration::from_secs(3)).await.is_none() {
+                    self.qemu.kill().await;
+                }
+            }
+        }
+        for h in &mut self.helpers {
+            // virtiofsd exits by itself once QEMU is gone; give it a moment.
+            if h.wait_timeout(Duration::from_millis(200)).await.is_none() {
+                h.kill().await;
+            }
+        }
+        info!(self.log, "vm stopped");
+        // Dropping removes the state directory.
+    }
+}
