@@ -62,7 +62,8 @@ impl Process {
             return Err(Error::FailedPrecondition(format!("process {} was started already", self.pid)));
         };
         let arg0 = self.arg0.clone();
-        tokio::task::spawn_blocking(move || spawn::start(start_fd, &report_fd, &arg0))
+        let pid = self.pid;
+        tokio::task::spawn_blocking(move || spawn::start(start_fd, &report_fd, pid, &arg0))
             .await
             .map_err(|_| Error::sys("start task panicked", nix::errno::Errno::EIO))?
     }

@@ -43,7 +43,9 @@ async fn agent() -> Agent {
     let st = Command::new(script).arg(&rootfs).status().unwrap();
     assert!(st.success(), "building the busybox rootfs failed");
     let sock = dir.path().join("agent.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_cocoon-agent"))
+    // COCOON_AGENT_BIN tests another build, e.g. the static one in the initrd.
+    let bin = std::env::var_os("COCOON_AGENT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cocoon-agent").into());
+    let child = Command::new(bin)
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--shared-dir")

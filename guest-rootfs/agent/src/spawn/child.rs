@@ -317,11 +317,16 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
         }
         NsSetup::Join { mnt, uts, ipc, root } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
     }
-    // SAFETY: `groups` is a live Vec whose length is passed along.
+    // Raw system calls, not the libc wrappers: glibc's set*id functions
+    // broadcast the change to every thread it believes exists, and this
+    // child of a multi-threaded process has only one thread, so the wrappers
+    // would wait forever for the others to acknowledge.
+    // SAFETY: `groups` is a live Vec whose length is passed along; the ids
+    // are plain integers.
     unsafe {
-        check!(spec, SpawnStep::User, libc::setgroups(spec.groups.len(), spec.groups.as_ptr()));
-        check!(spec, SpawnStep::User, libc::setresgid(spec.gid, spec.gid, spec.gid));
-        check!(spec, SpawnStep::User, libc::setresuid(spec.uid, spec.uid, spec.uid));
+        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr()));
+        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setresgid, spec.gid, spec.gid, spec.gid));
+        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid));
         check!(spec, SpawnStep::Cwd, libc::chdir(spec.cwd.as_ptr()));
     }
     let mut exe = None;

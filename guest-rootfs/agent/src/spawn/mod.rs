@@ -12,7 +12,7 @@ pub mod child;
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use crate::reaper::Reaper;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long a child may take to reach "ready" or to exec.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What to run, decoded from the request.
 #[derive(Debug, Clone, Default)]
@@ -246,13 +246,23 @@ fn clone_child(reaper: &Reaper, flags: libc::c_int, spec: &ChildSpec) -> Result<
     Ok((pid, rx))
 }
 
+/// Where a child is stuck, from procfs (for the timeout error).
+fn stuck_where(pid: Pid) -> String {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let nr = syscall.split_whitespace().next().unwrap_or("?").to_string();
+    let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+    let stack: Vec<&str> = stack.lines().map(|l| l.split_whitespace().nth(1).unwrap_or(l)).take(6).collect();
+    format!("child {pid} is blocked in {wchan:?} (syscall {nr}, kernel stack {})", stack.join(" < "))
+}
+
 /// Reads one report record; `Ok(None)` on EOF.
-fn read_report(fd: &OwnedFd) -> Result<Option<Report>> {
+fn read_report(fd: &OwnedFd, pid: Pid) -> Result<Option<Report>> {
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     let timeout = PollTimeout::try_from(REPORT_TIMEOUT.as_millis()).unwrap_or(PollTimeout::MAX);
     loop {
         match poll(&mut fds, timeout) {
-            Ok(0) => return Err(Error::sys("waiting for the child to report", Errno::ETIMEDOUT)),
+            Ok(0) => return Err(Error::sys(format!("waiting for the child to report: {}", stuck_where(pid)), Errno::ETIMEDOUT)),
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("poll report pipe", e)),
@@ -352,7 +362,7 @@ fn finish_spawn(
     drop(report_w);
     drop(start_r);
     let (pid, exit) = cloned?;
-    match read_report(&report_r)? {
+    match read_report(&report_r, pid)? {
         Some(Report { step: 0, .. }) => Ok(Spawned {
             pid,
             exit,
@@ -448,20 +458,14 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
 /// Lets a ready child exec and waits until it did.
 ///
 /// Blocking: call from a blocking thread.
-pub fn start(start_fd: OwnedFd, report_fd: &OwnedFd, arg0: &str) -> Result<()> {
+pub fn start(start_fd: OwnedFd, report_fd: &OwnedFd, pid: Pid, arg0: &str) -> Result<()> {
     let file = File::from(start_fd);
     nix::unistd::write(&file, &[1u8]).map_err(|e| Error::sys("signal the child to start", e))?;
     drop(file);
-    match read_report(report_fd)? {
+    match read_report(report_fd, pid)? {
         None => Ok(()),
         Some(r) => Err(report_error(r, arg0)),
     }
-}
-
-/// Raw fd helper for tests.
-#[allow(dead_code)]
-fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]

@@ -1,0 +1,77 @@
+//! The `cocoon` command line: one module per subcommand.
+
+mod config;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Cocoon: confidential VM-per-pod containers.
+#[derive(Debug, Parser)]
+#[command(name = "cocoon", version, about)]
+pub struct Cli {
+    /// Node configuration file (default: $COCOON_CONFIG, then
+    /// /etc/cocoon/config.toml, then the built-in development defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print progress logs (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a VM with DIR as the root filesystem, run one command in it,
+    /// stream its output and exit with its exit code.
+    Run(run::RunArgs),
+    /// Check or show the node configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+}
+
+impl Cli {
+    fn log_level(&self) -> slog::Level {
+        match self.verbose {
+            0 => slog::Level::Warning,
+            1 => slog::Level::Info,
+            2 => slog::Level::Debug,
+            _ => slog::Level::Trace,
+        }
+    }
+}
+
+/// Prints an error and its causes, one per line.
+pub fn print_error(e: &anyhow::Error) {
+    eprintln!("cocoon: error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cocoon: error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        match &cli.command {
+            Command::Run(args) => run::run(&cli, args).await,
+            Command::Config(c) => config::run(&cli, c),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            print_error(&e);
+            e.downcast_ref::<run::ExitWith>().map_or(1, |x| x.0)
+        }
+    }
+}
