@@ -9,13 +9,39 @@
 //! refuse to talk (see [`check_version`]).
 #![deny(missing_docs)]
 
-#[allow(missing_docs, non_upper_case_globals, non_camel_case_types, unused_results, unused_mut, unused_imports, unknown_lints, clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#[allow(
+    missing_docs,
+    non_upper_case_globals,
+    non_camel_case_types,
+    unused_results,
+    unused_mut,
+    unused_imports,
+    unknown_lints,
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
 pub mod agent {
     //! Generated protobuf messages.
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
-#[allow(missing_docs, non_upper_case_globals, non_camel_case_types, unused_results, unused_mut, unused_imports, unknown_lints, clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#[allow(
+    missing_docs,
+    non_upper_case_globals,
+    non_camel_case_types,
+    unused_results,
+    unused_mut,
+    unused_imports,
+    unknown_lints,
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
 pub mod agent_ttrpc {
     //! Generated ttrpc client and service.
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
@@ -77,7 +103,10 @@ mod tests {
     #[test]
     fn mismatch_message_names_both_versions_and_the_fix() {
         let msg = check_version(7).unwrap_err().to_string();
-        assert!(msg.contains("version 1") && msg.contains("version 7"), "{msg}");
+        assert!(
+            msg.contains("version 1") && msg.contains("version 7"),
+            "{msg}"
+        );
         assert!(msg.contains("make guest"), "{msg}");
     }
 

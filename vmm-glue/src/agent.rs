@@ -69,14 +69,20 @@ pub async fn hybrid_connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
     loop {
         let mut b = [0u8; 1];
         if s.read(&mut b).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "backend closed the connection (nothing listens on the guest port yet)"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "backend closed the connection (nothing listens on the guest port yet)",
+            ));
         }
         if b[0] == b'\n' {
             break;
         }
         line.push(b[0]);
         if line.len() > 64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "overlong hybrid vsock reply"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "overlong hybrid vsock reply",
+            ));
         }
     }
     if line.starts_with(b"OK ") {
@@ -100,9 +106,11 @@ pub async fn dial(addr: &AgentAddr) -> Result<AgentClient, AgentError> {
             let s = hybrid_connect(uds, *port).await.map_err(err)?;
             ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(s))
         }
-        AgentAddr::Vsock { cid, port } => ttrpc::r#async::Client::connect(&format!("vsock://{cid}:{port}"))
-            .await
-            .map_err(|e| err(io::Error::other(e.to_string())))?,
+        AgentAddr::Vsock { cid, port } => {
+            ttrpc::r#async::Client::connect(&format!("vsock://{cid}:{port}"))
+                .await
+                .map_err(|e| err(io::Error::other(e.to_string())))?
+        }
     };
     Ok(AgentClient::new(client))
 }
@@ -114,7 +122,10 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
 
 /// Connects and checks the protocol version; returns the client and the
 /// guest kernel release.
-pub async fn connect_checked(addr: &AgentAddr, rpc_timeout: Duration) -> Result<(AgentClient, String), AgentError> {
+pub async fn connect_checked(
+    addr: &AgentAddr,
+    rpc_timeout: Duration,
+) -> Result<(AgentClient, String), AgentError> {
     let client = dial(addr).await?;
     let mut req = VersionRequest::new();
     req.protocol_version = cocoon_protocol::PROTOCOL_VERSION;

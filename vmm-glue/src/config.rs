@@ -347,7 +347,11 @@ impl RawConfig {
             if p.is_absolute() {
                 Ok(p.to_path_buf())
             } else {
-                Err(invalid(key, format!("{p:?}"), "must be an absolute path".into()))
+                Err(invalid(
+                    key,
+                    format!("{p:?}"),
+                    "must be an absolute path".into(),
+                ))
             }
         };
         let accel = match q.accel.as_str() {
@@ -390,7 +394,11 @@ impl RawConfig {
                 "must be a plain CPU model name such as \"host\", \"max\" or \"EPYC-v4\"".into(),
             ));
         }
-        let kernel_params: Vec<String> = q.kernel_params.split_whitespace().map(str::to_string).collect();
+        let kernel_params: Vec<String> = q
+            .kernel_params
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         if let Some(p) = kernel_params
             .iter()
             .find(|p| RESERVED_KERNEL_PARAMS.contains(&p.split('=').next().unwrap_or(p)))
@@ -432,7 +440,10 @@ impl RawConfig {
             debug_console: q.debug_console,
             virtio_fs_daemon: abs("hypervisor.qemu.virtio_fs_daemon", &q.virtio_fs_daemon)?,
             virtio_fs_cache,
-            vhost_user_vsock_daemon: abs("hypervisor.qemu.vhost_user_vsock_daemon", &q.vhost_user_vsock_daemon)?,
+            vhost_user_vsock_daemon: abs(
+                "hypervisor.qemu.vhost_user_vsock_daemon",
+                &q.vhost_user_vsock_daemon,
+            )?,
         };
 
         let a = &self.agent;
@@ -482,7 +493,8 @@ impl RawConfig {
                 return Err(invalid(
                     "runtime.allowed_annotations",
                     format!("{p:?}"),
-                    "entries are annotation keys, optionally ending in `*` (e.g. \"io.cocoon.*\")".into(),
+                    "entries are annotation keys, optionally ending in `*` (e.g. \"io.cocoon.*\")"
+                        .into(),
                 ));
             }
             allowed.push(AnnotationPattern(p.clone()));
@@ -544,13 +556,33 @@ impl Config {
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let q = &self.qemu;
         let mut files: Vec<(&'static str, &Path, &'static str)> = vec![
-            ("hypervisor.qemu.path", &q.path, "install QEMU 10 (make deps) or fix the path"),
-            ("hypervisor.qemu.kernel", &q.kernel, "build the guest (make guest) and install it (make install), or fix the path"),
-            ("hypervisor.qemu.initrd", &q.initrd, "build the guest (make guest) and install it (make install), or fix the path"),
-            ("hypervisor.qemu.virtio_fs_daemon", &q.virtio_fs_daemon, "install virtiofsd (make deps install) or fix the path"),
+            (
+                "hypervisor.qemu.path",
+                &q.path,
+                "install QEMU 10 (make deps) or fix the path",
+            ),
+            (
+                "hypervisor.qemu.kernel",
+                &q.kernel,
+                "build the guest (make guest) and install it (make install), or fix the path",
+            ),
+            (
+                "hypervisor.qemu.initrd",
+                &q.initrd,
+                "build the guest (make guest) and install it (make install), or fix the path",
+            ),
+            (
+                "hypervisor.qemu.virtio_fs_daemon",
+                &q.virtio_fs_daemon,
+                "install virtiofsd (make deps install) or fix the path",
+            ),
         ];
         if let Some(fw) = &q.firmware {
-            files.push(("hypervisor.qemu.firmware", fw, "install the firmware package or fix the path"));
+            files.push((
+                "hypervisor.qemu.firmware",
+                fw,
+                "install the firmware package or fix the path",
+            ));
         }
         if self.agent.transport != Transport::VhostVsock {
             files.push((
@@ -582,7 +614,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::from_toml(text, "test.toml").unwrap_err().to_string()
+        Config::from_toml(text, "test.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -631,33 +665,83 @@ mod tests {
         .unwrap();
         assert_eq!(c.qemu.accel, Accel::Tcg);
         assert_eq!(c.qemu.kernel_params, vec!["quiet", "loglevel=3"]);
-        assert_eq!(c.qemu.firmware, Some(PathBuf::from("/usr/share/ovmf/OVMF.fd")));
+        assert_eq!(
+            c.qemu.firmware,
+            Some(PathBuf::from("/usr/share/ovmf/OVMF.fd"))
+        );
         assert_eq!(c.agent.transport, Transport::VhostUserVsock);
         assert_eq!(c.runtime.log_level, LogLevel::Debug);
         assert!(c.runtime.allowed_annotations[0].matches("io.cocoon.gpu"));
         assert!(!c.runtime.allowed_annotations[0].matches("io.other"));
-        assert!(c.runtime.allowed_annotations[1].matches("io.katacontainers.config.hypervisor.cc_init_data"));
-        assert!(!c.runtime.allowed_annotations[1].matches("io.katacontainers.config.hypervisor.cc_init_data2"));
+        assert!(c.runtime.allowed_annotations[1]
+            .matches("io.katacontainers.config.hypervisor.cc_init_data"));
+        assert!(!c.runtime.allowed_annotations[1]
+            .matches("io.katacontainers.config.hypervisor.cc_init_data2"));
     }
 
     #[test]
     fn bad_files_name_the_key_and_the_fix() {
         let cases: &[(&str, &[&str])] = &[
-            ("[hypervisor.qemu]\nfoo = 1", &["unknown field `foo`", "test.toml"]),
-            ("[hypervisor.qemu]\naccel = \"xen\"", &["hypervisor.qemu.accel", "\"xen\"", "\"tcg\""]),
-            ("[hypervisor.qemu]\ndefault_vcpus = 0", &["hypervisor.qemu.default_vcpus", "between 1 and 240"]),
-            ("[hypervisor.qemu]\ndefault_memory = 16", &["hypervisor.qemu.default_memory", "MiB"]),
-            ("[hypervisor.qemu]\ndefault_vcpus = \"two\"", &["invalid type", "default_vcpus"]),
-            ("[hypervisor.qemu]\nkernel = \"vmlinuz\"", &["hypervisor.qemu.kernel", "absolute path"]),
-            ("[hypervisor.qemu]\nkernel_params = \"init=/bin/sh\"", &["hypervisor.qemu.kernel_params", "set by Cocoon"]),
-            ("[hypervisor.qemu]\nmachine_type = \"pc\"", &["hypervisor.qemu.machine_type", "q35"]),
-            ("[hypervisor.qemu]\ncpu_model = \"host,+sev\"", &["hypervisor.qemu.cpu_model"]),
-            ("[hypervisor.qemu]\nvirtio_fs_cache = \"sometimes\"", &["hypervisor.qemu.virtio_fs_cache"]),
-            ("[agent]\ntransport = \"tcp\"", &["agent.transport", "vhost-user-vsock"]),
-            ("[agent]\ndial_timeout = 0", &["agent.dial_timeout", "seconds"]),
-            ("[runtime]\nlog_level = \"loud\"", &["runtime.log_level", "\"debug\""]),
-            ("[runtime]\nallowed_annotations = [\"io.*.x\"]", &["runtime.allowed_annotations", "ending in `*`"]),
-            ("[runtime]\nstate_dir = \"run\"", &["runtime.state_dir", "absolute"]),
+            (
+                "[hypervisor.qemu]\nfoo = 1",
+                &["unknown field `foo`", "test.toml"],
+            ),
+            (
+                "[hypervisor.qemu]\naccel = \"xen\"",
+                &["hypervisor.qemu.accel", "\"xen\"", "\"tcg\""],
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = 0",
+                &["hypervisor.qemu.default_vcpus", "between 1 and 240"],
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_memory = 16",
+                &["hypervisor.qemu.default_memory", "MiB"],
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = \"two\"",
+                &["invalid type", "default_vcpus"],
+            ),
+            (
+                "[hypervisor.qemu]\nkernel = \"vmlinuz\"",
+                &["hypervisor.qemu.kernel", "absolute path"],
+            ),
+            (
+                "[hypervisor.qemu]\nkernel_params = \"init=/bin/sh\"",
+                &["hypervisor.qemu.kernel_params", "set by Cocoon"],
+            ),
+            (
+                "[hypervisor.qemu]\nmachine_type = \"pc\"",
+                &["hypervisor.qemu.machine_type", "q35"],
+            ),
+            (
+                "[hypervisor.qemu]\ncpu_model = \"host,+sev\"",
+                &["hypervisor.qemu.cpu_model"],
+            ),
+            (
+                "[hypervisor.qemu]\nvirtio_fs_cache = \"sometimes\"",
+                &["hypervisor.qemu.virtio_fs_cache"],
+            ),
+            (
+                "[agent]\ntransport = \"tcp\"",
+                &["agent.transport", "vhost-user-vsock"],
+            ),
+            (
+                "[agent]\ndial_timeout = 0",
+                &["agent.dial_timeout", "seconds"],
+            ),
+            (
+                "[runtime]\nlog_level = \"loud\"",
+                &["runtime.log_level", "\"debug\""],
+            ),
+            (
+                "[runtime]\nallowed_annotations = [\"io.*.x\"]",
+                &["runtime.allowed_annotations", "ending in `*`"],
+            ),
+            (
+                "[runtime]\nstate_dir = \"run\"",
+                &["runtime.state_dir", "absolute"],
+            ),
             ("[hypervisor.qemu", &["test.toml", "line 1"]),
             ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
         ];
@@ -672,14 +756,22 @@ mod tests {
 
     #[test]
     fn missing_and_unreadable_files() {
-        let e = Config::from_file(Path::new("/nonexistent/cocoon.toml")).unwrap_err().to_string();
-        assert!(e.contains("cannot read config file /nonexistent/cocoon.toml"), "{e}");
+        let e = Config::from_file(Path::new("/nonexistent/cocoon.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read config file /nonexistent/cocoon.toml"),
+            "{e}"
+        );
         let mut c = Config::dev_defaults().unwrap();
         c.qemu.kernel = "/nonexistent/vmlinuz".into();
         c.qemu.path = "/bin/sh".into();
         c.qemu.initrd = "/bin/sh".into();
         c.qemu.virtio_fs_daemon = "/bin/sh".into();
         let e = c.check_files().unwrap_err().to_string();
-        assert!(e.contains("hypervisor.qemu.kernel") && e.contains("make guest"), "{e}");
+        assert!(
+            e.contains("hypervisor.qemu.kernel") && e.contains("make guest"),
+            "{e}"
+        );
     }
 }

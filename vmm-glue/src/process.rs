@@ -87,7 +87,12 @@ impl Daemon {
     /// Must be called from a long-lived thread (a runtime worker, not the
     /// blocking pool): the parent-death signal fires when the *thread* that
     /// forked exits.
-    pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) -> Result<Self, DaemonError> {
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+    ) -> Result<Self, DaemonError> {
         let out = std::fs::File::create(log).map_err(|source| DaemonError::Log {
             path: log.to_path_buf(),
             source,
@@ -118,7 +123,10 @@ impl Daemon {
             program: program.to_path_buf(),
             source,
         })?;
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw);
         Ok(Self {
             name,
             child,
@@ -161,7 +169,10 @@ impl Daemon {
 
     /// Waits up to `timeout` for it to exit.
     pub async fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(timeout, self.wait()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.wait())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Kills its whole process group with SIGKILL and reaps it.
@@ -181,7 +192,11 @@ impl Daemon {
     }
 
     /// Waits until `socket` exists, failing early if the daemon exits.
-    pub async fn wait_for_socket(&mut self, socket: &Path, timeout: Duration) -> Result<(), DaemonError> {
+    pub async fn wait_for_socket(
+        &mut self,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<(), DaemonError> {
         let start = Instant::now();
         loop {
             if socket.exists() {
@@ -225,24 +240,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("sh.log");
         let pidfile = dir.path().join("grandchild");
-        let script = format!("sleep 600 & echo $! > {}; echo started; wait", pidfile.display());
-        let d = Daemon::spawn("sh", Path::new("/bin/sh"), &["-c".into(), script.into()], &log).unwrap();
+        let script = format!(
+            "sleep 600 & echo $! > {}; echo started; wait",
+            pidfile.display()
+        );
+        let d = Daemon::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &log,
+        )
+        .unwrap();
         let start = Instant::now();
         while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
             assert!(start.elapsed() < Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         drop(d);
         let start = Instant::now();
         // The grandchild (same process group) must be gone; it is reaped by
         // init, so poll /proc for it.
         loop {
-            let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let stat =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
             if stat.is_empty() || stat.contains(") Z") {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "grandchild survived: {stat}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "grandchild survived: {stat}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(log_tail(&log, 1).contains("started"));
@@ -252,15 +284,35 @@ mod tests {
     async fn early_exit_reports_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("x.log");
-        let mut d = Daemon::spawn("x", Path::new("/bin/sh"), &["-c".into(), "echo bad option >&2; exit 2".into()], &log).unwrap();
-        let e = d.wait_for_socket(&dir.path().join("never.sock"), Duration::from_secs(10)).await.unwrap_err().to_string();
-        assert!(e.contains("x exited with exit status: 2") && e.contains("bad option"), "{e}");
+        let mut d = Daemon::spawn(
+            "x",
+            Path::new("/bin/sh"),
+            &["-c".into(), "echo bad option >&2; exit 2".into()],
+            &log,
+        )
+        .unwrap();
+        let e = d
+            .wait_for_socket(&dir.path().join("never.sock"), Duration::from_secs(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x exited with exit status: 2") && e.contains("bad option"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
     async fn missing_program_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Daemon::spawn("qemu", Path::new("/nonexistent/qemu"), &[], &dir.path().join("l")).unwrap_err().to_string();
+        let e = Daemon::spawn(
+            "qemu",
+            Path::new("/nonexistent/qemu"),
+            &[],
+            &dir.path().join("l"),
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(e, "cannot start qemu (/nonexistent/qemu)");
     }
 }

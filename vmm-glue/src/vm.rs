@@ -175,7 +175,12 @@ fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
 
 impl Vm {
     /// Starts helpers and QEMU, then waits for the agent.
-    pub async fn launch(config: &Config, host: &HostRoots, req: &VmRequest, log: &Logger) -> Result<Self, VmError> {
+    pub async fn launch(
+        config: &Config,
+        host: &HostRoots,
+        req: &VmRequest,
+        log: &Logger,
+    ) -> Result<Self, VmError> {
         let log = log.new(slog::o!("vm" => req.id.clone()));
         let started = Instant::now();
         config.check_files()?;
@@ -192,7 +197,9 @@ impl Vm {
         let dir = config.runtime.state_dir.join(&req.id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(VmError::Exists(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(VmError::Exists(dir))
+            }
             Err(source) => return Err(VmError::StateDir { path: dir, source }),
         }
         let run_dir = RunDir(dir.clone());
@@ -210,7 +217,12 @@ impl Vm {
                 "--announce-submounts".into(),
                 "--log-level=warn".into(),
             ];
-            let mut d = Daemon::spawn("virtiofsd", &q.virtio_fs_daemon, &args, &dir.join(format!("virtiofsd{i}.log")))?;
+            let mut d = Daemon::spawn(
+                "virtiofsd",
+                &q.virtio_fs_daemon,
+                &args,
+                &dir.join(format!("virtiofsd{i}.log")),
+            )?;
             d.wait_for_socket(&sock, HELPER_TIMEOUT).await?;
             helpers.push(d);
             shares.push(FsShare {
@@ -226,8 +238,17 @@ impl Vm {
                 // vhost-device-vsock connects guest-initiated streams to
                 // `<uds-path>_<port>`; keep room for that suffix.
                 socket_path(&dir, "agent.sock_4294967295")?;
-                let arg = format!("guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}", vhu.display(), hybrid.display());
-                let mut d = Daemon::spawn("vhost-device-vsock", &q.vhost_user_vsock_daemon, &["--vm".into(), arg.into()], &dir.join("vsock.log"))?;
+                let arg = format!(
+                    "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
+                    vhu.display(),
+                    hybrid.display()
+                );
+                let mut d = Daemon::spawn(
+                    "vhost-device-vsock",
+                    &q.vhost_user_vsock_daemon,
+                    &["--vm".into(), arg.into()],
+                    &dir.join("vsock.log"),
+                )?;
                 d.wait_for_socket(&vhu, HELPER_TIMEOUT).await?;
                 helpers.push(d);
                 (
@@ -256,7 +277,10 @@ impl Vm {
             name: format!("cocoon-{}", req.id.chars().take(16).collect::<String>()),
             accel: resolved.accel,
             machine_type: q.machine_type.clone(),
-            cpu_model: q.cpu_model.clone().unwrap_or_else(|| resolved.accel.default_cpu().into()),
+            cpu_model: q
+                .cpu_model
+                .clone()
+                .unwrap_or_else(|| resolved.accel.default_cpu().into()),
             vcpus: q.vcpus,
             memory_mib: q.memory_mib,
             kernel: q.kernel.clone(),
@@ -278,18 +302,30 @@ impl Vm {
             if let Some(status) = qemu.try_wait() {
                 return Err(VmError::AgentTimeout {
                     secs: config.agent.dial_timeout.as_secs(),
-                    reason: format!("qemu exited with {status} after {:.1} s; qemu log: {}", started.elapsed().as_secs_f64(), log_tail(qemu.log(), 3)),
-                    console: console_log.as_deref().map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
+                    reason: format!(
+                        "qemu exited with {status} after {:.1} s; qemu log: {}",
+                        started.elapsed().as_secs_f64(),
+                        log_tail(qemu.log(), 3)
+                    ),
+                    console: console_log
+                        .as_deref()
+                        .map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(VmError::AgentTimeout {
                     secs: config.agent.dial_timeout.as_secs(),
                     reason: "qemu is running but nothing listens on the agent port".into(),
-                    console: console_log.as_deref().map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
+                    console: console_log
+                        .as_deref()
+                        .map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
                 });
             }
-            let attempt = tokio::time::timeout(Duration::from_secs(2), agent::connect_checked(&addr, Duration::from_secs(2))).await;
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(2),
+                agent::connect_checked(&addr, Duration::from_secs(2)),
+            )
+            .await;
             match attempt {
                 Ok(Ok(ok)) => break ok,
                 Ok(Err(AgentError::Version(v))) => return Err(AgentError::Version(v).into()),
@@ -297,7 +333,7 @@ impl Vm {
             }
         };
         let boot_time = started.elapsed();
-        info!(log, "agent ready"; "boot_ms" => boot_time.as_millis() as u64, "kernel" => &kernel_release);
+        info!(log, "agent ready"; "boot_ms" => u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX), "kernel" => &kernel_release);
         Ok(Self {
             agent,
             qemu,
@@ -364,11 +400,26 @@ impl Vm {
     pub async fn shutdown(mut self) {
         if self.qemu.try_wait().is_none() {
             let req = cocoon_protocol::agent::ShutdownRequest::new();
-            let asked = self.agent.shutdown(agent::ctx(Duration::from_secs(2)), &req).await.is_ok();
-            if !asked || self.qemu.wait_timeout(Duration::from_secs(5)).await.is_none() {
+            let asked = self
+                .agent
+                .shutdown(agent::ctx(Duration::from_secs(2)), &req)
+                .await
+                .is_ok();
+            if !asked
+                || self
+                    .qemu
+                    .wait_timeout(Duration::from_secs(5))
+                    .await
+                    .is_none()
+            {
                 warn!(self.log, "guest did not power off; quitting qemu");
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.quit()).await;
-                if self.qemu.wait_timeout(Duration::from_secs(3)).await.is_none() {
+                if self
+                    .qemu
+                    .wait_timeout(Duration::from_secs(3))
+                    .await
+                    .is_none()
+                {
                     self.qemu.kill().await;
                 }
             }

@@ -32,16 +32,29 @@ pub struct Process {
 impl Process {
     /// Wraps a spawned, not yet started child.
     pub fn new(arg0: &str, s: Spawned) -> Result<Self> {
-        let io = |e: std::io::Error| Error::sys("set up stdio pumps", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+        let io = |e: std::io::Error| {
+            Error::sys(
+                "set up stdio pumps",
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        };
         let (stdin, stdout, stderr) = match s.stdio {
-            ParentStdio::Pipes { stdin, stdout, stderr } => (
+            ParentStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (
                 Input::new(stdin, false).map_err(io)?,
                 Output::pump(stdout).map_err(io)?,
                 Output::pump(stderr).map_err(io)?,
             ),
             ParentStdio::Tty { master } => {
                 let reader = master.try_clone().map_err(io)?;
-                (Input::new(master, true).map_err(io)?, Output::pump(reader).map_err(io)?, Output::closed())
+                (
+                    Input::new(master, true).map_err(io)?,
+                    Output::pump(reader).map_err(io)?,
+                    Output::closed(),
+                )
             }
         };
         Ok(Self {
@@ -57,9 +70,16 @@ impl Process {
 
     /// Lets the process exec.
     pub async fn start(&self) -> Result<()> {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some((start_fd, report_fd)) = pending else {
-            return Err(Error::FailedPrecondition(format!("process {} was started already", self.pid)));
+            return Err(Error::FailedPrecondition(format!(
+                "process {} was started already",
+                self.pid
+            )));
         };
         let arg0 = self.arg0.clone();
         let pid = self.pid;
@@ -147,7 +167,9 @@ impl Container {
     /// Signals every process of the container.
     pub fn signal_all(&self, sig: Signal) {
         for pid in self.pids() {
-            let Ok(pid) = i32::try_from(pid) else { continue };
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
             let _ = kill(Pid::from_raw(pid), sig);
         }
     }

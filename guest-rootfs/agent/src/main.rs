@@ -64,7 +64,10 @@ async fn serve(args: Args, pid1: bool) -> Result<(), String> {
         .bind(&args.listen)
         .map_err(|e| format!("listen on {}: {e}", args.listen))?
         .register_service(services);
-    server.start().await.map_err(|e| format!("start server: {e}"))?;
+    server
+        .start()
+        .await
+        .map_err(|e| format!("start server: {e}"))?;
     eprintln!("cocoon-agent: serving on {}", args.listen);
     std::future::pending::<()>().await;
     Ok(())

@@ -101,7 +101,10 @@ mod tests {
     fn statuses_follow_the_shell_convention() {
         let p = Pid::from_raw(5);
         assert_eq!(exit_status(WaitStatus::Exited(p, 3)), Some(3));
-        assert_eq!(exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)), Some(137));
+        assert_eq!(
+            exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            Some(137)
+        );
         assert_eq!(exit_status(WaitStatus::StillAlive), None);
     }
 

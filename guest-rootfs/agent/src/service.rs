@@ -56,7 +56,11 @@ fn process_spec(p: Option<&cocoon_protocol::agent::Process>) -> Result<ProcessSp
     Ok(ProcessSpec {
         args: p.args.clone(),
         env: p.env.clone(),
-        cwd: if p.cwd.is_empty() { "/".into() } else { p.cwd.clone() },
+        cwd: if p.cwd.is_empty() {
+            "/".into()
+        } else {
+            p.cwd.clone()
+        },
         uid: user.map_or(0, |u| u.uid),
         gid: user.map_or(0, |u| u.gid),
         groups: user.map(|u| u.additional_gids.clone()).unwrap_or_default(),
@@ -139,9 +143,20 @@ impl AgentService {
             let dir = self.shared_dir.clone();
             let tag = req.shared_fs_tag.clone();
             blocking(move || {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::sys(format!("mkdir {}", dir.display()), nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
-                nix::mount::mount(Some(tag.as_str()), &dir, Some("virtiofs"), nix::mount::MsFlags::empty(), None::<&str>)
-                    .map_err(|e| Error::sys(format!("mount virtiofs {tag:?} on {}", dir.display()), e))
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::sys(
+                        format!("mkdir {}", dir.display()),
+                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    )
+                })?;
+                nix::mount::mount(
+                    Some(tag.as_str()),
+                    &dir,
+                    Some("virtiofs"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+                .map_err(|e| Error::sys(format!("mount virtiofs {tag:?} on {}", dir.display()), e))
             })
             .await?;
             mounted = true;
@@ -161,7 +176,8 @@ impl AgentService {
         if mounted {
             let dir = self.shared_dir.clone();
             blocking(move || {
-                nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::sys("unmount shared dir", e))
+                nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| Error::sys("unmount shared dir", e))
             })
             .await?;
         }
@@ -175,7 +191,10 @@ impl AgentService {
             return Err(Error::NoSandbox);
         }
         if self.state().containers.contains_key(&id) {
-            return Err(Error::AlreadyExists { kind: "container", id });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id,
+            });
         }
         let rootfs = resolve_rootfs(&self.shared_dir, required("rootfs", &req.rootfs)?)?;
         let spec = process_spec(req.process.as_ref())?;
@@ -183,7 +202,10 @@ impl AgentService {
         let hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
         let readonly = req.readonly_rootfs;
         let spec2 = spec.clone();
-        let spawned = blocking(move || spawn::spawn_container(&reaper, &rootfs, hostname.as_deref(), readonly, &spec2)).await?;
+        let spawned = blocking(move || {
+            spawn::spawn_container(&reaper, &rootfs, hostname.as_deref(), readonly, &spec2)
+        })
+        .await?;
         let init = Arc::new(Process::new(&spec.args[0], spawned)?);
         let pid = init.pid.as_raw().unsigned_abs();
         let container = Arc::new(Container {
@@ -194,7 +216,10 @@ impl AgentService {
         let mut st = self.state();
         if st.containers.contains_key(&id) {
             let _ = container.init.signal(Signal::SIGKILL);
-            return Err(Error::AlreadyExists { kind: "container", id });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id,
+            });
         }
         st.containers.insert(id, container);
         Ok(pid)
@@ -203,11 +228,22 @@ impl AgentService {
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<u32> {
         let container = self.container(required("container_id", &req.container_id)?)?;
         let exec_id = required("exec_id", &req.exec_id)?.to_string();
-        if container.execs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&exec_id) {
-            return Err(Error::AlreadyExists { kind: "process", id: exec_id });
+        if container
+            .execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&exec_id)
+        {
+            return Err(Error::AlreadyExists {
+                kind: "process",
+                id: exec_id,
+            });
         }
         if container.init.exited().is_some() {
-            return Err(Error::FailedPrecondition(format!("container {:?} is not running", container.id)));
+            return Err(Error::FailedPrecondition(format!(
+                "container {:?} is not running",
+                container.id
+            )));
         }
         let spec = process_spec(req.process.as_ref())?;
         let reaper = self.reaper.clone();
@@ -245,7 +281,10 @@ impl AgentService {
             p.signal(Signal::SIGKILL)?;
             p.wait().await;
         }
-        c.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
+        c.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exec_id);
         Ok(())
     }
 
@@ -275,23 +314,39 @@ impl Agent for AgentService {
         Ok(r)
     }
 
-    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<CreateSandboxResponse> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<CreateSandboxResponse> {
         self.do_create_sandbox(req).await?;
         Ok(CreateSandboxResponse::new())
     }
 
-    async fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> ttrpc::Result<DestroySandboxResponse> {
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: DestroySandboxRequest,
+    ) -> ttrpc::Result<DestroySandboxResponse> {
         self.do_destroy_sandbox().await?;
         Ok(DestroySandboxResponse::new())
     }
 
-    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
         let mut r = CreateContainerResponse::new();
         r.pid = self.do_create_container(req).await?;
         Ok(r)
     }
 
-    async fn start_process(&self, _: &TtrpcContext, req: StartProcessRequest) -> ttrpc::Result<StartProcessResponse> {
+    async fn start_process(
+        &self,
+        _: &TtrpcContext,
+        req: StartProcessRequest,
+    ) -> ttrpc::Result<StartProcessResponse> {
         let p = self.process(&req.container_id, &req.exec_id)?;
         p.start().await?;
         let mut r = StartProcessResponse::new();
@@ -299,13 +354,21 @@ impl Agent for AgentService {
         Ok(r)
     }
 
-    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
         let mut r = ExecProcessResponse::new();
         r.pid = self.do_exec(req).await?;
         Ok(r)
     }
 
-    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<SignalProcessResponse> {
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<SignalProcessResponse> {
         let sig = signal_from(req.signal)?;
         let c = self.container(&req.container_id)?;
         if req.all {
@@ -316,24 +379,41 @@ impl Agent for AgentService {
         Ok(SignalProcessResponse::new())
     }
 
-    async fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         let p = self.process(&req.container_id, &req.exec_id)?;
         let mut r = WaitProcessResponse::new();
         r.exit_status = p.wait().await;
         Ok(r)
     }
 
-    async fn remove_process(&self, _: &TtrpcContext, req: RemoveProcessRequest) -> ttrpc::Result<RemoveProcessResponse> {
-        self.do_remove_process(&req.container_id, &req.exec_id).await?;
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveProcessRequest,
+    ) -> ttrpc::Result<RemoveProcessResponse> {
+        self.do_remove_process(&req.container_id, &req.exec_id)
+            .await?;
         Ok(RemoveProcessResponse::new())
     }
 
-    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<RemoveContainerResponse> {
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<RemoveContainerResponse> {
         self.do_remove_container(&req.container_id).await?;
         Ok(RemoveContainerResponse::new())
     }
 
-    async fn read_stream(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stream(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let p = self.process(&req.container_id, &req.exec_id)?;
         let out = match req.stream.enum_value_or_default() {
             StdioStream::STDOUT => &p.stdout,
@@ -347,7 +427,11 @@ impl Agent for AgentService {
         Ok(r)
     }
 
-    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStdinRequest) -> ttrpc::Result<WriteStdinResponse> {
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStdinRequest,
+    ) -> ttrpc::Result<WriteStdinResponse> {
         let p = self.process(&req.container_id, &req.exec_id)?;
         let n = p
             .stdin
@@ -359,12 +443,23 @@ impl Agent for AgentService {
         Ok(r)
     }
 
-    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<CloseStdinResponse> {
-        self.process(&req.container_id, &req.exec_id)?.stdin.close().await;
+    async fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: CloseStdinRequest,
+    ) -> ttrpc::Result<CloseStdinResponse> {
+        self.process(&req.container_id, &req.exec_id)?
+            .stdin
+            .close()
+            .await;
         Ok(CloseStdinResponse::new())
     }
 
-    async fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<ResizeTtyResponse> {
+    async fn resize_tty(
+        &self,
+        _: &TtrpcContext,
+        req: ResizeTtyRequest,
+    ) -> ttrpc::Result<ResizeTtyResponse> {
         let p = self.process(&req.container_id, &req.exec_id)?;
         let dim = |field: &'static str, v: u32| {
             u16::try_from(v).map_err(|_| Error::InvalidArgument {
@@ -379,14 +474,22 @@ impl Agent for AgentService {
         Ok(ResizeTtyResponse::new())
     }
 
-    async fn list_processes(&self, _: &TtrpcContext, req: ListProcessesRequest) -> ttrpc::Result<ListProcessesResponse> {
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
         let c = self.container(&req.container_id)?;
         let mut r = ListProcessesResponse::new();
         r.pids = c.pids();
         Ok(r)
     }
 
-    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
+    async fn shutdown(
+        &self,
+        _: &TtrpcContext,
+        _: ShutdownRequest,
+    ) -> ttrpc::Result<ShutdownResponse> {
         self.do_shutdown();
         Ok(ShutdownResponse::new())
     }
@@ -399,7 +502,10 @@ mod tests {
     #[test]
     fn rootfs_cannot_escape_the_share() {
         let shared = Path::new("/run/cocoon/shared");
-        assert_eq!(resolve_rootfs(shared, "c1/rootfs").unwrap(), shared.join("c1/rootfs"));
+        assert_eq!(
+            resolve_rootfs(shared, "c1/rootfs").unwrap(),
+            shared.join("c1/rootfs")
+        );
         assert_eq!(resolve_rootfs(shared, ".").unwrap(), shared.join("."));
         for bad in ["../etc", "/etc", "a/../../b"] {
             let e = resolve_rootfs(shared, bad).unwrap_err().to_string();
@@ -411,6 +517,9 @@ mod tests {
     fn signals_are_validated() {
         assert_eq!(signal_from(9).unwrap(), Signal::SIGKILL);
         assert!(signal_from(0).is_err());
-        assert!(signal_from(1000).unwrap_err().to_string().contains("signal"));
+        assert!(signal_from(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("signal"));
     }
 }

@@ -46,9 +46,12 @@ impl Output {
         tokio::spawn(async move {
             let mut buf = vec![0u8; CHUNK];
             loop {
-                let Ok(mut guard) = afd.readable().await else { break };
+                let Ok(mut guard) = afd.readable().await else {
+                    break;
+                };
                 match guard.try_io(|inner| {
-                    nix::unistd::read(inner.get_ref().as_raw_fd(), &mut buf).map_err(io::Error::from)
+                    nix::unistd::read(inner.get_ref().as_raw_fd(), &mut buf)
+                        .map_err(io::Error::from)
                 }) {
                     Ok(Ok(0)) => break,
                     Ok(Ok(n)) => {
@@ -102,7 +105,9 @@ impl Input {
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed"))?;
         while !data.is_empty() {
             let mut ready = afd.writable().await?;
-            match ready.try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from)) {
+            match ready
+                .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.raw_os_error() == Some(Errno::EINTR as i32) => {}
                 Ok(Err(e)) => return Err(e),
@@ -125,7 +130,10 @@ impl Input {
     /// Sets the window size of a tty.
     pub async fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
         if !self.tty {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "process has no terminal"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "process has no terminal",
+            ));
         }
         let guard = self.fd.lock().await;
         let afd = guard

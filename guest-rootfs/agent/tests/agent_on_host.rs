@@ -25,7 +25,7 @@ impl Drop for Agent {
 }
 
 fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
+    context::with_timeout(20_000_000_000)
 }
 
 fn root_or_skip() -> bool {
@@ -39,12 +39,14 @@ fn root_or_skip() -> bool {
 async fn agent() -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("shared/rootfs");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make-busybox-rootfs.sh");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make-busybox-rootfs.sh");
     let st = Command::new(script).arg(&rootfs).status().unwrap();
     assert!(st.success(), "building the busybox rootfs failed");
     let sock = dir.path().join("agent.sock");
     // COCOON_AGENT_BIN tests another build, e.g. the static one in the initrd.
-    let bin = std::env::var_os("COCOON_AGENT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cocoon-agent").into());
+    let bin = std::env::var_os("COCOON_AGENT_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_cocoon-agent").into());
     let child = Command::new(bin)
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
@@ -65,7 +67,11 @@ async fn agent() -> Agent {
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "sb".into();
     client.create_sandbox(ctx(), &req).await.unwrap();
-    Agent { child, client, _dir: dir }
+    Agent {
+        child,
+        client,
+        _dir: dir,
+    }
 }
 
 fn process(args: &[&str]) -> cocoon_protocol::agent::Process {
@@ -111,7 +117,11 @@ async fn wait(a: &Agent, id: &str, exec_id: &str) -> i32 {
     let mut req = WaitProcessRequest::new();
     req.container_id = id.into();
     req.exec_id = exec_id.into();
-    a.client.wait_process(ctx(), &req).await.unwrap().exit_status
+    a.client
+        .wait_process(ctx(), &req)
+        .await
+        .unwrap()
+        .exit_status
 }
 
 fn status_message(e: ttrpc::Error) -> String {
@@ -127,11 +137,24 @@ async fn runs_a_container_with_stdio_and_exit_code() {
         return;
     }
     let a = agent().await;
-    create(&a, "c1", &["sh", "-c", "echo hi; echo oops >&2; hostname; echo $$; exit 3"]).await.unwrap();
+    create(
+        &a,
+        "c1",
+        &[
+            "sh",
+            "-c",
+            "echo hi; echo oops >&2; hostname; echo $$; exit 3",
+        ],
+    )
+    .await
+    .unwrap();
     start(&a, "c1", "").await.unwrap();
     let out = String::from_utf8(read_all(&a, "c1", "", StdioStream::STDOUT).await).unwrap();
     let err = String::from_utf8(read_all(&a, "c1", "", StdioStream::STDERR).await).unwrap();
-    assert_eq!(out, "hi\nbox\n1\n", "stdout; the shell must be PID 1 of its own namespace");
+    assert_eq!(
+        out, "hi\nbox\n1\n",
+        "stdout; the shell must be PID 1 of its own namespace"
+    );
     assert_eq!(err, "oops\n");
     assert_eq!(wait(&a, "c1", "").await, 3);
 }
@@ -142,7 +165,9 @@ async fn stdin_exec_and_signals() {
         return;
     }
     let a = agent().await;
-    create(&a, "c2", &["sh", "-c", "cat; sleep 600"]).await.unwrap();
+    create(&a, "c2", &["sh", "-c", "cat; sleep 600"])
+        .await
+        .unwrap();
     start(&a, "c2", "").await.unwrap();
     let mut w = WriteStdinRequest::new();
     w.container_id = "c2".into();
@@ -156,13 +181,21 @@ async fn stdin_exec_and_signals() {
     let mut e = ExecProcessRequest::new();
     e.container_id = "c2".into();
     e.exec_id = "e1".into();
-    e.process = Some(process(&["sh", "-c", "ls /proc | grep -c '^[0-9]'; hostname"])).into();
+    e.process = Some(process(&[
+        "sh",
+        "-c",
+        "ls /proc | grep -c '^[0-9]'; hostname",
+    ]))
+    .into();
     a.client.exec_process(ctx(), &e).await.unwrap();
     start(&a, "c2", "e1").await.unwrap();
     let out = String::from_utf8(read_all(&a, "c2", "e1", StdioStream::STDOUT).await).unwrap();
     let mut lines = out.lines();
     let nprocs: u32 = lines.next().unwrap().trim().parse().unwrap();
-    assert!((2..=4).contains(&nprocs), "exec should see only the container's processes: {out}");
+    assert!(
+        (2..=4).contains(&nprocs),
+        "exec should see only the container's processes: {out}"
+    );
     assert_eq!(lines.next(), Some("box"));
     assert_eq!(wait(&a, "c2", "e1").await, 0);
 
@@ -199,4 +232,3 @@ async fn bad_requests_get_clear_errors() {
     start(&a, "c5", "").await.unwrap();
     assert_eq!(wait(&a, "c5", "").await, 0);
 }
-

@@ -110,7 +110,10 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Finds `boot/vmlinuz-<release>` in an unpacked kernel package.
 pub fn find_kernel(kernel_dir: &Path) -> Result<(PathBuf, String), BuildError> {
     let boot = kernel_dir.join("boot");
-    let entries = std::fs::read_dir(&boot).map_err(|source| BuildError::Read { path: boot.clone(), source })?;
+    let entries = std::fs::read_dir(&boot).map_err(|source| BuildError::Read {
+        path: boot.clone(),
+        source,
+    })?;
     let mut found: Vec<(PathBuf, String)> = entries
         .filter_map(|e| {
             let e = e.ok()?;
@@ -136,7 +139,10 @@ fn check_static_elf(path: &Path, bin: &[u8]) -> Result<(), BuildError> {
         why,
     };
     let u16_at = |o: usize| bin.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| bin.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u32_at = |o: usize| {
+        bin.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     let u64_at = |o: usize| {
         bin.get(o..o + 8)
             .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
@@ -148,7 +154,9 @@ fn check_static_elf(path: &Path, bin: &[u8]) -> Result<(), BuildError> {
     if u16_at(18) != Some(62) {
         return Err(bad("not an x86-64 binary"));
     }
-    let phoff = u64_at(32).and_then(|v| usize::try_from(v).ok()).ok_or(bad("truncated header"))?;
+    let phoff = u64_at(32)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or(bad("truncated header"))?;
     let phentsize = usize::from(u16_at(54).ok_or(bad("truncated header"))?);
     let phnum = usize::from(u16_at(56).ok_or(bad("truncated header"))?);
     for i in 0..phnum {
@@ -173,7 +181,13 @@ pub fn build_initrd(inputs: &GuestInputs) -> Result<(Vec<u8>, Vec<String>, Strin
     let agent = read(&inputs.agent)?;
     check_static_elf(&inputs.agent, &agent)?;
     let mut initrd = Initrd::new();
-    initrd.add("init", Entry::File { data: agent.clone(), mode: 0o755 });
+    initrd.add(
+        "init",
+        Entry::File {
+            data: agent.clone(),
+            mode: 0o755,
+        },
+    );
     initrd.add("dev/console", Entry::CharDev { major: 5, minor: 1 });
     for dir in ["proc", "sys", "run", "tmp", "root"] {
         initrd.add(dir, Entry::Dir);
@@ -182,12 +196,21 @@ pub fn build_initrd(inputs: &GuestInputs) -> Result<(Vec<u8>, Vec<String>, Strin
     for rel in &order {
         let in_guest = mod_root.join(rel);
         let data = read(&inputs.kernel_dir.join(&in_guest))?;
-        initrd.add(&in_guest.to_string_lossy(), Entry::File { data, mode: 0o644 });
+        initrd.add(
+            &in_guest.to_string_lossy(),
+            Entry::File { data, mode: 0o644 },
+        );
         load_order.push('/');
         load_order.push_str(&in_guest.to_string_lossy());
         load_order.push('\n');
     }
-    initrd.add(LOAD_ORDER_PATH, Entry::File { data: load_order.into_bytes(), mode: 0o644 });
+    initrd.add(
+        LOAD_ORDER_PATH,
+        Entry::File {
+            data: load_order.into_bytes(),
+            mode: 0o644,
+        },
+    );
     let bytes = initrd.write(Vec::new())?;
     Ok((bytes, order, sha256_hex(&agent)))
 }
@@ -246,7 +269,11 @@ mod tests {
         std::fs::write(dir.join("boot/vmlinuz-6.1.0-test"), b"kernel").unwrap();
         std::fs::write(m.join("kernel/net/a.ko.xz"), b"A").unwrap();
         std::fs::write(m.join("kernel/net/b.ko.xz"), b"B").unwrap();
-        std::fs::write(m.join("modules.dep"), "kernel/net/a.ko.xz:\nkernel/net/b.ko.xz: kernel/net/a.ko.xz\n").unwrap();
+        std::fs::write(
+            m.join("modules.dep"),
+            "kernel/net/a.ko.xz:\nkernel/net/b.ko.xz: kernel/net/a.ko.xz\n",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -260,7 +287,10 @@ mod tests {
             modules: vec!["b".into()],
         };
         let e = build_initrd(&inputs).unwrap_err().to_string();
-        assert!(e.contains("not a 64-bit little-endian ELF") && e.contains("crt-static"), "{e}");
+        assert!(
+            e.contains("not a 64-bit little-endian ELF") && e.contains("crt-static"),
+            "{e}"
+        );
         // /bin/sh on the build host is dynamically linked.
         let inputs = GuestInputs {
             agent: "/bin/sh".into(),

@@ -52,7 +52,10 @@ impl Initrd {
     pub fn add(&mut self, path: &str, entry: Entry) {
         let path = path.trim_start_matches('/').to_string();
         let mut parent = String::new();
-        for comp in path.split('/').take(path.split('/').count().saturating_sub(1)) {
+        for comp in path
+            .split('/')
+            .take(path.split('/').count().saturating_sub(1))
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -71,11 +74,21 @@ impl Initrd {
     /// owner root.
     pub fn write<W: Write>(&self, mut out: W) -> Result<W, InitrdError> {
         for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
-            let b = cpio::newc::Builder::new(path).ino(ino).uid(0).gid(0).mtime(0);
+            let b = cpio::newc::Builder::new(path)
+                .ino(ino)
+                .uid(0)
+                .gid(0)
+                .mtime(0);
             let (b, data): (_, &[u8]) = match entry {
                 Entry::Dir => (b.mode(0o040_755).nlink(2), &[]),
                 Entry::File { data, mode } => (b.mode(0o100_000 | (mode & 0o7777)).nlink(1), data),
-                Entry::CharDev { major, minor } => (b.mode(0o020_600).nlink(1).rdev_major(*major).rdev_minor(*minor), &[]),
+                Entry::CharDev { major, minor } => (
+                    b.mode(0o020_600)
+                        .nlink(1)
+                        .rdev_major(*major)
+                        .rdev_minor(*minor),
+                    &[],
+                ),
             };
             let len = u32::try_from(data.len()).map_err(|_| InitrdError::TooLarge(path.clone()))?;
             let mut w = b.write(out, len);
@@ -92,8 +105,20 @@ mod tests {
 
     fn sample() -> Initrd {
         let mut i = Initrd::new();
-        i.add("init", Entry::File { data: b"#!agent".to_vec(), mode: 0o755 });
-        i.add("lib/modules/6.12/kernel/a.ko.xz", Entry::File { data: vec![1, 2, 3], mode: 0o644 });
+        i.add(
+            "init",
+            Entry::File {
+                data: b"#!agent".to_vec(),
+                mode: 0o755,
+            },
+        );
+        i.add(
+            "lib/modules/6.12/kernel/a.ko.xz",
+            Entry::File {
+                data: vec![1, 2, 3],
+                mode: 0o644,
+            },
+        );
         i.add("dev/console", Entry::CharDev { major: 5, minor: 1 });
         i
     }
@@ -103,7 +128,16 @@ mod tests {
         let paths: Vec<_> = sample().paths().map(str::to_string).collect();
         assert_eq!(
             paths,
-            ["dev", "dev/console", "init", "lib", "lib/modules", "lib/modules/6.12", "lib/modules/6.12/kernel", "lib/modules/6.12/kernel/a.ko.xz"]
+            [
+                "dev",
+                "dev/console",
+                "init",
+                "lib",
+                "lib/modules",
+                "lib/modules/6.12",
+                "lib/modules/6.12/kernel",
+                "lib/modules/6.12/kernel/a.ko.xz"
+            ]
         );
     }
 
@@ -130,6 +164,9 @@ mod tests {
         }
         assert_eq!(seen.len(), 8);
         let init = seen.iter().find(|e| e.0 == "init").unwrap();
-        assert_eq!((init.1, init.2, init.3.as_slice()), (0o100_755, 0, &b"#!agent"[..]));
+        assert_eq!(
+            (init.1, init.2, init.3.as_slice()),
+            (0o100_755, 0, &b"#!agent"[..])
+        );
     }
 }

@@ -33,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         agent: args.agent,
         modules,
     };
-    let m = build::build(&inputs, &args.out).with_context(|| format!("building the guest into {}", args.out.display()))?;
+    let m = build::build(&inputs, &args.out)
+        .with_context(|| format!("building the guest into {}", args.out.display()))?;
     println!(
         "guest {}: kernel {} sha256 {}, initrd {} bytes sha256 {}",
         args.out.display(),

@@ -42,7 +42,8 @@ impl ModuleDb {
     /// Reads `<modules_dir>/modules.dep`.
     pub fn load(modules_dir: &Path) -> Result<Self, ModulesError> {
         let path = modules_dir.join("modules.dep");
-        let text = std::fs::read_to_string(&path).map_err(|source| ModulesError::ReadDep { path, source })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ModulesError::ReadDep { path, source })?;
         Ok(Self::parse(&text))
     }
 
@@ -71,11 +72,19 @@ impl ModuleDb {
         Ok(out)
     }
 
-    fn visit(&self, name: &str, seen: &mut HashSet<String>, out: &mut Vec<String>) -> Result<(), ModulesError> {
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), ModulesError> {
         if !seen.insert(name.to_string()) {
             return Ok(());
         }
-        let (path, deps) = self.by_name.get(name).ok_or_else(|| ModulesError::Unknown(name.to_string()))?;
+        let (path, deps) = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| ModulesError::Unknown(name.to_string()))?;
         for dep in deps {
             self.visit(&module_name(dep), seen, out)?;
         }
@@ -120,7 +129,10 @@ kernel/drivers/virt/coco/tsm.ko.xz:
 
     #[test]
     fn unknown_module_is_named() {
-        let e = ModuleDb::parse(DEP).load_order(&["nope"]).unwrap_err().to_string();
+        let e = ModuleDb::parse(DEP)
+            .load_order(&["nope"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"nope\""), "{e}");
     }
 }

@@ -35,9 +35,14 @@ pub(crate) fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<i32> {
                     println!("{}", serde_json::json!({"file": file, "ok": true}));
                     Ok(0)
                 }
-                (Err(e), false) => Err(e).with_context(|| format!("{} is not a valid Cocoon configuration", file.display())),
+                (Err(e), false) => Err(e).with_context(|| {
+                    format!("{} is not a valid Cocoon configuration", file.display())
+                }),
                 (Err(e), true) => {
-                    println!("{}", serde_json::json!({"file": file, "ok": false, "error": e.to_string()}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": file, "ok": false, "error": e.to_string()})
+                    );
                     Ok(1)
                 }
             }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use cocoon_protocol::agent::{
-    CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, Process, ReadStreamRequest, StartProcessRequest, StdioStream,
-    User, WaitProcessRequest, WriteStdinRequest,
+    CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, Process, ReadStreamRequest,
+    StartProcessRequest, StdioStream, User, WaitProcessRequest, WriteStdinRequest,
 };
 use cocoon_protocol::agent_ttrpc::AgentClient;
 use cocoon_vmm::agent::ctx;
@@ -61,7 +61,10 @@ pub struct ExitWith(pub i32, pub String);
 
 fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
     let (u, g) = s.split_once(':').unwrap_or((s, s));
-    let parse = |v: &str| v.parse::<u32>().with_context(|| format!("--user {s:?}: expected UID[:GID] as numbers"));
+    let parse = |v: &str| {
+        v.parse::<u32>()
+            .with_context(|| format!("--user {s:?}: expected UID[:GID] as numbers"))
+    };
     Ok((parse(u)?, parse(g)?))
 }
 
@@ -72,13 +75,20 @@ fn status_message(e: &ttrpc::Error) -> (Option<ttrpc::Code>, String) {
     }
 }
 
-async fn pump(agent: AgentClient, stream: StdioStream, mut out: impl AsyncWrite + Unpin) -> anyhow::Result<()> {
+async fn pump(
+    agent: AgentClient,
+    stream: StdioStream,
+    mut out: impl AsyncWrite + Unpin,
+) -> anyhow::Result<()> {
     loop {
         let mut req = ReadStreamRequest::new();
         req.container_id = CONTAINER_ID.into();
         req.stream = stream.into();
         // No timeout: a read blocks until the command writes or exits.
-        let r = agent.read_stream(ttrpc::context::Context::default(), &req).await.context("reading the command's output")?;
+        let r = agent
+            .read_stream(ttrpc::context::Context::default(), &req)
+            .await
+            .context("reading the command's output")?;
         if r.eof {
             out.flush().await?;
             return Ok(());
@@ -119,7 +129,10 @@ async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> 
     let mut sb = CreateSandboxRequest::new();
     sb.sandbox_id = CONTAINER_ID.into();
     sb.shared_fs_tag = SHARE_TAG.into();
-    agent.create_sandbox(ctx(RPC_TIMEOUT), &sb).await.context("creating the sandbox in the guest")?;
+    agent
+        .create_sandbox(ctx(RPC_TIMEOUT), &sb)
+        .await
+        .context("creating the sandbox in the guest")?;
 
     let (uid, gid) = parse_user(&args.user)?;
     let mut p = Process::new();
@@ -140,15 +153,43 @@ async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> 
     req.process = Some(p).into();
     if let Err(e) = agent.create_container(ctx(RPC_TIMEOUT), &req).await {
         let (code, msg) = status_message(&e);
-        let exit = if code == Some(ttrpc::Code::NOT_FOUND) { 127 } else { 126 };
-        return Err(ExitWith(exit, format!("cannot run {:?} in {}: {msg}", args.command[0], args.rootfs.display())).into());
+        let exit = if code == Some(ttrpc::Code::NOT_FOUND) {
+            127
+        } else {
+            126
+        };
+        return Err(ExitWith(
+            exit,
+            format!(
+                "cannot run {:?} in {}: {msg}",
+                args.command[0],
+                args.rootfs.display()
+            ),
+        )
+        .into());
     }
-    let out = tokio::spawn(pump(agent.clone(), StdioStream::STDOUT, tokio::io::stdout()));
-    let err = tokio::spawn(pump(agent.clone(), StdioStream::STDERR, tokio::io::stderr()));
+    let out = tokio::spawn(pump(
+        agent.clone(),
+        StdioStream::STDOUT,
+        tokio::io::stdout(),
+    ));
+    let err = tokio::spawn(pump(
+        agent.clone(),
+        StdioStream::STDERR,
+        tokio::io::stderr(),
+    ));
     let mut start = StartProcessRequest::new();
     start.container_id = CONTAINER_ID.into();
     if let Err(e) = agent.start_process(ctx(RPC_TIMEOUT), &start).await {
-        return Err(ExitWith(126, format!("cannot start {:?}: {}", args.command[0], status_message(&e).1)).into());
+        return Err(ExitWith(
+            126,
+            format!(
+                "cannot start {:?}: {}",
+                args.command[0],
+                status_message(&e).1
+            ),
+        )
+        .into());
     }
     let stdin_task = if args.interactive {
         Some(tokio::spawn(feed_stdin(agent.clone())))
@@ -177,7 +218,10 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     if !args.rootfs.is_dir() {
         bail!("--rootfs {}: not a directory; give a directory holding the container's root filesystem", args.rootfs.display());
     }
-    let rootfs = args.rootfs.canonicalize().with_context(|| format!("--rootfs {}", args.rootfs.display()))?;
+    let rootfs = args
+        .rootfs
+        .canonicalize()
+        .with_context(|| format!("--rootfs {}", args.rootfs.display()))?;
     let mut rnd = [0u8; 6];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut rnd)?;
     let req = VmRequest {
@@ -189,7 +233,10 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     };
     let mut vm = Vm::launch(&config, &HostRoots::default(), &req, &log).await?;
     if args.timing {
-        eprintln!("cocoon: agent ready after {} ms", vm.boot_time().as_millis());
+        eprintln!(
+            "cocoon: agent ready after {} ms",
+            vm.boot_time().as_millis()
+        );
     }
     let agent = vm.agent().clone();
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -222,6 +269,9 @@ mod tests {
     fn users_parse() {
         assert_eq!(parse_user("0:0").unwrap(), (0, 0));
         assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert!(parse_user("root").unwrap_err().to_string().contains("--user"));
+        assert!(parse_user("root")
+            .unwrap_err()
+            .to_string()
+            .contains("--user"));
     }
 }

@@ -131,7 +131,11 @@ fn opt(parts: &[&OsStr]) -> OsString {
 }
 
 fn path_opt(prefix: &str, p: &Path, suffix: &str) -> OsString {
-    opt(&[OsStr::new(prefix), &escape(p.as_os_str()), OsStr::new(suffix)])
+    opt(&[
+        OsStr::new(prefix),
+        &escape(p.as_os_str()),
+        OsStr::new(suffix),
+    ])
 }
 
 impl VmArgs {
@@ -139,14 +143,30 @@ impl VmArgs {
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |v: OsString| a.push(v);
-        for s in ["-name", &format!("{},debug-threads=on", self.name.replace(',', ",,"))] {
+        for s in [
+            "-name",
+            &format!("{},debug-threads=on", self.name.replace(',', ",,")),
+        ] {
             push(s.into());
         }
-        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"] {
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
             push(s.into());
         }
         push("-machine".into());
-        push(format!("{},accel={},memory-backend=mem0", self.machine_type, self.accel.as_str()).into());
+        push(
+            format!(
+                "{},accel={},memory-backend=mem0",
+                self.machine_type,
+                self.accel.as_str()
+            )
+            .into(),
+        );
         push("-cpu".into());
         push(self.cpu_model.clone().into());
         push("-smp".into());
@@ -156,7 +176,13 @@ impl VmArgs {
         // vhost-user devices (virtiofsd, vhost-device-vsock) map guest RAM,
         // so it must be a shareable memfd.
         push("-object".into());
-        push(format!("memory-backend-memfd,id=mem0,size={}M,share=on", self.memory_mib).into());
+        push(
+            format!(
+                "memory-backend-memfd,id=mem0,size={}M,share=on",
+                self.memory_mib
+            )
+            .into(),
+        );
         if let Some(fw) = &self.firmware {
             push("-bios".into());
             push(fw.clone().into_os_string());
@@ -181,9 +207,19 @@ impl VmArgs {
         }
         for (i, share) in self.shares.iter().enumerate() {
             push("-chardev".into());
-            push(path_opt(&format!("socket,id=fs{i},path="), &share.socket, ""));
+            push(path_opt(
+                &format!("socket,id=fs{i},path="),
+                &share.socket,
+                "",
+            ));
             push("-device".into());
-            push(format!("vhost-user-fs-pci,chardev=fs{i},tag={},queue-size=1024", share.tag.replace(',', ",,")).into());
+            push(
+                format!(
+                    "vhost-user-fs-pci,chardev=fs{i},tag={},queue-size=1024",
+                    share.tag.replace(',', ",,")
+                )
+                .into(),
+            );
         }
         match &self.console_log {
             Some(log) => {
@@ -233,7 +269,11 @@ mod tests {
     }
 
     fn joined(a: &VmArgs) -> String {
-        a.to_argv().iter().map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        a.to_argv()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
@@ -261,8 +301,14 @@ mod tests {
         a.console_log = None;
         a.shares.clear();
         let s = joined(&a);
-        assert!(s.contains("-machine q35,accel=kvm,memory-backend=mem0 -cpu host"), "{s}");
-        assert!(s.contains("-device vhost-vsock-pci,id=vsock0,guest-cid=7"), "{s}");
+        assert!(
+            s.contains("-machine q35,accel=kvm,memory-backend=mem0 -cpu host"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-device vhost-vsock-pci,id=vsock0,guest-cid=7"),
+            "{s}"
+        );
         assert!(s.contains("-bios /usr/share/ovmf/OVMF.fd"), "{s}");
         assert!(s.contains("-serial none"), "{s}");
         assert!(!s.contains("vhost-user"), "{s}");

@@ -49,7 +49,11 @@ impl Qmp {
         }
     }
 
-    fn run_blocking<C: qapi::Command + 'static>(socket: &Path, timeout: Duration, cmd: &C) -> Result<C::Ok, QmpError> {
+    fn run_blocking<C: qapi::Command + 'static>(
+        socket: &Path,
+        timeout: Duration,
+        cmd: &C,
+    ) -> Result<C::Ok, QmpError> {
         let stream = UnixStream::connect(socket).map_err(|source| QmpError::Connect {
             path: socket.to_path_buf(),
             source,
@@ -58,8 +62,12 @@ impl Qmp {
             command: C::NAME,
             message,
         };
-        stream.set_read_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
-        stream.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| fail(e.to_string()))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| fail(e.to_string()))?;
         let mut q = qapi::Qmp::from_stream(&stream);
         q.handshake().map_err(|e| fail(format!("handshake: {e}")))?;
         q.execute(cmd).map_err(|e| fail(e.to_string()))

@@ -149,7 +149,9 @@ impl Report {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Writes a report and, for failures, exits the child.
@@ -230,7 +232,11 @@ fn setup_stdio(spec: &ChildSpec) {
                 check!(spec, SpawnStep::Stdio, libc::dup2(stderr, 2));
             }
             ChildStdio::Tty { slave } => {
-                check!(spec, SpawnStep::Stdio, libc::ioctl(slave, libc::TIOCSCTTY, 0));
+                check!(
+                    spec,
+                    SpawnStep::Stdio,
+                    libc::ioctl(slave, libc::TIOCSCTTY, 0)
+                );
                 check!(spec, SpawnStep::Stdio, libc::dup2(slave, 0));
                 check!(spec, SpawnStep::Stdio, libc::dup2(slave, 1));
                 check!(spec, SpawnStep::Stdio, libc::dup2(slave, 2));
@@ -239,18 +245,48 @@ fn setup_stdio(spec: &ChildSpec) {
     }
 }
 
-fn setup_new_root(spec: &ChildSpec, rootfs: &CString, mounts: &[MountOp], symlinks: &[SymlinkOp], readonly: bool) {
+fn setup_new_root(
+    spec: &ChildSpec,
+    rootfs: &CString,
+    mounts: &[MountOp],
+    symlinks: &[SymlinkOp],
+    readonly: bool,
+) {
     let step = SpawnStep::Rootfs;
     // SAFETY: every pointer comes from a live CString of `spec`; the calls
     // only affect this child's private mount namespace.
     unsafe {
-        check!(spec, step, libc::mount(c"none".as_ptr(), c"/".as_ptr(), ptr::null(), libc::MS_REC | libc::MS_PRIVATE, ptr::null()));
-        check!(spec, step, libc::mount(rootfs.as_ptr(), rootfs.as_ptr(), ptr::null(), libc::MS_BIND | libc::MS_REC, ptr::null()));
+        check!(
+            spec,
+            step,
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                ptr::null()
+            )
+        );
+        check!(
+            spec,
+            step,
+            libc::mount(
+                rootfs.as_ptr(),
+                rootfs.as_ptr(),
+                ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                ptr::null()
+            )
+        );
         for m in mounts {
             check!(spec, step, make_target(&m.target, m.target_is_file));
             let fstype = m.fstype.as_ref().map_or(ptr::null(), |s| s.as_ptr());
             let data = m.data.as_ref().map_or(ptr::null(), |s| s.as_ptr().cast());
-            check!(spec, step, libc::mount(m.source.as_ptr(), m.target.as_ptr(), fstype, m.flags, data));
+            check!(
+                spec,
+                step,
+                libc::mount(m.source.as_ptr(), m.target.as_ptr(), fstype, m.flags, data)
+            );
         }
         for s in symlinks {
             if libc::symlink(s.to.as_ptr(), s.link.as_ptr()) == -1 && errno() != libc::EEXIST {
@@ -258,11 +294,31 @@ fn setup_new_root(spec: &ChildSpec, rootfs: &CString, mounts: &[MountOp], symlin
             }
         }
         check!(spec, step, libc::chdir(rootfs.as_ptr()));
-        check!(spec, step, libc::mount(rootfs.as_ptr(), c"/".as_ptr(), ptr::null(), libc::MS_MOVE, ptr::null()));
+        check!(
+            spec,
+            step,
+            libc::mount(
+                rootfs.as_ptr(),
+                c"/".as_ptr(),
+                ptr::null(),
+                libc::MS_MOVE,
+                ptr::null()
+            )
+        );
         check!(spec, step, libc::chroot(c".".as_ptr()));
         check!(spec, step, libc::chdir(c"/".as_ptr()));
         if readonly {
-            check!(spec, step, libc::mount(ptr::null(), c"/".as_ptr(), ptr::null(), libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, ptr::null()));
+            check!(
+                spec,
+                step,
+                libc::mount(
+                    ptr::null(),
+                    c"/".as_ptr(),
+                    ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    ptr::null()
+                )
+            );
         }
     }
 }
@@ -312,10 +368,17 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             setup_new_root(spec, rootfs, mounts, symlinks, *readonly);
             if let Some(h) = hostname {
                 // SAFETY: valid buffer and length of the hostname string.
-                check!(spec, SpawnStep::Hostname, unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) });
+                check!(spec, SpawnStep::Hostname, unsafe {
+                    libc::sethostname(h.as_ptr(), h.as_bytes().len())
+                });
             }
         }
-        NsSetup::Join { mnt, uts, ipc, root } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
+        NsSetup::Join {
+            mnt,
+            uts,
+            ipc,
+            root,
+        } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
     }
     // Raw system calls, not the libc wrappers: glibc's set*id functions
     // broadcast the change to every thread it believes exists, and this
@@ -324,9 +387,21 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
     // SAFETY: `groups` is a live Vec whose length is passed along; the ids
     // are plain integers.
     unsafe {
-        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr()));
-        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setresgid, spec.gid, spec.gid, spec.gid));
-        check!(spec, SpawnStep::User, libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid));
+        check!(
+            spec,
+            SpawnStep::User,
+            libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr())
+        );
+        check!(
+            spec,
+            SpawnStep::User,
+            libc::syscall(libc::SYS_setresgid, spec.gid, spec.gid, spec.gid)
+        );
+        check!(
+            spec,
+            SpawnStep::User,
+            libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid)
+        );
         check!(spec, SpawnStep::Cwd, libc::chdir(spec.cwd.as_ptr()));
     }
     let mut exe = None;

@@ -200,7 +200,11 @@ fn make_stdio(terminal: bool) -> Result<(ChildStdio, Vec<OwnedFd>, ParentStdio)>
         let stdio = ChildStdio::Tty {
             slave: pty.slave.as_raw_fd(),
         };
-        return Ok((stdio, vec![pty.slave], ParentStdio::Tty { master: pty.master }));
+        return Ok((
+            stdio,
+            vec![pty.slave],
+            ParentStdio::Tty { master: pty.master },
+        ));
     }
     let p = || pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e));
     let (in_r, in_w) = p()?;
@@ -223,7 +227,11 @@ fn make_stdio(terminal: bool) -> Result<(ChildStdio, Vec<OwnedFd>, ParentStdio)>
 }
 
 /// Clones the child with `flags` and registers it with the reaper.
-fn clone_child(reaper: &Reaper, flags: libc::c_int, spec: &ChildSpec) -> Result<(Pid, watch::Receiver<Option<i32>>)> {
+fn clone_child(
+    reaper: &Reaper,
+    flags: libc::c_int,
+    spec: &ChildSpec,
+) -> Result<(Pid, watch::Receiver<Option<i32>>)> {
     let (argv, envp) = child::exec_arrays(spec);
     let clone_flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or_default();
     // Hold the reaper's table while cloning so the exit of a child that dies
@@ -234,14 +242,17 @@ fn clone_child(reaper: &Reaper, flags: libc::c_int, spec: &ChildSpec) -> Result<
     // here with return value 0. The child only runs `child::run`, which makes
     // raw system calls on data prepared before this point and ends in execve
     // or _exit.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
     if ret == 0 {
         child::run(spec, &argv, &envp);
     }
     if ret < 0 {
         return Err(Error::sys("clone", Errno::last()));
     }
-    let pid = Pid::from_raw(i32::try_from(ret).map_err(|_| Error::sys("clone returned a bad pid", Errno::EINVAL))?);
+    let pid = Pid::from_raw(
+        i32::try_from(ret).map_err(|_| Error::sys("clone returned a bad pid", Errno::EINVAL))?,
+    );
     let rx = table.register(pid);
     Ok((pid, rx))
 }
@@ -252,8 +263,15 @@ fn stuck_where(pid: Pid) -> String {
     let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
     let nr = syscall.split_whitespace().next().unwrap_or("?").to_string();
     let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
-    let stack: Vec<&str> = stack.lines().map(|l| l.split_whitespace().nth(1).unwrap_or(l)).take(6).collect();
-    format!("child {pid} is blocked in {wchan:?} (syscall {nr}, kernel stack {})", stack.join(" < "))
+    let stack: Vec<&str> = stack
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(l))
+        .take(6)
+        .collect();
+    format!(
+        "child {pid} is blocked in {wchan:?} (syscall {nr}, kernel stack {})",
+        stack.join(" < ")
+    )
 }
 
 /// Reads one report record; `Ok(None)` on EOF.
@@ -262,7 +280,12 @@ fn read_report(fd: &OwnedFd, pid: Pid) -> Result<Option<Report>> {
     let timeout = PollTimeout::try_from(REPORT_TIMEOUT.as_millis()).unwrap_or(PollTimeout::MAX);
     loop {
         match poll(&mut fds, timeout) {
-            Ok(0) => return Err(Error::sys(format!("waiting for the child to report: {}", stuck_where(pid)), Errno::ETIMEDOUT)),
+            Ok(0) => {
+                return Err(Error::sys(
+                    format!("waiting for the child to report: {}", stuck_where(pid)),
+                    Errno::ETIMEDOUT,
+                ))
+            }
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("poll report pipe", e)),
@@ -290,7 +313,9 @@ fn read_report(fd: &OwnedFd, pid: Pid) -> Result<Option<Report>> {
 fn report_error(r: Report, arg0: &str) -> Error {
     let errno = Errno::from_raw(r.errno);
     match SpawnStep::from_code(r.step) {
-        Some(SpawnStep::Lookup) if errno == Errno::ENOENT => Error::ExecutableNotFound(arg0.to_string()),
+        Some(SpawnStep::Lookup) if errno == Errno::ENOENT => {
+            Error::ExecutableNotFound(arg0.to_string())
+        }
         Some(step) => Error::Spawn {
             step,
             what: arg0.to_string(),
@@ -322,7 +347,13 @@ fn validate(p: &ProcessSpec) -> Result<()> {
     Ok(())
 }
 
-fn base_spec(p: &ProcessSpec, ns: NsSetup, stdio: ChildStdio, report_w: &OwnedFd, start_r: &OwnedFd) -> Result<ChildSpec> {
+fn base_spec(
+    p: &ProcessSpec,
+    ns: NsSetup,
+    stdio: ChildStdio,
+    report_w: &OwnedFd,
+    start_r: &OwnedFd,
+) -> Result<ChildSpec> {
     Ok(ChildSpec {
         ns,
         stdio,
@@ -346,19 +377,43 @@ fn base_spec(p: &ProcessSpec, ns: NsSetup, stdio: ChildStdio, report_w: &OwnedFd
     })
 }
 
-/// Runs `spawn` (which clones) and waits for the child's ready report.
-fn finish_spawn(
-    p: &ProcessSpec,
-    parent: ParentStdio,
-    child_fds: Vec<OwnedFd>,
+/// The report and start pipes between the agent and one child.
+struct Control {
     report_r: OwnedFd,
     report_w: OwnedFd,
     start_r: OwnedFd,
     start_w: OwnedFd,
+}
+
+impl Control {
+    fn new() -> Result<Self> {
+        let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+        let (start_r, start_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+        Ok(Self {
+            report_r,
+            report_w,
+            start_r,
+            start_w,
+        })
+    }
+}
+
+/// After `clone`: closes the child's ends and waits for its ready report.
+fn finish_spawn(
+    p: &ProcessSpec,
+    parent: ParentStdio,
+    child_fds: Vec<OwnedFd>,
+    ctl: Control,
     cloned: Result<(Pid, watch::Receiver<Option<i32>>)>,
 ) -> Result<Spawned> {
     // The child holds its own copies now.
     drop(child_fds);
+    let Control {
+        report_r,
+        report_w,
+        start_r,
+        start_w,
+    } = ctl;
     drop(report_w);
     drop(start_r);
     let (pid, exit) = cloned?;
@@ -375,18 +430,16 @@ fn finish_spawn(
     }
 }
 
-type Pipes = (OwnedFd, OwnedFd, OwnedFd, OwnedFd);
-
-fn control_pipes() -> Result<Pipes> {
-    let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
-    let (start_r, start_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
-    Ok((report_r, report_w, start_r, start_w))
-}
-
 /// Sets up the init process of a new container rooted at `rootfs`.
 ///
 /// Blocking: call from a blocking thread.
-pub fn spawn_container(reaper: &Reaper, rootfs: &Path, hostname: Option<&str>, readonly: bool, p: &ProcessSpec) -> Result<Spawned> {
+pub fn spawn_container(
+    reaper: &Reaper,
+    rootfs: &Path,
+    hostname: Option<&str>,
+    readonly: bool,
+    p: &ProcessSpec,
+) -> Result<Spawned> {
     validate(p)?;
     if !rootfs.is_dir() {
         return Err(Error::InvalidArgument {
@@ -403,11 +456,11 @@ pub fn spawn_container(reaper: &Reaper, rootfs: &Path, hostname: Option<&str>, r
         hostname: hostname.map(|h| cstring("hostname", h)).transpose()?,
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
-    let (report_r, report_w, start_r, start_w) = control_pipes()?;
-    let spec = base_spec(p, ns, stdio, &report_w, &start_r)?;
+    let ctl = Control::new()?;
+    let spec = base_spec(p, ns, stdio, &ctl.report_w, &ctl.start_r)?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     let cloned = clone_child(reaper, flags, &spec);
-    finish_spawn(p, parent, child_fds, report_r, report_w, start_r, start_w, cloned)
+    finish_spawn(p, parent, child_fds, ctl, cloned)
 }
 
 /// Sets up a process that joins the namespaces and root of the container
@@ -430,7 +483,13 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
             })
             .map_err(|e| Error::sys(format!("open {path}"), e))
     };
-    let (mnt, uts, ipc, pidns, root) = (open("ns/mnt")?, open("ns/uts")?, open("ns/ipc")?, open("ns/pid")?, open("root")?);
+    let (mnt, uts, ipc, pidns, root) = (
+        open("ns/mnt")?,
+        open("ns/uts")?,
+        open("ns/ipc")?,
+        open("ns/pid")?,
+        open("root")?,
+    );
     let ns = NsSetup::Join {
         mnt: mnt.as_raw_fd(),
         uts: uts.as_raw_fd(),
@@ -438,8 +497,8 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
         root: root.as_raw_fd(),
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
-    let (report_r, report_w, start_r, start_w) = control_pipes()?;
-    let spec = base_spec(p, ns, stdio, &report_w, &start_r)?;
+    let ctl = Control::new()?;
+    let spec = base_spec(p, ns, stdio, &ctl.report_w, &ctl.start_r)?;
     // Joining a PID namespace only affects the children of the calling
     // thread, so clone from a short-lived thread that joined it.
     let cloned = std::thread::scope(|s| {
@@ -452,7 +511,7 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
         .unwrap_or_else(|_| Err(Error::sys("spawn thread panicked", Errno::EIO)))
     });
     drop((mnt, uts, ipc, pidns, root));
-    finish_spawn(p, parent, child_fds, report_r, report_w, start_r, start_w, cloned)
+    finish_spawn(p, parent, child_fds, ctl, cloned)
 }
 
 /// Lets a ready child exec and waits until it did.
@@ -476,7 +535,13 @@ mod tests {
     fn candidates_follow_path() {
         let env = vec!["PATH=/bin:/usr/bin/".to_string()];
         let c = candidates("sh", &env).unwrap();
-        assert_eq!(c, vec![CString::new("/bin/sh").unwrap(), CString::new("/usr/bin/sh").unwrap()]);
+        assert_eq!(
+            c,
+            vec![
+                CString::new("/bin/sh").unwrap(),
+                CString::new("/usr/bin/sh").unwrap()
+            ]
+        );
         let c = candidates("./x", &env).unwrap();
         assert_eq!(c, vec![CString::new("./x").unwrap()]);
         assert_eq!(candidates("ls", &[]).unwrap().len(), 6);
@@ -488,12 +553,21 @@ mod tests {
             cwd: "/".into(),
             ..Default::default()
         };
-        assert!(validate(&p).unwrap_err().to_string().contains("process.args"));
+        assert!(validate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("process.args"));
         p.args = vec!["sh".into()];
         p.cwd = "rel".into();
-        assert!(validate(&p).unwrap_err().to_string().contains("process.cwd"));
+        assert!(validate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("process.cwd"));
         p.cwd = "/".into();
         p.env = vec!["NOEQUALS".into()];
-        assert!(validate(&p).unwrap_err().to_string().contains("process.env"));
+        assert!(validate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("process.env"));
     }
 }

@@ -1,0 +1,93 @@
+# Cocoon: `make demo` and `make test` are the two commands; the rest are
+# their steps.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+ROOT        := $(CURDIR)
+BUILD       := $(ROOT)/build
+TOOLS       := $(BUILD)/tools
+GUEST       := $(BUILD)/guest
+TARGET      := x86_64-unknown-linux-gnu
+AGENT       := $(ROOT)/target/$(TARGET)/release/cocoon-agent
+BIN         := $(ROOT)/target/release
+DEV_CONFIG  := $(BUILD)/cocoon-dev.toml
+PREFIX      ?= /usr/local
+CARGO       ?= cargo
+
+.PHONY: deps build agent guest config test test-unit test-integration test-hw demo bench install lint fmt clean
+
+## deps: Debian packages, virtiofsd, vhost-device-vsock and the guest kernel (idempotent)
+deps:
+	tests/deps.sh $(TOOLS)
+
+## build: host binaries (cocoon, containerd-shim-cocoon-v2)
+build:
+	$(CARGO) build --release --locked --workspace --exclude cocoon-agent
+
+## agent: the static cocoon-agent for the guest
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p cocoon-agent --target $(TARGET)
+
+## guest: build/guest/{vmlinuz,initrd.img,manifest.json}
+guest: agent
+	$(CARGO) run --release --locked -q -p cocoon-guest-builder -- \
+		--kernel-dir $(BUILD)/kernel --agent $(AGENT) --out $(GUEST)
+
+## config: a node config that uses this build tree (build/cocoon-dev.toml)
+config: $(DEV_CONFIG)
+$(DEV_CONFIG): configs/cocoon-dev.toml
+	mkdir -p $(BUILD)
+	sed -e 's#/usr/local/share/cocoon#$(GUEST)#' \
+	    -e 's#/usr/local/libexec/cocoon#$(TOOLS)/bin#' \
+	    -e 's#^state_dir = .*#state_dir = "/run/cocoon-dev"#' $< > $@
+
+## test: everything, against real QEMU, the real guest kernel and agent
+test: deps build guest config
+	COCOON_TEST_CONFIG=$(DEV_CONFIG) COCOON_BIN_DIR=$(BIN) COCOON_AGENT_BIN=$(AGENT) \
+		$(CARGO) test --release --locked --workspace -- --test-threads=2
+
+## test-unit: only the hermetic tests (no VM)
+test-unit:
+	$(CARGO) test --locked --workspace
+
+## test-hw: tests that need SEV-SNP/TDX/GPU hardware (bare-metal runners)
+test-hw: deps build guest config
+	COCOON_TEST_HW=1 COCOON_TEST_CONFIG=$(DEV_CONFIG) COCOON_BIN_DIR=$(BIN) \
+		$(CARGO) test --release --locked --workspace -- --test-threads=1 hw_
+
+## demo: boot a Cocoon VM on a busybox root filesystem and run a command in it
+demo: deps build guest config
+	rm -rf $(BUILD)/demo-rootfs && tests/fixtures/make-busybox-rootfs.sh $(BUILD)/demo-rootfs
+	$(BIN)/cocoon --config $(DEV_CONFIG) run --timing --rootfs $(BUILD)/demo-rootfs -- \
+		/bin/sh -c 'echo "hello from a Cocoon VM: $$(uname -sr), $$(nproc) vCPU, hostname $$(hostname)"'
+
+## bench: boot time vs a minimal init, host RSS, initrd size
+bench: deps build guest config
+	COCOON_BIN_DIR=$(BIN) tests/bench.sh $(DEV_CONFIG)
+
+## install: binaries to $(PREFIX)/bin, guest to $(PREFIX)/share/cocoon, helpers to
+## $(PREFIX)/libexec/cocoon, config to /etc/cocoon/config.toml (never overwritten)
+install: build guest
+	install -D -m 0755 $(BIN)/cocoon $(DESTDIR)$(PREFIX)/bin/cocoon
+	install -D -m 0644 $(GUEST)/vmlinuz $(DESTDIR)$(PREFIX)/share/cocoon/vmlinuz
+	install -D -m 0644 $(GUEST)/initrd.img $(DESTDIR)$(PREFIX)/share/cocoon/initrd.img
+	install -D -m 0644 $(GUEST)/manifest.json $(DESTDIR)$(PREFIX)/share/cocoon/manifest.json
+	install -D -m 0755 $(TOOLS)/bin/virtiofsd $(DESTDIR)$(PREFIX)/libexec/cocoon/virtiofsd
+	install -D -m 0755 $(TOOLS)/bin/vhost-device-vsock $(DESTDIR)$(PREFIX)/libexec/cocoon/vhost-device-vsock
+	@if [ -e $(DESTDIR)/etc/cocoon/config.toml ]; then \
+		echo "install: keeping existing /etc/cocoon/config.toml"; \
+	else \
+		install -D -m 0644 configs/cocoon-dev.toml $(DESTDIR)/etc/cocoon/config.toml; \
+	fi
+
+## lint: rustfmt and clippy as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf $(GUEST) $(DEV_CONFIG) $(BUILD)/demo-rootfs $(BUILD)/test-fixtures
