@@ -52,7 +52,7 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
     [ "${qv:-0}" -ge 10 ] && qemu_ok=1
 fi
 if [ -n "$missing" ] || [ $qemu_ok -eq 0 ]; then
-    [ -f /var/lib/apt/lists/lock ] && [ $changed -eq 0 ] && apt-get update -qq
+    [ $changed -eq 0 ] && apt-get update -qq
     if [ -n "$missing" ]; then
         say "installing Debian packages:$missing"
         apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,7 +1,9 @@
 //! The Cocoon host binaries' code.
 //!
 //! - [`cli`]: the `cocoon` admin CLI (`run`, `config`).
+//! - [`containerd`]: `containerd-shim-cocoon-v2`.
 //! - [`logging`]: slog setup.
 
 pub mod cli;
+pub mod containerd;
 pub mod logging;

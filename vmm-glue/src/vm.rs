@@ -83,6 +83,9 @@ pub struct Share {
 pub struct VmRequest {
     /// Unique id (sandbox id); names the state directory.
     pub id: String,
+    /// The VM's state directory (created, must not exist); default
+    /// `<runtime.state_dir>/<id>`.
+    pub dir: Option<PathBuf>,
     /// virtio-fs shares.
     pub shares: Vec<Share>,
 }
@@ -194,7 +197,10 @@ impl Vm {
             path: config.runtime.state_dir.clone(),
             source,
         })?;
-        let dir = config.runtime.state_dir.join(&req.id);
+        let dir = req
+            .dir
+            .clone()
+            .unwrap_or_else(|| config.runtime.state_dir.join(&req.id));
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

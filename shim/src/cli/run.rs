@@ -226,6 +226,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut rnd)?;
     let req = VmRequest {
         id: format!("run-{}", hex::encode(rnd)),
+        dir: None,
         shares: vec![Share {
             tag: SHARE_TAG.into(),
             dir: rootfs,

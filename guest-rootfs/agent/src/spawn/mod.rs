@@ -144,12 +144,14 @@ fn container_mounts(rootfs: &Path) -> Result<(Vec<MountOp>, Vec<SymlinkOp>)> {
             data: Some(c"mode=755,size=65536k".into()),
             target_is_file: false,
         },
+        // The guest's devpts, not a new instance: terminals are allocated by
+        // the agent there, and `tty`/ttyname must resolve them.
         MountOp {
-            source: c"devpts".into(),
+            source: c"/dev/pts".into(),
             target: t("dev/pts")?,
-            fstype: Some(c"devpts".into()),
-            flags: MS_NOSUID | MS_NOEXEC,
-            data: Some(c"newinstance,ptmxmode=0666,mode=0620".into()),
+            fstype: None,
+            flags: MS_BIND,
+            data: None,
             target_is_file: false,
         },
         MountOp {

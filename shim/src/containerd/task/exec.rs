@@ -1,0 +1,85 @@
+//! `Exec`: adds a process to a running container (created, not started).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_protocol::agent::ExecProcessRequest as AgentExec;
+use cocoon_vmm::agent::ctx;
+use containerd_shim_protos::api::{ExecProcessRequest, Status};
+use containerd_shim_protos::events::task::TaskExecAdded;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use oci_spec::runtime::Process;
+
+use super::super::error::{Result, ShimError};
+use super::super::io::Target;
+use super::super::process::{Proc, StdioPaths};
+use super::super::publisher::Event;
+use super::super::spec;
+use super::create::attach_io;
+use super::Service;
+
+pub(super) async fn exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty> {
+    let c = svc.container(&req.id)?;
+    if req.exec_id.is_empty() {
+        return Err(ShimError::Invalid {
+            field: "exec_id".into(),
+            problem: "is empty".into(),
+        });
+    }
+    if c.proc(&req.exec_id).is_some() {
+        return Err(ShimError::AlreadyExists(format!(
+            "exec {:?} in {:?}",
+            req.exec_id, req.id
+        )));
+    }
+    if c.init.status() != Status::RUNNING {
+        return Err(ShimError::FailedPrecondition(format!(
+            "container {:?} is not running",
+            req.id
+        )));
+    }
+    let spec_any = req.spec.as_ref().ok_or_else(|| ShimError::Invalid {
+        field: "spec".into(),
+        problem: "is missing".into(),
+    })?;
+    let oci: Process = serde_json::from_slice(&spec_any.value).map_err(|e| ShimError::Invalid {
+        field: "spec".into(),
+        problem: format!("not an OCI process: {e}"),
+    })?;
+    let mut process = spec::process(&oci)?;
+    process.terminal = req.terminal;
+    let pod = svc.current_pod().await?;
+    let mut areq = AgentExec::new();
+    areq.container_id = req.id.clone();
+    areq.exec_id = req.exec_id.clone();
+    areq.process = Some(process).into();
+    let pid = pod
+        .agent
+        .exec_process(ctx(Duration::from_secs(30)), &areq)
+        .await
+        .map_err(|e| ShimError::agent("create the exec process in the guest", e))?
+        .pid;
+    let p = Arc::new(Proc::new(
+        Target {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+        },
+        pid,
+        StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        },
+    ));
+    attach_io(svc, &pod, &p).await?;
+    c.execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(req.exec_id.clone(), p);
+    let mut ev = TaskExecAdded::new();
+    ev.container_id = req.id.clone();
+    ev.exec_id = req.exec_id.clone();
+    svc.publisher.publish(Event::ExecAdded(ev)).await;
+    Ok(Empty::new())
+}
