@@ -1,7 +1,7 @@
 //! The Cocoon host binaries' code.
 //!
 //! - [`cli`]: the `cocoon` admin CLI (`run`, `config`).
-//! - [`containerd`]: `containerd-shim-cocoon-v2`.
+//! - [`containerd`]: the `containerd-shim-cocoon-v2` shim.
 //! - [`logging`]: slog setup.
 
 pub mod cli;

@@ -12,6 +12,8 @@
 //! finishes with [`Sandbox::assert_clean`]: no process that mentions the
 //! state directory, no file left in it.
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -304,6 +304,7 @@ impl Vm {
         let mut qemu = Daemon::spawn("qemu", &q.path, &argv, &dir.join("qemu.log"))?;
 
         let deadline = started + config.agent.dial_timeout;
+        let mut last_error = String::from("none yet");
         let (agent, kernel_release) = loop {
             if let Some(status) = qemu.try_wait() {
                 return Err(VmError::AgentTimeout {
@@ -321,21 +322,23 @@ impl Vm {
             if Instant::now() >= deadline {
                 return Err(VmError::AgentTimeout {
                     secs: config.agent.dial_timeout.as_secs(),
-                    reason: "qemu is running but nothing listens on the agent port".into(),
+                    reason: format!("qemu is running; last attempt: {last_error}"),
                     console: console_log
                         .as_deref()
                         .map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
                 });
             }
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(2),
-                agent::connect_checked(&addr, Duration::from_secs(2)),
-            )
-            .await;
+            // Generous per-attempt limits: under emulation on a loaded host
+            // the first RPC can take seconds.
+            let attempt = tokio::time::timeout(Duration::from_secs(6), agent::connect_checked(&addr, Duration::from_secs(5))).await;
             match attempt {
                 Ok(Ok(ok)) => break ok,
                 Ok(Err(AgentError::Version(v))) => return Err(AgentError::Version(v).into()),
-                Ok(Err(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(_) => last_error = "no answer within 6 s".into(),
             }
         };
         let boot_time = started.elapsed();

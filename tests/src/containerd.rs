@@ -1,0 +1,249 @@
+//! A private containerd for one test: its own root, state and sockets under
+//! a temp dir, Cocoon's shim on its PATH, stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{busybox_rootfs, repo_root, Env, Sandbox};
+
+/// Image used by the tests.
+pub const IMAGE: &str = "cocoon.test/busybox:1";
+/// Pause image for CRI sandboxes.
+pub const PAUSE_IMAGE: &str = "cocoon.test/pause:1";
+/// The runtime name.
+pub const RUNTIME: &str = "io.containerd.cocoon.v2";
+
+/// The OCI archives of the test images (built once).
+pub fn image_archives() -> &'static (PathBuf, PathBuf) {
+    static ARCHIVES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    ARCHIVES.get_or_init(|| {
+        let dir = repo_root().join("build/test-fixtures");
+        let script = repo_root().join("tests/fixtures/make-oci-image.sh");
+        let make = |name: &str, file: &str, cmd: &[&str]| {
+            let out = dir.join(file);
+            if !out.exists() {
+                let tmp = dir.join(format!("{file}.{}", std::process::id()));
+                let st = Command::new(&script).arg(busybox_rootfs()).arg(name).arg(&tmp).args(cmd).status().unwrap();
+                assert!(st.success(), "make-oci-image.sh failed");
+                std::fs::rename(&tmp, &out).unwrap();
+            }
+            out
+        };
+        (
+            make(IMAGE, "busybox-image.tar", &["/bin/sh"]),
+            make(PAUSE_IMAGE, "pause-image.tar", &["/bin/sleep", "2147483647"]),
+        )
+    })
+}
+
+/// A containerd binary to test against, with its major version.
+#[derive(Debug, Clone)]
+pub struct Flavor {
+    /// `containerd`.
+    pub containerd: PathBuf,
+    /// `ctr`.
+    pub ctr: PathBuf,
+    /// Config file version (2 for 1.x, 3 for 2.x).
+    pub config_version: u32,
+    /// Extra PATH entries (its own runc shim).
+    pub path: Option<PathBuf>,
+}
+
+impl Flavor {
+    /// Debian bookworm's containerd 1.6.
+    pub fn system() -> Option<Self> {
+        Path::new("/usr/bin/containerd").exists().then(|| Self {
+            containerd: "/usr/bin/containerd".into(),
+            ctr: "/usr/bin/ctr".into(),
+            config_version: 2,
+            path: None,
+        })
+    }
+
+    /// containerd 2.x unpacked by `make deps` into build/containerd2.
+    pub fn v2() -> Option<Self> {
+        let dir = repo_root().join("build/containerd2/usr/bin");
+        dir.join("containerd").exists().then(|| Self {
+            containerd: dir.join("containerd"),
+            ctr: dir.join("ctr"),
+            config_version: 3,
+            path: Some(dir),
+        })
+    }
+}
+
+/// A running private containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    /// Its temp dir.
+    pub dir: tempfile::TempDir,
+    /// gRPC socket.
+    pub sock: PathBuf,
+    /// The flavor.
+    pub flavor: Flavor,
+}
+
+impl Containerd {
+    /// Starts containerd with the Cocoon runtime and the sandbox's node
+    /// config, and imports the test images into `namespaces`.
+    pub fn start(env: &Env, sb: &Sandbox, flavor: Flavor, namespaces: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("cocoon-ctd-").tempdir_in("/tmp").unwrap();
+        let d = dir.path();
+        let sock = d.join("c.sock");
+        let cri = if flavor.config_version >= 3 { "io.containerd.cri.v1.runtime" } else { "io.containerd.grpc.v1.cri" };
+        let runtimes = if flavor.config_version >= 3 {
+            format!("[plugins.\"{cri}\".containerd.runtimes")
+        } else {
+            format!("[plugins.\"{cri}\".containerd.runtimes")
+        };
+        let sandbox_image = if flavor.config_version >= 3 {
+            format!("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\"\n")
+        } else {
+            format!("[plugins.\"{cri}\"]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n")
+        };
+        let config = format!(
+            "version = {v}\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n\
+             {sandbox_image}\
+             [plugins.\"{cri}\".containerd]\n  default_runtime_name = \"runc\"\n\
+             {runtimes}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             {runtimes}.cocoon]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.cocoon.*\"]\n\
+             {runtimes}.cocoon.options]\n  ConfigPath = \"{cfg}\"\n",
+            v = flavor.config_version,
+            d = d.display(),
+            s = sock.display(),
+            cfg = sb.config.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let mut path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", env.bin_dir.display());
+        if let Some(p) = &flavor.path {
+            path = format!("{}:{path}", p.display());
+        }
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new(&flavor.containerd)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("COCOON_CONFIG", &sb.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Self { child, dir, sock, flavor };
+        let start = Instant::now();
+        while c.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
+            assert!(start.elapsed() < Duration::from_secs(30), "containerd did not start: {}", c.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (busybox, pause) = image_archives();
+        for ns in namespaces {
+            for archive in [busybox, pause] {
+                let o = c.ctr_ns(ns, &["images", "import"]).arg(archive).output().unwrap();
+                assert!(o.status.success(), "import: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        c
+    }
+
+    /// `ctr -a <sock> -n <ns> args...`.
+    pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.flavor.ctr);
+        c.arg("-a").arg(&self.sock).arg("-n").arg(ns).args(args);
+        c
+    }
+
+    /// Runs `ctr` in the default namespace with a timeout.
+    pub fn ctr(&self, args: &[&str]) -> std::io::Result<Output> {
+        output_with_timeout(self.ctr_ns("default", args), Duration::from_secs(120))
+    }
+
+    /// The CRI socket (same as the gRPC socket).
+    pub fn cri_socket(&self) -> &Path {
+        &self.sock
+    }
+
+    /// containerd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Live shim processes of this containerd.
+    pub fn shims(&self) -> Vec<u32> {
+        let needle = self.sock.display().to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle) && !stat.contains(") Z")).then_some(pid)
+        })
+        .collect()
+    }
+
+    /// Asserts no shim of this containerd is left.
+    pub fn assert_no_shims(&self) {
+        let start = Instant::now();
+        while !self.shims().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10), "shims left: {:?}", self.shims());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.child.id(), libc_sigterm());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // containerd's own mounts (snapshots) under the temp dir.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// Runs a command, killing it after `timeout`.
+pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn()?;
+    let start = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return child.wait_with_output();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let o = child.wait_with_output()?;
+            return Err(std::io::Error::other(format!(
+                "timed out after {timeout:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
