@@ -61,6 +61,20 @@ impl Drop for DirGuard {
     }
 }
 
+/// The pod's directory name: the id itself when short, else a prefix of it
+/// and a hash, so unix socket paths below it stay under 108 bytes even for
+/// 64-character CRI sandbox ids.
+pub fn dir_name(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let safe = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !id.starts_with('.');
+    if safe && id.len() <= 24 {
+        return id.to_string();
+    }
+    let prefix: String = id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let hash = hex::encode(Sha256::digest(id.as_bytes()));
+    format!("{prefix}-{}", &hash[..11])
+}
+
 impl Pod {
     /// Creates the pod directory and hands `prepare` the shared directory
     /// (to mount the first container's rootfs), then launches the VM.
@@ -72,7 +86,7 @@ impl Pod {
         prepare: impl FnOnce(&Path) -> Result<()>,
         log: &Logger,
     ) -> Result<Arc<Self>> {
-        let dir = config.runtime.state_dir.join(id);
+        let dir = config.runtime.state_dir.join(dir_name(id));
         std::fs::create_dir_all(&config.runtime.state_dir).map_err(|e| {
             ShimError::io(format!("create {}", config.runtime.state_dir.display()), e)
         })?;
@@ -168,5 +182,20 @@ impl Pod {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         info!(self.log, "pod stopped"; "pod" => &self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_names_are_short_and_distinct() {
+        assert_eq!(dir_name("t1"), "t1");
+        let a = dir_name(&"ab".repeat(32));
+        let b = dir_name(&format!("{}c", "ab".repeat(31)));
+        assert!(a.len() <= 24 && b.len() <= 24);
+        assert_ne!(a, b);
+        assert_ne!(dir_name("../x"), "../x");
     }
 }
