@@ -55,11 +55,9 @@ test-hw: deps build guest config
 	COCOON_TEST_HW=1 COCOON_TEST_CONFIG=$(DEV_CONFIG) COCOON_BIN_DIR=$(BIN) \
 		$(CARGO) test --release --locked --workspace -- --test-threads=1 hw_
 
-## demo: boot a Cocoon VM on a busybox root filesystem and run a command in it
+## demo: a private containerd runs a locally built busybox image in a Cocoon VM
 demo: deps build guest config
-	rm -rf $(BUILD)/demo-rootfs && tests/fixtures/make-busybox-rootfs.sh $(BUILD)/demo-rootfs
-	$(BIN)/cocoon --config $(DEV_CONFIG) run --timing --rootfs $(BUILD)/demo-rootfs -- \
-		/bin/sh -c 'echo "hello from a Cocoon VM: $$(uname -sr), $$(nproc) vCPU, hostname $$(hostname)"'
+	tests/demo.sh $(DEV_CONFIG) $(BIN)
 
 ## bench: boot time vs a minimal init, host RSS, initrd size
 bench: deps build guest config
@@ -69,6 +67,7 @@ bench: deps build guest config
 ## $(PREFIX)/libexec/cocoon, config to /etc/cocoon/config.toml (never overwritten)
 install: build guest
 	install -D -m 0755 $(BIN)/cocoon $(DESTDIR)$(PREFIX)/bin/cocoon
+	install -D -m 0755 $(BIN)/containerd-shim-cocoon-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-cocoon-v2
 	install -D -m 0644 $(GUEST)/vmlinuz $(DESTDIR)$(PREFIX)/share/cocoon/vmlinuz
 	install -D -m 0644 $(GUEST)/initrd.img $(DESTDIR)$(PREFIX)/share/cocoon/initrd.img
 	install -D -m 0644 $(GUEST)/manifest.json $(DESTDIR)$(PREFIX)/share/cocoon/manifest.json
@@ -90,4 +89,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(GUEST) $(DEV_CONFIG) $(BUILD)/demo-rootfs $(BUILD)/test-fixtures
+	rm -rf $(GUEST) $(DEV_CONFIG) $(BUILD)/test-fixtures

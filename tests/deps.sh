@@ -103,6 +103,26 @@ if ! ls "$KERNEL_DIR"/boot/vmlinuz-* >/dev/null 2>&1; then
     changed=1
 fi
 
+# --- containerd 2.x (optional, for compatibility tests) ---------------------
+# Debian's unstable package, only unpacked (never installed) into
+# build/containerd2; its binaries run on bookworm. Failure is not fatal: the
+# tests that need it are skipped with a printed reason.
+C2_DIR=$ROOT/build/containerd2
+if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
+    sid=$ROOT/build/apt-unstable
+    mkdir -p "$sid/lists/partial" "$sid/cache/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian unstable main" >"$sid/sources.list"
+    opts="-o Dir::Etc::SourceList=$sid/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$sid/lists -o Dir::Cache=$sid/cache -o APT::Sandbox::User=root"
+    if apt-get $opts update -qq >/dev/null 2>&1 && (cd "$sid" && apt-get $opts download -qq containerd >/dev/null 2>&1); then
+        rm -rf "$C2_DIR" && mkdir -p "$C2_DIR"
+        dpkg -x "$sid"/containerd_*.deb "$C2_DIR"
+        say "unpacked containerd $("$C2_DIR/usr/bin/containerd" --version | awk '{print $3}') into $C2_DIR"
+        changed=1
+    else
+        say "could not fetch containerd 2.x from Debian unstable; its compatibility tests will be skipped"
+    fi
+fi
+
 if [ $changed -eq 0 ]; then
     say "everything already installed; nothing to do"
 else
