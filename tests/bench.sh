@@ -64,3 +64,57 @@ echo "cocoon:   launch -> agent ready (helpers, QEMU, boot): median ${mc} ms  ($
 echo "ratio cocoon/baseline: $(python3 -c "print(round($mc/$mb,2))")"
 echo "host RSS of QEMU + helpers (1 GiB guest): $((rss_kb / 1024)) MiB ($parts )"
 echo "initrd size: $initrd bytes ($((initrd / 1024)) KiB)"
+
+# --- containerd: ctr run --rm ... echo, Cocoon vs runc ----------------------
+echo "== containerd (private instance, same image): ctr run --rm IMG id echo hi"
+ctd="$work/ctd"; mkdir -p "$ctd"
+sed "s#^state_dir = .*#state_dir = \"$ctd/cocoon\"#" "$config" >"$ctd/cocoon.toml"
+cat >"$ctd/config.toml" <<EOF2
+version = 2
+root = "$ctd/root"
+state = "$ctd/state"
+[grpc]
+  address = "$ctd/c.sock"
+[ttrpc]
+  address = "$ctd/c.sock.ttrpc"
+EOF2
+PATH="$bin:$PATH" COCOON_CONFIG="$ctd/cocoon.toml" containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
+ctd_pid=$!
+stop_all() {
+    set +e
+    kill "$ctd_pid" 2>/dev/null; wait "$ctd_pid" 2>/dev/null
+    grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    rm -rf "$work"
+}
+trap stop_all EXIT
+ctr="ctr -a $ctd/c.sock"
+for _ in $(seq 100); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+"$root/tests/fixtures/make-oci-image.sh" "$rootfs" cocoon.bench/busybox:1 "$work/image.tar"
+$ctr images import "$work/image.tar" >/dev/null
+wall() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
+runc_t=(); cocoon_t=()
+for i in $(seq "$runs"); do
+    runc_t+=("$(wall $ctr run --rm --runtime io.containerd.runc.v2 cocoon.bench/busybox:1 r$i echo hi)")
+    cocoon_t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/busybox:1 c$i echo hi)")
+done
+mr=$(median "${runc_t[@]}"); mco=$(median "${cocoon_t[@]}")
+echo "runc:   median ${mr} ms  (${runc_t[*]})"
+echo "cocoon: median ${mco} ms  (${cocoon_t[*]})"
+echo "ratio cocoon/runc: $(python3 -c "print(round($mco/$mr,1))")"
+boots=$(grep '"msg":"pod VM ready"' "$ctd/containerd.log" | grep -o '"boot_ms":[0-9]*' | cut -d: -f2 | tail -n "$runs")
+creates=$(grep '"msg":"container created"' "$ctd/containerd.log" | grep -o '"create_ms":[0-9]*' | cut -d: -f2 | tail -n "$runs")
+if [ -n "$boots" ] && [ -n "$creates" ]; then
+    inside=$(paste <(echo "$creates") <(echo "$boots") | awk '{print $1-$2}')
+    echo "shim Create without VM boot (rootfs mount, agent create): median $(median $inside) ms  ($(echo $inside))"
+    echo "shim overhead outside Create+boot (start, I/O, delete incl. VM stop, containerd): median $(median $(paste <(printf '%s\n' "${cocoon_t[@]}") <(echo "$creates") | awk '{print $1-$2}')) ms"
+fi
+# RSS of the shims for a running task.
+$ctr run -d --runtime io.containerd.runc.v2 cocoon.bench/busybox:1 rss-runc sleep 60 >/dev/null
+$ctr run -d --runtime io.containerd.cocoon.v2 cocoon.bench/busybox:1 rss-cocoon sleep 60 >/dev/null
+sleep 1
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+runc_shim=$(pgrep -f "containerd-shim-runc-v2 .*$ctd/c.sock" | head -n1)
+cocoon_shim=$(pgrep -f "containerd-shim-cocoon-v2 .*$ctd/c.sock" | head -n1)
+echo "shim RSS with a running task: cocoon $(( $(rss "$cocoon_shim") / 1024 )) MiB, containerd-shim-runc-v2 $(( $(rss "$runc_shim") / 1024 )) MiB"
+for t in rss-runc rss-cocoon; do $ctr task rm -f "$t" >/dev/null 2>&1 || true; $ctr c rm "$t" >/dev/null 2>&1 || true; done
+exit 0

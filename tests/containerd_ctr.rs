@@ -21,7 +21,11 @@ fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
 }
 
 fn out(o: &std::process::Output) -> String {
-    format!("stdout: {} stderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn task_status(ctd: &Containerd, id: &str) -> String {
@@ -36,22 +40,51 @@ fn task_status(ctd: &Containerd, id: &str) -> String {
 fn wait_status(ctd: &Containerd, id: &str, want: &str) {
     let start = Instant::now();
     while task_status(ctd, id) != want {
-        assert!(start.elapsed() < Duration::from_secs(60), "{id} never became {want} (is {})", task_status(ctd, id));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{id} never became {want} (is {})",
+            task_status(ctd, id)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn run_echo(ctd: &Containerd) {
-    let o = ctd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "t1", "echo", "hello"]).unwrap();
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "t1",
+            "echo",
+            "hello",
+        ])
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\n", "{}", out(&o));
     assert!(o.status.success(), "{}", out(&o));
-    let o = ctd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "t2", "sh", "-c", "exit 3"]).unwrap();
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "t2",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", out(&o));
 }
 
 #[test]
 fn ctr_run_echo_and_exit_code_containerd_1_6() {
-    let Some((_env, sb, ctd)) = setup("ctr_run_echo_and_exit_code_containerd_1_6") else { return };
+    let Some((_env, sb, ctd)) = setup("ctr_run_echo_and_exit_code_containerd_1_6") else {
+        return;
+    };
     run_echo(&ctd);
     ctd.assert_no_shims();
     sb.assert_clean();
@@ -74,7 +107,9 @@ fn ctr_run_echo_and_exit_code_containerd_2() {
 
 #[test]
 fn ctr_run_with_a_terminal() {
-    let Some((_env, sb, ctd)) = setup("ctr_run_with_a_terminal") else { return };
+    let Some((_env, sb, ctd)) = setup("ctr_run_with_a_terminal") else {
+        return;
+    };
     // `script` gives ctr a pseudo-terminal; the size must reach the guest.
     let line = format!(
         "stty rows 33 cols 101; {} -a {} run -t --rm --runtime {RUNTIME} {IMAGE} tty1 sh -c 'sleep 1; tty; stty size; exit 4'",
@@ -94,13 +129,41 @@ fn ctr_run_with_a_terminal() {
 
 #[test]
 fn exec_pause_resume_kill_and_remove() {
-    let Some((_env, sb, ctd)) = setup("exec_pause_resume_kill_and_remove") else { return };
-    let o = ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "t3", "sleep", "1000"]).unwrap();
+    let Some((_env, sb, ctd)) = setup("exec_pause_resume_kill_and_remove") else {
+        return;
+    };
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "t3",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
     assert!(o.status.success(), "{}", out(&o));
     wait_status(&ctd, "t3", "RUNNING");
-    let o = ctd.ctr(&["task", "exec", "--exec-id", "e1", "t3", "sh", "-c", "echo from-exec; ps -o pid,args; exit 5"]).unwrap();
+    let o = ctd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "t3",
+            "sh",
+            "-c",
+            "echo from-exec; ps -o pid,args; exit 5",
+        ])
+        .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("from-exec") && text.contains("sleep 1000"), "{}", out(&o));
+    assert!(
+        text.contains("from-exec") && text.contains("sleep 1000"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(o.status.code(), Some(5));
     let o = ctd.ctr(&["task", "ps", "t3"]).unwrap();
     assert!(o.status.success(), "{}", out(&o));
@@ -122,14 +185,31 @@ fn exec_pause_resume_kill_and_remove() {
 
 #[test]
 fn two_tasks_at_once() {
-    let Some((_env, sb, ctd)) = setup("two_tasks_at_once") else { return };
+    let Some((_env, sb, ctd)) = setup("two_tasks_at_once") else {
+        return;
+    };
     for id in ["a", "b"] {
-        let o = ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "1000"]).unwrap();
+        let o = ctd
+            .ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+                id,
+                "sleep",
+                "1000",
+            ])
+            .unwrap();
         assert!(o.status.success(), "{}", out(&o));
     }
     wait_status(&ctd, "a", "RUNNING");
     wait_status(&ctd, "b", "RUNNING");
-    let qemus = sb.leftover_processes().iter().filter(|p| p.contains("qemu-system")).count();
+    let qemus = sb
+        .leftover_processes()
+        .iter()
+        .filter(|p| p.contains("qemu-system"))
+        .count();
     assert_eq!(qemus, 2, "one VM per task");
     assert_eq!(ctd.shims().len(), 2, "one shim per task");
     for id in ["a", "b"] {
@@ -145,7 +225,8 @@ fn pids_matching(needle: &str, also: &str) -> Vec<u32> {
         .unwrap()
         .filter_map(|e| {
             let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+                .replace('\0', " ");
             (cmd.contains(needle) && cmd.contains(also)).then_some(pid)
         })
         .collect()
@@ -153,12 +234,28 @@ fn pids_matching(needle: &str, also: &str) -> Vec<u32> {
 
 #[test]
 fn killed_shim_leaves_no_vm() {
-    let Some((_env, sb, ctd)) = setup("killed_shim_leaves_no_vm") else { return };
-    let o = ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "ks", "sleep", "1000"]).unwrap();
+    let Some((_env, sb, ctd)) = setup("killed_shim_leaves_no_vm") else {
+        return;
+    };
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "ks",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
     assert!(o.status.success(), "{}", out(&o));
     wait_status(&ctd, "ks", "RUNNING");
     for pid in ctd.shims() {
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
     }
     let _ = ctd.ctr(&["task", "rm", "-f", "ks"]);
     let _ = ctd.ctr(&["c", "rm", "ks"]);
@@ -168,17 +265,37 @@ fn killed_shim_leaves_no_vm() {
 
 #[test]
 fn killed_qemu_reports_exit_and_cleans_up() {
-    let Some((_env, sb, ctd)) = setup("killed_qemu_reports_exit_and_cleans_up") else { return };
-    let o = ctd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "kq", "sleep", "1000"]).unwrap();
+    let Some((_env, sb, ctd)) = setup("killed_qemu_reports_exit_and_cleans_up") else {
+        return;
+    };
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "kq",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
     assert!(o.status.success(), "{}", out(&o));
     wait_status(&ctd, "kq", "RUNNING");
     let qemu = pids_matching("qemu-system", &sb.state_dir.display().to_string());
     assert_eq!(qemu.len(), 1);
-    Command::new("kill").args(["-9", &qemu[0].to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-9", &qemu[0].to_string()])
+        .status()
+        .unwrap();
     wait_status(&ctd, "kq", "STOPPED");
     let o = ctd.ctr(&["task", "rm", "kq"]).unwrap();
     assert!(o.status.success(), "{}", out(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("exit code 255") || o.stderr.is_empty(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("exit code 255") || o.stderr.is_empty(),
+        "{}",
+        out(&o)
+    );
     assert!(ctd.ctr(&["c", "rm", "kq"]).unwrap().status.success());
     ctd.assert_no_shims();
     sb.assert_clean();
@@ -186,26 +303,71 @@ fn killed_qemu_reports_exit_and_cleans_up() {
 
 #[test]
 fn bad_input_fails_create_cleanly() {
-    let Some((_env, sb, ctd)) = setup("bad_input_fails_create_cleanly") else { return };
+    let Some((_env, sb, ctd)) = setup("bad_input_fails_create_cleanly") else {
+        return;
+    };
     // An annotation outside the node's allow-list.
-    let o = ctd.ctr(&["run", "--rm", "--annotation", "io.cocoon.debug=1", "--runtime", RUNTIME, IMAGE, "b1", "true"]).unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("annotation \\\"io.cocoon.debug\\\" is not allowed") || err.contains("annotation \"io.cocoon.debug\" is not allowed"), "{err}");
-    let _ = ctd.ctr(&["c", "rm", "b1"]);
-    // A config path option that does not exist.
     let o = ctd
-        .ctr(&["run", "--rm", "--runtime-config-path", "/nonexistent/cocoon.toml", "--runtime", RUNTIME, IMAGE, "b2", "true"])
+        .ctr(&[
+            "run",
+            "--rm",
+            "--annotation",
+            "io.cocoon.debug=1",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "b1",
+            "true",
+        ])
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot read config file /nonexistent/cocoon.toml"), "{err}");
-    let _ = ctd.ctr(&["c", "rm", "b2"]);
-    // A command that does not exist in the image.
-    let o = ctd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "b3", "/no/such/cmd"]).unwrap();
+    assert!(
+        err.contains("annotation \\\"io.cocoon.debug\\\" is not allowed")
+            || err.contains("annotation \"io.cocoon.debug\" is not allowed"),
+        "{err}"
+    );
+    let _ = ctd.ctr(&["c", "rm", "b1"]);
+    // A config path option that does not exist.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime-config-path",
+            "/nonexistent/cocoon.toml",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "b2",
+            "true",
+        ])
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("\\\"/no/such/cmd\\\" not found") || err.contains("\"/no/such/cmd\" not found"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/cocoon.toml"),
+        "{err}"
+    );
+    let _ = ctd.ctr(&["c", "rm", "b2"]);
+    // A command that does not exist in the image.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "b3",
+            "/no/such/cmd",
+        ])
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\\\"/no/such/cmd\\\" not found")
+            || err.contains("\"/no/such/cmd\" not found"),
+        "{err}"
+    );
     let _ = ctd.ctr(&["c", "rm", "b3"]);
     ctd.assert_no_shims();
     sb.assert_clean();

@@ -17,7 +17,9 @@ async fn connect(sock: PathBuf) -> RuntimeServiceClient<Channel> {
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let sock = sock.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
+            }
         }))
         .await
         .unwrap();
@@ -26,8 +28,14 @@ async fn connect(sock: PathBuf) -> RuntimeServiceClient<Channel> {
 
 fn container_config(name: &str, cmd: &str) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
         command: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
         log_path: format!("{name}.log"),
         ..Default::default()
@@ -49,12 +57,20 @@ async fn pod_with_two_containers_in_one_vm() {
     std::fs::create_dir_all(&logs).unwrap();
 
     let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: "p1".into(), uid: "uid-p1".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: "p1".into(),
+            uid: "uid-p1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: "pod-one".into(),
         log_directory: logs.display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -62,14 +78,20 @@ async fn pod_with_two_containers_in_one_vm() {
         ..Default::default()
     };
     let pod_id = cri
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: "cocoon".into() })
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "cocoon".into(),
+        })
         .await
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
         .into_inner()
         .pod_sandbox_id;
 
     let mut ids = Vec::new();
-    for (name, cmd) in [("c1", "echo hello-from-c1; sleep 1000"), ("c2", "echo hello-from-c2; hostname; sleep 1000")] {
+    for (name, cmd) in [
+        ("c1", "echo hello-from-c1; sleep 1000"),
+        ("c2", "echo hello-from-c2; hostname; sleep 1000"),
+    ] {
         let id = cri
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod_id.clone(),
@@ -80,12 +102,19 @@ async fn pod_with_two_containers_in_one_vm() {
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
             .into_inner()
             .container_id;
-        cri.start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        cri.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
         ids.push(id);
     }
     for id in &ids {
         let s = cri
-            .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -94,12 +123,20 @@ async fn pod_with_two_containers_in_one_vm() {
         assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{id}");
     }
     // One pod, one VM, one shim.
-    let qemus = sb.leftover_processes().iter().filter(|p| p.contains("qemu-system")).count();
+    let qemus = sb
+        .leftover_processes()
+        .iter()
+        .filter(|p| p.contains("qemu-system"))
+        .count();
     assert_eq!(qemus, 1, "exactly one QEMU for the pod");
     assert_eq!(ctd.shims().len(), 1, "exactly one shim for the pod");
 
     let r = cri
-        .exec_sync(ExecSyncRequest { container_id: ids[0].clone(), cmd: vec!["/bin/sh".into(), "-c".into(), "echo exec-ok; exit 2".into()], timeout: 60 })
+        .exec_sync(ExecSyncRequest {
+            container_id: ids[0].clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "echo exec-ok; exit 2".into()],
+            timeout: 60,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -111,15 +148,29 @@ async fn pod_with_two_containers_in_one_vm() {
     loop {
         let c1 = std::fs::read_to_string(logs.join("c1.log")).unwrap_or_default();
         let c2 = std::fs::read_to_string(logs.join("c2.log")).unwrap_or_default();
-        if c1.contains("stdout F hello-from-c1") && c2.contains("stdout F hello-from-c2") && c2.contains("stdout F pod-one") {
+        if c1.contains("stdout F hello-from-c1")
+            && c2.contains("stdout F hello-from-c2")
+            && c2.contains("stdout F pod-one")
+        {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "logs: c1={c1:?} c2={c2:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "logs: c1={c1:?} c2={c2:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await.unwrap();
-    cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await.unwrap();
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
     tokio::task::block_in_place(|| {
         ctd.assert_no_shims();
         sb.assert_clean();

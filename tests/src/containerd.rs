@@ -25,7 +25,13 @@ pub fn image_archives() -> &'static (PathBuf, PathBuf) {
             let out = dir.join(file);
             if !out.exists() {
                 let tmp = dir.join(format!("{file}.{}", std::process::id()));
-                let st = Command::new(&script).arg(busybox_rootfs()).arg(name).arg(&tmp).args(cmd).status().unwrap();
+                let st = Command::new(&script)
+                    .arg(busybox_rootfs())
+                    .arg(name)
+                    .arg(&tmp)
+                    .args(cmd)
+                    .status()
+                    .unwrap();
                 assert!(st.success(), "make-oci-image.sh failed");
                 std::fs::rename(&tmp, &out).unwrap();
             }
@@ -33,7 +39,11 @@ pub fn image_archives() -> &'static (PathBuf, PathBuf) {
         };
         (
             make(IMAGE, "busybox-image.tar", &["/bin/sh"]),
-            make(PAUSE_IMAGE, "pause-image.tar", &["/bin/sleep", "2147483647"]),
+            make(
+                PAUSE_IMAGE,
+                "pause-image.tar",
+                &["/bin/sleep", "2147483647"],
+            ),
         )
     })
 }
@@ -90,10 +100,17 @@ impl Containerd {
     /// Starts containerd with the Cocoon runtime and the sandbox's node
     /// config, and imports the test images into `namespaces`.
     pub fn start(env: &Env, sb: &Sandbox, flavor: Flavor, namespaces: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("cocoon-ctd-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cocoon-ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let d = dir.path();
         let sock = d.join("c.sock");
-        let cri = if flavor.config_version >= 3 { "io.containerd.cri.v1.runtime" } else { "io.containerd.grpc.v1.cri" };
+        let cri = if flavor.config_version >= 3 {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
         let runtimes = if flavor.config_version >= 3 {
             format!("[plugins.\"{cri}\".containerd.runtimes")
         } else {
@@ -117,7 +134,10 @@ impl Containerd {
             cfg = sb.config.display(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let mut path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", env.bin_dir.display());
+        let mut path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            env.bin_dir.display()
+        );
         if let Some(p) = &flavor.path {
             path = format!("{}:{path}", p.display());
         }
@@ -131,17 +151,38 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Self { child, dir, sock, flavor };
+        let c = Self {
+            child,
+            dir,
+            sock,
+            flavor,
+        };
         let start = Instant::now();
-        while c.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
-            assert!(start.elapsed() < Duration::from_secs(30), "containerd did not start: {}", c.log());
+        while c
+            .ctr(&["version"])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not start: {}",
+                c.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let (busybox, pause) = image_archives();
         for ns in namespaces {
             for archive in [busybox, pause] {
-                let o = c.ctr_ns(ns, &["images", "import"]).arg(archive).output().unwrap();
-                assert!(o.status.success(), "import: {}", String::from_utf8_lossy(&o.stderr));
+                let o = c
+                    .ctr_ns(ns, &["images", "import"])
+                    .arg(archive)
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "import: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
         }
         c
@@ -172,12 +213,18 @@ impl Containerd {
     /// Live shim processes of this containerd.
     pub fn shims(&self) -> Vec<u32> {
         let needle = self.sock.display().to_string();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         dir.filter_map(|e| {
             let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+                .replace('\0', " ");
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            (cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle) && !stat.contains(") Z")).then_some(pid)
+            (cmd.contains("containerd-shim-cocoon-v2")
+                && cmd.contains(&needle)
+                && !stat.contains(") Z"))
+            .then_some(pid)
         })
         .collect()
     }
@@ -186,7 +233,11 @@ impl Containerd {
     pub fn assert_no_shims(&self) {
         let start = Instant::now();
         while !self.shims().is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(10), "shims left: {:?}", self.shims());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "shims left: {:?}",
+                self.shims()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -220,7 +271,11 @@ fn libc_sigterm() -> i32 {
 }
 
 fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
-    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status()?;
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()?;
     if st.success() {
         Ok(())
     } else {
@@ -230,7 +285,11 @@ fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
 
 /// Runs a command, killing it after `timeout`.
 pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<Output> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn()?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()?;
     let start = Instant::now();
     loop {
         if child.try_wait()?.is_some() {

@@ -330,7 +330,11 @@ impl Vm {
             }
             // Generous per-attempt limits: under emulation on a loaded host
             // the first RPC can take seconds.
-            let attempt = tokio::time::timeout(Duration::from_secs(6), agent::connect_checked(&addr, Duration::from_secs(5))).await;
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(6),
+                agent::connect_checked(&addr, Duration::from_secs(5)),
+            )
+            .await;
             match attempt {
                 Ok(Ok(ok)) => break ok,
                 Ok(Err(AgentError::Version(v))) => return Err(AgentError::Version(v).into()),

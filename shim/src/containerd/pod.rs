@@ -66,11 +66,18 @@ impl Drop for DirGuard {
 /// 64-character CRI sandbox ids.
 pub fn dir_name(id: &str) -> String {
     use sha2::{Digest, Sha256};
-    let safe = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !id.starts_with('.');
+    let safe = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.');
     if safe && id.len() <= 24 {
         return id.to_string();
     }
-    let prefix: String = id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let prefix: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
     let hash = hex::encode(Sha256::digest(id.as_bytes()));
     format!("{prefix}-{}", &hash[..11])
 }

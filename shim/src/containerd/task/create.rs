@@ -24,6 +24,7 @@ use super::super::{options, rootfs};
 use super::Service;
 
 pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
+    let started = std::time::Instant::now();
     if req.id.is_empty() {
         return Err(ShimError::Invalid {
             field: "id".into(),
@@ -109,7 +110,8 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
                 io.terminal = req.terminal;
             }
             svc.publisher.publish(Event::Create(ev)).await;
-            info!(svc.log, "container created"; "id" => &req.id, "pod" => &pod.id, "pid" => pid);
+            let create_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            info!(svc.log, "container created"; "id" => &req.id, "pod" => &pod.id, "pid" => pid, "create_ms" => create_ms, "new_vm" => new_pod);
             let mut r = CreateTaskResponse::new();
             r.pid = pid;
             Ok(r)
