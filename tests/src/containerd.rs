@@ -111,11 +111,7 @@ impl Containerd {
         } else {
             "io.containerd.grpc.v1.cri"
         };
-        let runtimes = if flavor.config_version >= 3 {
-            format!("[plugins.\"{cri}\".containerd.runtimes")
-        } else {
-            format!("[plugins.\"{cri}\".containerd.runtimes")
-        };
+        let runtimes = format!("[plugins.\"{cri}\".containerd.runtimes");
         let sandbox_image = if flavor.config_version >= 3 {
             format!("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\"\n")
         } else {
