@@ -167,6 +167,17 @@ fn exec_pause_resume_kill_and_remove() {
     assert_eq!(o.status.code(), Some(5));
     let o = ctd.ctr(&["task", "ps", "t3"]).unwrap();
     assert!(o.status.success(), "{}", out(&o));
+    // Metrics come from the guest: one process, some memory, a limit of
+    // about the VM's RAM.
+    let o = ctd.ctr(&["task", "metrics", "t3"]).unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("pids.current             1"), "{}", out(&o));
+    let limit: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("memory.limit_in_bytes"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(limit > 512 << 20 && limit <= 1 << 30, "{}", out(&o));
     assert!(ctd.ctr(&["task", "pause", "t3"]).unwrap().status.success());
     wait_status(&ctd, "t3", "PAUSED");
     assert!(ctd.ctr(&["task", "resume", "t3"]).unwrap().status.success());
@@ -371,4 +382,54 @@ fn bad_input_fails_create_cleanly() {
     let _ = ctd.ctr(&["c", "rm", "b3"]);
     ctd.assert_no_shims();
     sb.assert_clean();
+}
+
+#[test]
+fn shim_start_without_a_valid_spec_fails_clearly() {
+    let Some(env) = env_or_skip("shim_start_without_a_valid_spec_fails_clearly") else {
+        return;
+    };
+    let bundle = tempfile::tempdir().unwrap();
+    let shim = env.bin_dir.join("containerd-shim-cocoon-v2");
+    let start = |dir: &std::path::Path| {
+        Command::new(&shim)
+            .args([
+                "-namespace",
+                "t",
+                "-address",
+                "/nonexistent.sock",
+                "-id",
+                "x",
+                "start",
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let o = start(bundle.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot read the OCI spec"),
+        "{}",
+        out(&o)
+    );
+    std::fs::write(bundle.path().join("config.json"), "{ not json").unwrap();
+    let o = start(bundle.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("config.json"),
+        "{}",
+        out(&o)
+    );
+    // Nothing was started: no address file, no server.
+    assert!(!bundle.path().join("address").exists());
+    // `delete` on a bundle without state still answers with a DeleteResponse.
+    let o = Command::new(&shim)
+        .args(["-namespace", "t", "-address", "/x", "-id", "x", "-bundle"])
+        .arg(bundle.path())
+        .arg("delete")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(!o.stdout.is_empty());
 }

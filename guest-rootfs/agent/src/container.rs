@@ -164,6 +164,37 @@ impl Container {
         pids
     }
 
+    /// CPU time (user, kernel, in ns), resident memory (bytes) and process
+    /// count of the container, summed from procfs.
+    pub fn usage(&self) -> (u64, u64, u64, u32) {
+        // USER_HZ is 100 on Linux for every architecture Cocoon runs on.
+        const NS_PER_TICK: u64 = 10_000_000;
+        let page = 4096u64;
+        let (mut user, mut kernel, mut rss, mut n) = (0u64, 0u64, 0u64, 0u32);
+        for pid in self.pids() {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name (which may contain spaces).
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3.
+            user += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * NS_PER_TICK;
+            kernel += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * NS_PER_TICK;
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+            rss += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * page;
+            n += 1;
+        }
+        (user, kernel, rss, n)
+    }
+
     /// Signals every process of the container.
     pub fn signal_all(&self, sig: Signal) {
         for pid in self.pids() {

@@ -485,6 +485,26 @@ impl Agent for AgentService {
         Ok(r)
     }
 
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let c = self.container(&req.container_id)?;
+        let (user, kernel, rss, pids) = c.usage();
+        let mut r = StatsResponse::new();
+        r.cpu_user_ns = user;
+        r.cpu_kernel_ns = kernel;
+        r.memory_rss_bytes = rss;
+        r.pids = pids;
+        r.memory_limit_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        Ok(r)
+    }
+
     async fn shutdown(
         &self,
         _: &TtrpcContext,

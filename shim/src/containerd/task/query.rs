@@ -60,10 +60,47 @@ pub(super) async fn connect(svc: &Service, req: &ConnectRequest) -> Result<Conne
     Ok(r)
 }
 
+/// Guest-side usage as cgroup v1 metrics (`io.containerd.cgroups.v1.Metrics`),
+/// the type `ctr task metrics` and the CRI plugin decode.
 pub(super) async fn stats(svc: &Service, req: &StatsRequest) -> Result<StatsResponse> {
+    use containerd_shim_protos::cgroups::metrics::{
+        CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+    };
+    use containerd_shim_protos::protobuf::Message;
     let _ = svc.container(&req.id)?;
-    Err(ShimError::Unsupported(
-        "stats",
-        "guest metrics are not collected yet",
-    ))
+    let pod = svc.current_pod().await?;
+    let mut sreq = cocoon_protocol::agent::StatsRequest::new();
+    sreq.container_id = req.id.clone();
+    let s = pod
+        .agent
+        .stats(ctx(Duration::from_secs(10)), &sreq)
+        .await
+        .map_err(|e| ShimError::agent("read usage in the guest", e))?;
+    let mut m = Metrics::new();
+    let mut usage = CPUUsage::new();
+    usage.user = s.cpu_user_ns;
+    usage.kernel = s.cpu_kernel_ns;
+    usage.total = s.cpu_user_ns + s.cpu_kernel_ns;
+    let mut cpu = CPUStat::new();
+    cpu.usage = Some(usage).into();
+    m.cpu = Some(cpu).into();
+    let mut entry = MemoryEntry::new();
+    entry.usage = s.memory_rss_bytes;
+    entry.limit = s.memory_limit_bytes;
+    let mut mem = MemoryStat::new();
+    mem.rss = s.memory_rss_bytes;
+    mem.total_rss = s.memory_rss_bytes;
+    mem.usage = Some(entry).into();
+    m.memory = Some(mem).into();
+    let mut pids = PidsStat::new();
+    pids.current = u64::from(s.pids);
+    m.pids = Some(pids).into();
+    let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+    any.type_url = "io.containerd.cgroups.v1.Metrics".into();
+    any.value = m
+        .write_to_bytes()
+        .map_err(|e| ShimError::io("encode metrics", std::io::Error::other(e)))?;
+    let mut r = StatsResponse::new();
+    r.stats = Some(any).into();
+    Ok(r)
 }
