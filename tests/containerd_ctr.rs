@@ -49,6 +49,24 @@ fn wait_status(ctd: &Containerd, id: &str, want: &str) {
     }
 }
 
+/// `ctr run -d ... ID sleep 1000`, then waits until the task runs.
+fn run_sleeping(ctd: &Containerd, id: &str) {
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    wait_status(ctd, id, "RUNNING");
+}
+
 fn run_echo(ctd: &Containerd) {
     let o = ctd
         .ctr(&[
@@ -132,20 +150,7 @@ fn exec_pause_resume_kill_and_remove() {
     let Some((_env, sb, ctd)) = setup("exec_pause_resume_kill_and_remove") else {
         return;
     };
-    let o = ctd
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "t3",
-            "sleep",
-            "1000",
-        ])
-        .unwrap();
-    assert!(o.status.success(), "{}", out(&o));
-    wait_status(&ctd, "t3", "RUNNING");
+    run_sleeping(&ctd, "t3");
     let o = ctd
         .ctr(&[
             "task",
@@ -200,22 +205,8 @@ fn two_tasks_at_once() {
         return;
     };
     for id in ["a", "b"] {
-        let o = ctd
-            .ctr(&[
-                "run",
-                "-d",
-                "--runtime",
-                RUNTIME,
-                IMAGE,
-                id,
-                "sleep",
-                "1000",
-            ])
-            .unwrap();
-        assert!(o.status.success(), "{}", out(&o));
+        run_sleeping(&ctd, id);
     }
-    wait_status(&ctd, "a", "RUNNING");
-    wait_status(&ctd, "b", "RUNNING");
     let qemus = sb
         .leftover_processes()
         .iter()
@@ -248,20 +239,7 @@ fn killed_shim_leaves_no_vm() {
     let Some((_env, sb, ctd)) = setup("killed_shim_leaves_no_vm") else {
         return;
     };
-    let o = ctd
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "ks",
-            "sleep",
-            "1000",
-        ])
-        .unwrap();
-    assert!(o.status.success(), "{}", out(&o));
-    wait_status(&ctd, "ks", "RUNNING");
+    run_sleeping(&ctd, "ks");
     for pid in ctd.shims() {
         Command::new("kill")
             .args(["-9", &pid.to_string()])
@@ -279,20 +257,7 @@ fn killed_qemu_reports_exit_and_cleans_up() {
     let Some((_env, sb, ctd)) = setup("killed_qemu_reports_exit_and_cleans_up") else {
         return;
     };
-    let o = ctd
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "kq",
-            "sleep",
-            "1000",
-        ])
-        .unwrap();
-    assert!(o.status.success(), "{}", out(&o));
-    wait_status(&ctd, "kq", "RUNNING");
+    run_sleeping(&ctd, "kq");
     let qemu = pids_matching("qemu-system", &sb.state_dir.display().to_string());
     assert_eq!(qemu.len(), 1);
     Command::new("kill")

@@ -7,3 +7,12 @@
 pub mod cli;
 pub mod containerd;
 pub mod logging;
+
+/// The tokio runtime both binaries use: two workers (VM work is mostly
+/// waiting), all drivers on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

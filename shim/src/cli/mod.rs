@@ -54,11 +54,7 @@ pub fn print_error(e: &anyhow::Error) {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cocoon: error: cannot start the async runtime: {e}");

@@ -108,11 +108,7 @@ pub fn main() -> i32 {
                 Err(_) => slog::Level::Info,
             };
             let log = fifo_logger(level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     slog::error!(log, "cannot start the runtime"; "error" => e.to_string());
