@@ -325,6 +325,34 @@ fn bad_input_fails_create_cleanly() {
         "{err}"
     );
     let _ = ctd.ctr(&["c", "rm", "b2"]);
+    // A confidential configuration on a host without SEV-SNP.
+    let snp = sb.dir.path().join("snp.toml");
+    let mut table: toml::Table = std::fs::read_to_string(&sb.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let q = table["hypervisor"]["qemu"].as_table_mut().unwrap();
+    q.insert("tee".into(), "snp".into());
+    q.insert("firmware".into(), "/usr/share/ovmf/OVMF.fd".into());
+    std::fs::write(&snp, toml::to_string(&table).unwrap()).unwrap();
+    let snp_arg = snp.display().to_string();
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime-config-path",
+            &snp_arg,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "b4",
+            "true",
+        ])
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("this host cannot run SEV-SNP guests"), "{err}");
+    let _ = ctd.ctr(&["c", "rm", "b4"]);
     // A command that does not exist in the image.
     let o = ctd
         .ctr(&[

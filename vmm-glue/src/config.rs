@@ -80,6 +80,9 @@ pub struct RawQemu {
     pub virtio_fs_daemon: PathBuf,
     pub virtio_fs_cache: String,
     pub vhost_user_vsock_daemon: PathBuf,
+    pub tee: String,
+    pub snp_guest_policy: u64,
+    pub tdx_quote_generation_socket: PathBuf,
 }
 
 impl Default for RawQemu {
@@ -99,6 +102,9 @@ impl Default for RawQemu {
             virtio_fs_daemon: "/usr/local/libexec/cocoon/virtiofsd".into(),
             virtio_fs_cache: "never".into(),
             vhost_user_vsock_daemon: "/usr/local/libexec/cocoon/vhost-device-vsock".into(),
+            tee: "none".into(),
+            snp_guest_policy: DEFAULT_SNP_POLICY,
+            tdx_quote_generation_socket: "/var/run/tdx-qgs/qgs.socket".into(),
         }
     }
 }
@@ -265,6 +271,12 @@ pub struct QemuConfig {
     pub virtio_fs_cache: FsCache,
     /// vhost-device-vsock binary.
     pub vhost_user_vsock_daemon: PathBuf,
+    /// Trusted execution environment.
+    pub tee: Tee,
+    /// SEV-SNP guest policy.
+    pub snp_guest_policy: u64,
+    /// TDX quote generation service socket.
+    pub tdx_quote_generation_socket: PathBuf,
 }
 
 /// Validated `[agent]`.
@@ -320,6 +332,38 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+}
+
+/// Default SEV-SNP guest policy: SMT allowed (bit 16), reserved bit 17 set,
+/// no debug, no migration agent (SEV-SNP ABI, "Guest Policy").
+pub const DEFAULT_SNP_POLICY: u64 = 0x30000;
+
+/// Bit 19 of the SNP policy: the guest may be debugged by the host.
+pub const SNP_POLICY_DEBUG: u64 = 1 << 19;
+
+/// Which trusted execution environment a VM runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tee {
+    /// No TEE (development).
+    None,
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+    /// Whatever the host supports (SNP or TDX), else an error.
+    Auto,
+}
+
+impl Tee {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Snp => "snp",
+            Self::Tdx => "tdx",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 /// Kernel parameters the node config may not set: Cocoon owns them.
@@ -422,6 +466,45 @@ impl RawConfig {
                 ))
             }
         };
+        let tee = match q.tee.as_str() {
+            "none" => Tee::None,
+            "snp" => Tee::Snp,
+            "tdx" => Tee::Tdx,
+            "auto" => Tee::Auto,
+            other => {
+                return Err(invalid(
+                    "hypervisor.qemu.tee",
+                    format!("{other:?}"),
+                    "use \"none\", \"snp\", \"tdx\" or \"auto\"".into(),
+                ))
+            }
+        };
+        // SNP policy: bit 17 is reserved and must be 1; bits above 24 are
+        // reserved and must be 0 (SEV-SNP ABI spec, "Guest Policy").
+        if q.snp_guest_policy & (1 << 17) == 0 || q.snp_guest_policy >> 25 != 0 {
+            return Err(invalid(
+                "hypervisor.qemu.snp_guest_policy",
+                format!("{:#x}", q.snp_guest_policy),
+                "is not a valid SEV-SNP policy (bit 17 must be set, bits 25-63 clear); the usual value is 0x30000".into(),
+            ));
+        }
+        if tee != Tee::None && q.snp_guest_policy & SNP_POLICY_DEBUG != 0 && !q.debug_console {
+            return Err(invalid(
+                "hypervisor.qemu.snp_guest_policy",
+                format!("{:#x}", q.snp_guest_policy),
+                "allows host debugging of a confidential guest; clear bit 19 (or set debug_console = true to say this is a debug node)".into(),
+            ));
+        }
+        if matches!(tee, Tee::Snp | Tee::Tdx | Tee::Auto) && accel == Accel::Tcg {
+            return Err(invalid(
+                "hypervisor.qemu.accel",
+                "\"tcg\"".into(),
+                format!(
+                    "a confidential guest (tee = {:?}) needs KVM; use \"auto\" or \"kvm\"",
+                    q.tee
+                ),
+            ));
+        }
         let qemu = QemuConfig {
             path: abs("hypervisor.qemu.path", &q.path)?,
             kernel: abs("hypervisor.qemu.kernel", &q.kernel)?,
@@ -443,6 +526,12 @@ impl RawConfig {
             vhost_user_vsock_daemon: abs(
                 "hypervisor.qemu.vhost_user_vsock_daemon",
                 &q.vhost_user_vsock_daemon,
+            )?,
+            tee,
+            snp_guest_policy: q.snp_guest_policy,
+            tdx_quote_generation_socket: abs(
+                "hypervisor.qemu.tdx_quote_generation_socket",
+                &q.tdx_quote_generation_socket,
             )?,
         };
 
@@ -634,6 +723,20 @@ mod tests {
         let empty = Config::from_toml("", "empty").unwrap();
         assert!(!empty.qemu.debug_console);
         assert_eq!(empty.qemu.kernel, c.qemu.kernel);
+    }
+
+    #[test]
+    fn shipped_tee_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let snp = Config::from_file(&root.join("cocoon-qemu-snp.toml")).unwrap();
+        assert_eq!(
+            (snp.qemu.tee, snp.qemu.accel, snp.qemu.debug_console),
+            (Tee::Snp, Accel::Kvm, false)
+        );
+        assert_eq!(snp.qemu.snp_guest_policy, DEFAULT_SNP_POLICY);
+        let tdx = Config::from_file(&root.join("cocoon-qemu-tdx.toml")).unwrap();
+        assert_eq!(tdx.qemu.tee, Tee::Tdx);
+        assert!(tdx.qemu.firmware.is_some());
     }
 
     #[test]

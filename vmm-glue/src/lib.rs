@@ -6,6 +6,7 @@
 //! - [`qemu::qmp`]: QMP control (status, stop/cont, powerdown, quit).
 //! - [`process`]: supervised child processes that cannot outlive their owner.
 //! - [`agent`]: connecting to the in-guest agent (vsock or hybrid vsock).
+//! - [`tee`]: SEV-SNP/TDX host support and the TEE of a launch.
 //! - [`vm`]: launching and stopping one VM.
 #![deny(missing_docs)]
 
@@ -14,4 +15,5 @@ pub mod config;
 pub mod host;
 pub mod process;
 pub mod qemu;
+pub mod tee;
 pub mod vm;

@@ -15,6 +15,7 @@ use crate::host::HostRoots;
 use crate::process::{log_tail, Daemon, DaemonError};
 use crate::qemu::argv::{kernel_cmdline, FsShare, ResolvedAccel, VmArgs, VsockDevice};
 use crate::qemu::qmp::Qmp;
+use crate::tee::{HostTee, LaunchTee};
 
 /// How long a helper daemon may take to create its socket.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,48 @@ pub enum VmError {
     /// The agent answered wrongly.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The configured TEE cannot run here.
+    #[error(transparent)]
+    Tee(#[from] crate::tee::TeeError),
+    /// QEMU does not know the TEE's object.
+    #[error("{qemu} does not know the `{object}` object (QEMU {needed} or newer is needed for `hypervisor.qemu.tee` = \"{tee}\"); install a newer QEMU or point `hypervisor.qemu.path` at one")]
+    QemuTooOld {
+        /// The binary.
+        qemu: PathBuf,
+        /// The QOM type.
+        object: &'static str,
+        /// Minimum version.
+        needed: &'static str,
+        /// Config value.
+        tee: &'static str,
+    },
+}
+
+/// Checks that QEMU knows the TEE's object type (`-object help`).
+fn check_qemu_knows(qemu: &Path, tee: &LaunchTee) -> Result<(), VmError> {
+    let (object, needed, name) = match tee {
+        LaunchTee::None => return Ok(()),
+        LaunchTee::Snp { .. } => ("sev-snp-guest", "9.1", "snp"),
+        LaunchTee::Tdx { .. } => ("tdx-guest", "10.1", "tdx"),
+    };
+    let out = std::process::Command::new(qemu)
+        .args(["-object", "help"])
+        .output();
+    let known = out.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == object)
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(VmError::QemuTooOld {
+            qemu: qemu.to_path_buf(),
+            object,
+            needed,
+            tee: name,
+        })
+    }
 }
 
 /// A host directory shared into the guest over virtio-fs.
@@ -187,6 +230,17 @@ impl Vm {
         let log = log.new(slog::o!("vm" => req.id.clone()));
         let started = Instant::now();
         config.check_files()?;
+        let tee = crate::tee::resolve(
+            &config.qemu,
+            &HostTee::detect(host, &crate::tee::host_cpuid),
+        )?;
+        check_qemu_knows(&config.qemu.path, &tee)?;
+        if tee != LaunchTee::None && config.qemu.debug_console {
+            warn!(
+                log,
+                "debug_console is on for a confidential guest: its console output leaves the TEE"
+            );
+        }
         let resolved = resolve(config, host)?;
         for s in &req.shares {
             if !s.dir.is_dir() {
@@ -297,6 +351,7 @@ impl Vm {
             shares,
             console_log: console_log.clone(),
             qmp_socket: qmp_socket.clone(),
+            tee,
         };
         let argv = args.to_argv();
         info!(log, "starting qemu"; "accel" => ?resolved.accel, "transport" => ?resolved.transport,

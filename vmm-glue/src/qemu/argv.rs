@@ -5,7 +5,10 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+
 use crate::config::QemuConfig;
+use crate::tee::LaunchTee;
 
 /// Kernel parameters Cocoon always passes: fail fast instead of rebooting,
 /// skip hardware probes that a VM does not need and that are slow under
@@ -103,6 +106,8 @@ pub struct VmArgs {
     pub console_log: Option<PathBuf>,
     /// QMP socket.
     pub qmp_socket: PathBuf,
+    /// Trusted execution environment.
+    pub tee: LaunchTee,
 }
 
 /// The kernel command line for a VM of this configuration.
@@ -139,6 +144,44 @@ fn path_opt(prefix: &str, p: &Path, suffix: &str) -> OsString {
 }
 
 impl VmArgs {
+    /// The `-object` of the TEE, if any.
+    fn tee_object(&self) -> Option<OsString> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        match &self.tee {
+            LaunchTee::None => None,
+            // QEMU's `sev-snp-guest` (qapi/qom.json, SevSnpGuestProperties).
+            LaunchTee::Snp {
+                cbitpos,
+                reduced_phys_bits,
+                policy,
+                host_data,
+            } => {
+                let mut o = format!("sev-snp-guest,id=snp,cbitpos={cbitpos},reduced-phys-bits={reduced_phys_bits},kernel-hashes=on,policy={policy:#x}");
+                if let Some(h) = host_data {
+                    o.push_str(&format!(",host-data={}", b64(h)));
+                }
+                Some(o.into())
+            }
+            // QEMU 10.1's `tdx-guest` (qapi/qom.json, TdxGuestProperties);
+            // the JSON form because the QGS address is a struct.
+            LaunchTee::Tdx {
+                mrconfigid,
+                qgs_socket,
+            } => {
+                let mut o = serde_json::json!({
+                    "qom-type": "tdx-guest",
+                    "id": "tdx",
+                    "sept-ve-disable": true,
+                    "quote-generation-socket": {"type": "unix", "path": qgs_socket.display().to_string()},
+                });
+                if let Some(m) = mrconfigid {
+                    o["mrconfigid"] = b64(m).into();
+                }
+                Some(o.to_string().into())
+            }
+        }
+    }
+
     /// The argv after the binary name.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
@@ -159,14 +202,23 @@ impl VmArgs {
             push(s.into());
         }
         push("-machine".into());
+        let cgs = match &self.tee {
+            LaunchTee::None => "",
+            LaunchTee::Snp { .. } => ",confidential-guest-support=snp,kernel_irqchip=split",
+            LaunchTee::Tdx { .. } => ",confidential-guest-support=tdx,kernel_irqchip=split",
+        };
         push(
             format!(
-                "{},accel={},memory-backend=mem0",
+                "{},accel={},memory-backend=mem0{cgs}",
                 self.machine_type,
                 self.accel.as_str()
             )
             .into(),
         );
+        if let Some(object) = self.tee_object() {
+            push("-object".into());
+            push(object);
+        }
         push("-cpu".into());
         push(self.cpu_model.clone().into());
         push("-smp".into());
@@ -265,7 +317,68 @@ mod tests {
             }],
             console_log: Some("/run/c/console.log".into()),
             qmp_socket: "/run/c/qmp.sock".into(),
+            tee: LaunchTee::None,
         }
+    }
+
+    fn snp(host_data: Option<[u8; 32]>) -> VmArgs {
+        let mut a = args();
+        a.accel = ResolvedAccel::Kvm;
+        a.cpu_model = "EPYC-v4".into();
+        a.firmware = Some("/usr/share/ovmf/OVMF.amdsev.fd".into());
+        a.console_log = None;
+        a.tee = LaunchTee::Snp {
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            policy: 0x30000,
+            host_data,
+        };
+        a
+    }
+
+    #[test]
+    fn golden_snp() {
+        let s = joined(&snp(None));
+        assert!(
+            s.contains(
+                "-machine q35,accel=kvm,memory-backend=mem0,confidential-guest-support=snp,kernel_irqchip=split \
+                 -object sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000 \
+                 -cpu EPYC-v4"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("-bios /usr/share/ovmf/OVMF.amdsev.fd"), "{s}");
+        assert!(s.contains("-serial none"), "{s}");
+        let s = joined(&snp(Some([0xab; 32])));
+        assert!(
+            s.contains(",policy=0x30000,host-data=q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s= "),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn golden_tdx() {
+        let mut a = args();
+        a.accel = ResolvedAccel::Kvm;
+        a.tee = LaunchTee::Tdx {
+            mrconfigid: None,
+            qgs_socket: "/var/run/tdx-qgs/qgs.socket".into(),
+        };
+        let s = joined(&a);
+        assert!(
+            s.contains(
+                "-machine q35,accel=kvm,memory-backend=mem0,confidential-guest-support=tdx,kernel_irqchip=split \
+                 -object {\"id\":\"tdx\",\"qom-type\":\"tdx-guest\",\"quote-generation-socket\":{\"path\":\"/var/run/tdx-qgs/qgs.socket\",\"type\":\"unix\"},\"sept-ve-disable\":true} "
+            ),
+            "{s}"
+        );
+        a.tee = LaunchTee::Tdx {
+            mrconfigid: Some([1; 48]),
+            qgs_socket: "/q".into(),
+        };
+        assert!(joined(&a).contains(
+            "\"mrconfigid\":\"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB\""
+        ));
     }
 
     fn joined(a: &VmArgs) -> String {

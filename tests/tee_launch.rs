@@ -1,0 +1,132 @@
+//! Confidential launch without TEE hardware: the SEV-SNP command line Cocoon
+//! builds is accepted by the real QEMU up to the point where KVM must create
+//! the SNP VM, and a confidential configuration on a host without SNP fails
+//! with a clear error and leaves nothing behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use cocoon_tests::{env_or_skip, repo_root, text, Sandbox};
+use cocoon_vmm::qemu::argv::{ResolvedAccel, VmArgs, VsockDevice};
+use cocoon_vmm::tee::LaunchTee;
+
+fn snp_args(dir: &std::path::Path) -> VmArgs {
+    VmArgs {
+        name: "cocoon-snp-parse".into(),
+        accel: ResolvedAccel::Kvm,
+        machine_type: "q35".into(),
+        cpu_model: "EPYC-v4".into(),
+        vcpus: 1,
+        memory_mib: 512,
+        kernel: repo_root().join("build/guest/vmlinuz"),
+        initrd: repo_root().join("build/guest/initrd.img"),
+        firmware: Some("/usr/share/ovmf/OVMF.fd".into()),
+        cmdline: "quiet".into(),
+        // Kernel vhost-vsock and no vhost-user sockets, so nothing before
+        // the accelerator needs a peer.
+        vsock: VsockDevice::Vhost { cid: 7 },
+        shares: vec![],
+        console_log: None,
+        qmp_socket: dir.join("qmp.sock"),
+        tee: LaunchTee::Snp {
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            policy: 0x30000,
+            host_data: Some([0x5a; 32]),
+        },
+    }
+}
+
+fn run_qemu(args: &VmArgs) -> String {
+    let out = Command::new("qemu-system-x86_64")
+        .args(args.to_argv())
+        .output()
+        .expect("run qemu");
+    assert!(
+        !out.status.success(),
+        "QEMU cannot succeed without SNP hardware"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn real_qemu_accepts_the_snp_command_line() {
+    let test = "real_qemu_accepts_the_snp_command_line";
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+        || !PathBuf::from("/usr/share/ovmf/OVMF.fd").exists()
+    {
+        eprintln!("SKIP {test}: qemu-system-x86_64 or /usr/share/ovmf/OVMF.fd missing (make deps)");
+        return;
+    }
+    if !repo_root().join("build/guest/vmlinuz").exists() {
+        eprintln!("SKIP {test}: build/guest missing (make guest)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_qemu(&snp_args(dir.path()));
+    // QEMU parsed every option and created the sev-snp-guest object; it
+    // stops where KVM must create an SNP VM (or open /dev/sev).
+    let hw = ["SEV-SNP not supported by KVM", "/dev/sev", "KVM"];
+    assert!(
+        hw.iter().any(|h| err.contains(h)),
+        "expected a hardware error, got: {err}"
+    );
+    for parse_error in [
+        "Parameter",
+        "Invalid parameter",
+        "not found",
+        "unknown",
+        "invalid",
+    ] {
+        assert!(
+            !err.contains(parse_error),
+            "QEMU rejected the syntax: {err}"
+        );
+    }
+    // The check can fail: a malformed object is reported as a parse error.
+    let mut bad = snp_args(dir.path());
+    bad.tee = LaunchTee::Snp {
+        cbitpos: 51,
+        reduced_phys_bits: 1,
+        policy: 0x30000,
+        host_data: None,
+    };
+    let argv: Vec<String> = bad
+        .to_argv()
+        .iter()
+        .map(|a| {
+            a.to_string_lossy()
+                .replace("kernel-hashes=on", "kernel-hashes=maybe")
+        })
+        .collect();
+    let out = Command::new("qemu-system-x86_64")
+        .args(&argv)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel-hashes"), "{err}");
+}
+
+#[test]
+fn confidential_config_on_a_plain_host_fails_clearly() {
+    let Some(env) = env_or_skip("confidential_config_on_a_plain_host_fails_clearly") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |t| {
+        let q = t["hypervisor"]["qemu"].as_table_mut().unwrap();
+        q.insert("tee".into(), "snp".into());
+        q.insert("firmware".into(), "/usr/share/ovmf/OVMF.fd".into());
+        q.insert("accel".into(), "auto".into());
+    });
+    let o = sb.run(&["true"]);
+    let err = text(&o).1;
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("`hypervisor.qemu.tee` = \"snp\" but this host cannot run SEV-SNP guests"),
+        "{err}"
+    );
+    sb.assert_clean();
+}
