@@ -1,6 +1,7 @@
 //! Host side of a Cocoon VM.
 //!
 //! - [`config`]: the node configuration (TOML), parsed and validated.
+//! - [`firmware`]: OVMF footer table, SEV metadata, TDVF descriptor.
 //! - [`host`]: host facts (KVM, vhost-vsock) through redirectable roots.
 //! - [`qemu::argv`]: the pure QEMU command-line builder.
 //! - [`qemu::qmp`]: QMP control (status, stop/cont, powerdown, quit).
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod firmware;
 pub mod host;
 pub mod process;
 pub mod qemu;
