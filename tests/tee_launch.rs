@@ -130,3 +130,49 @@ fn confidential_config_on_a_plain_host_fails_clearly() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn cocoon_check_reports_the_host() {
+    let Some(env) = env_or_skip("cocoon_check_reports_the_host") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let o = sb.cocoon().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&o)));
+    let findings = v["findings"].as_array().unwrap();
+    for check in [
+        "cpu",
+        "kvm",
+        "snp",
+        "tdx",
+        "iommu",
+        "vhost-vsock",
+        "qemu",
+        "config",
+    ] {
+        assert!(
+            findings.iter().any(|f| f["check"] == check),
+            "no {check} finding: {v}"
+        );
+    }
+    // The development config runs anywhere (KVM or TCG): no errors.
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{v}");
+    assert_eq!(o.status.code().map(i64::from), v["exit_status"].as_i64());
+    // The shipped SNP config on a host without SNP is an error (exit 2).
+    let snp_ok = findings
+        .iter()
+        .any(|f| f["check"] == "snp" && f["severity"] == "ok");
+    if snp_ok {
+        eprintln!("SKIP part of cocoon_check_reports_the_host: this host runs SEV-SNP guests");
+        return;
+    }
+    let o = std::process::Command::new(sb.bin_dir.join("cocoon"))
+        .arg("--config")
+        .arg(repo_root().join("configs/cocoon-qemu-snp.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).0.contains("ERROR snp"), "{:?}", text(&o));
+}

@@ -9,16 +9,41 @@
 use std::path::{Path, PathBuf};
 
 /// GUID of the footer table (on-disk little-endian bytes).
-const FOOTER_GUID: [u8; 16] = guid_le(0x96b5_82de, 0x1fb2, 0x45f7, [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d]);
+const FOOTER_GUID: [u8; 16] = guid_le(
+    0x96b5_82de,
+    0x1fb2,
+    0x45f7,
+    [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
+);
 /// `OVMF_SEV_META_DATA`: u32 offset from the end of the file to "ASEV".
-pub const SEV_METADATA_GUID: [u8; 16] = guid_le(0xdc88_6566, 0x984a, 0x4798, [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc]);
+pub const SEV_METADATA_GUID: [u8; 16] = guid_le(
+    0xdc88_6566,
+    0x984a,
+    0x4798,
+    [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc],
+);
 /// `SEV_HASH_TABLE_RV`: GPA and size of the kernel hashes table.
-pub const SEV_HASH_TABLE_GUID: [u8; 16] = guid_le(0x7255_371f, 0x3a3b, 0x4b04, [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54]);
+pub const SEV_HASH_TABLE_GUID: [u8; 16] = guid_le(
+    0x7255_371f,
+    0x3a3b,
+    0x4b04,
+    [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
+);
 /// `SEV_ES_RESET_BLOCK`: AP reset vector.
-pub const SEV_ES_RESET_GUID: [u8; 16] = guid_le(0x00f7_71de, 0x1a7e, 0x4fcb, [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e]);
+pub const SEV_ES_RESET_GUID: [u8; 16] = guid_le(
+    0x00f7_71de,
+    0x1a7e,
+    0x4fcb,
+    [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e],
+);
 /// TDX metadata offset: u32 offset from the end of the file to the TDVF
 /// descriptor.
-pub const TDX_METADATA_GUID: [u8; 16] = guid_le(0xe47a_6535, 0x984a, 0x4798, [0x86, 0x5e, 0x46, 0x85, 0xa7, 0xbf, 0x8e, 0xc2]);
+pub const TDX_METADATA_GUID: [u8; 16] = guid_le(
+    0xe47a_6535,
+    0x984a,
+    0x4798,
+    [0x86, 0x5e, 0x46, 0x85, 0xa7, 0xbf, 0x8e, 0xc2],
+);
 
 /// SEV metadata section type of the kernel hashes page (`SNP_KERNEL_HASHES`).
 pub const SNP_KERNEL_HASHES: u32 = 0x10;
@@ -27,7 +52,10 @@ const fn guid_le(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
     let b = b.to_le_bytes();
     let c = c.to_le_bytes();
-    [a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+        d[7],
+    ]
 }
 
 /// Errors reading firmware metadata.
@@ -112,10 +140,14 @@ pub fn parse(path: &Path, image: &[u8]) -> Result<FirmwareInfo, FirmwareError> {
     }
     let size = usize::from(u16_at(image, footer).ok_or(bad("truncated footer"))?);
     let table_size = size.checked_sub(18).ok_or(bad("footer size below 18"))?;
-    let start = footer.checked_sub(table_size).ok_or(bad("table larger than the image"))?;
+    let start = footer
+        .checked_sub(table_size)
+        .ok_or(bad("table larger than the image"))?;
     let mut end = footer;
     while end > start {
-        let hdr = end.checked_sub(18).ok_or(bad("entry header before the table"))?;
+        let hdr = end
+            .checked_sub(18)
+            .ok_or(bad("entry header before the table"))?;
         let len = usize::from(u16_at(image, hdr).ok_or(bad("truncated entry"))?);
         if len < 18 || len > end - start {
             return Err(bad("entry length out of range"));
@@ -126,14 +158,24 @@ pub fn parse(path: &Path, image: &[u8]) -> Result<FirmwareInfo, FirmwareError> {
         info.entries.push((guid, data));
         end -= len;
     }
-    let entry = |g: &[u8; 16]| info.entries.iter().find(|(x, _)| x == g).map(|(_, d)| d.clone());
+    let entry = |g: &[u8; 16]| {
+        info.entries
+            .iter()
+            .find(|(x, _)| x == g)
+            .map(|(_, d)| d.clone())
+    };
     if let Some(d) = entry(&SEV_METADATA_GUID) {
-        let off = usize::try_from(u32_at(&d, 0).ok_or(bad("short SEV metadata entry"))?).map_err(|_| bad("offset"))?;
-        let at = image.len().checked_sub(off).ok_or(bad("SEV metadata offset beyond the image"))?;
+        let off = usize::try_from(u32_at(&d, 0).ok_or(bad("short SEV metadata entry"))?)
+            .map_err(|_| bad("offset"))?;
+        let at = image
+            .len()
+            .checked_sub(off)
+            .ok_or(bad("SEV metadata offset beyond the image"))?;
         if image.get(at..at + 4) != Some(b"ASEV") {
             return Err(bad("SEV metadata does not start with ASEV"));
         }
-        let n = usize::try_from(u32_at(image, at + 12).ok_or(bad("truncated ASEV header"))?).map_err(|_| bad("count"))?;
+        let n = usize::try_from(u32_at(image, at + 12).ok_or(bad("truncated ASEV header"))?)
+            .map_err(|_| bad("count"))?;
         let mut sections = Vec::new();
         for i in 0..n.min(64) {
             let o = at + 16 + i * 12;
@@ -146,7 +188,8 @@ pub fn parse(path: &Path, image: &[u8]) -> Result<FirmwareInfo, FirmwareError> {
         info.sev_sections = Some(sections);
     }
     if let Some(d) = entry(&TDX_METADATA_GUID) {
-        let off = usize::try_from(u32_at(&d, 0).ok_or(bad("short TDX metadata entry"))?).map_err(|_| bad("offset"))?;
+        let off = usize::try_from(u32_at(&d, 0).ok_or(bad("short TDX metadata entry"))?)
+            .map_err(|_| bad("offset"))?;
         let at = image.len().checked_sub(off);
         info.tdvf = at.and_then(|a| image.get(a..a + 4)) == Some(b"TDVF");
     }
@@ -216,20 +259,33 @@ mod tests {
         let n = img.len();
         // Corrupt the footer size.
         img[n - 50..n - 48].copy_from_slice(&5u16.to_le_bytes());
-        assert!(parse(Path::new("fw.fd"), &img).unwrap_err().to_string().contains("fw.fd"));
+        assert!(parse(Path::new("fw.fd"), &img)
+            .unwrap_err()
+            .to_string()
+            .contains("fw.fd"));
     }
 
     #[test]
     fn debian_ovmf_has_sev_and_tdx_metadata_but_no_kernel_hashes() {
         let p = Path::new("/usr/share/ovmf/OVMF.fd");
         if !p.exists() {
-            eprintln!("SKIP: {} not installed (make deps installs ovmf)", p.display());
+            eprintln!(
+                "SKIP: {} not installed (make deps installs ovmf)",
+                p.display()
+            );
             return;
         }
         let info = read(p).unwrap();
-        assert!(info.has(&SEV_HASH_TABLE_GUID) && info.has(&SEV_ES_RESET_GUID), "{:?}", info.entries.len());
+        assert!(
+            info.has(&SEV_HASH_TABLE_GUID) && info.has(&SEV_ES_RESET_GUID),
+            "{:?}",
+            info.entries.len()
+        );
         assert!(info.sev_sections.is_some());
         assert!(info.tdvf, "bookworm's OvmfPkgX64 carries a TDVF descriptor");
-        assert!(!info.has_snp_kernel_hashes(), "bookworm's OVMF.fd is not the AmdSev build");
+        assert!(
+            !info.has_snp_kernel_hashes(),
+            "bookworm's OVMF.fd is not the AmdSev build"
+        );
     }
 }

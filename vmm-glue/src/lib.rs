@@ -1,5 +1,6 @@
 //! Host side of a Cocoon VM.
 //!
+//! - [`check`]: `cocoon check`, the host report.
 //! - [`config`]: the node configuration (TOML), parsed and validated.
 //! - [`firmware`]: OVMF footer table, SEV metadata, TDVF descriptor.
 //! - [`host`]: host facts (KVM, vhost-vsock) through redirectable roots.
@@ -12,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod check;
 pub mod config;
 pub mod firmware;
 pub mod host;

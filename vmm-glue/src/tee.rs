@@ -180,6 +180,14 @@ pub enum TeeError {
         /// Why not TDX.
         tdx: String,
     },
+    /// The firmware lacks the metadata the TEE needs.
+    #[error("firmware {path} {problem}")]
+    Firmware {
+        /// The file.
+        path: PathBuf,
+        /// What is missing and the fix.
+        problem: String,
+    },
     /// A confidential guest needs firmware.
     #[error("`hypervisor.qemu.firmware` is empty: {name} guests boot from {what}; set it (see configs/cocoon-qemu-{tee}.toml)")]
     NoFirmware {
@@ -254,6 +262,30 @@ pub fn resolve(q: &QemuConfig, host: &HostTee) -> Result<LaunchTee, TeeError> {
                 qgs_socket: q.tdx_quote_generation_socket.clone(),
             })
         }
+    }
+}
+
+/// Checks that the firmware carries what the TEE needs: SEV metadata with
+/// the kernel hashes section for SNP measured direct boot, a TDVF
+/// descriptor for TDX.
+pub fn check_firmware(tee: &LaunchTee, path: &std::path::Path) -> Result<(), TeeError> {
+    let err = |problem: String| TeeError::Firmware {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if matches!(tee, LaunchTee::None) {
+        return Ok(());
+    }
+    let info = crate::firmware::read(path).map_err(|e| err(format!("cannot be used: {e}")))?;
+    match tee {
+        LaunchTee::Snp { .. } if info.sev_sections.is_none() => Err(err(
+            "has no SEV metadata; SEV-SNP needs an OVMF built with SEV support, best the AmdSev build (OVMF.amdsev.fd)".into(),
+        )),
+        LaunchTee::Snp { .. } if !info.has_snp_kernel_hashes() => Err(err(
+            "has no SNP_KERNEL_HASHES section, so kernel-hashes=on cannot measure kernel, initrd and command line; use the AmdSev build (Debian package ovmf-amdsev: OVMF.amdsev.fd)".into(),
+        )),
+        LaunchTee::Tdx { .. } if !info.tdvf => Err(err("has no TDVF descriptor; TDX needs a TDVF build (Debian package ovmf-inteltdx)".into())),
+        _ => Ok(()),
     }
 }
 
@@ -341,6 +373,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("OVMF.amdsev.fd"));
+    }
+
+    #[test]
+    fn firmware_metadata_is_checked() {
+        let fw = std::path::Path::new("/usr/share/ovmf/OVMF.fd");
+        if !fw.exists() {
+            eprintln!("SKIP: {} not installed (make deps)", fw.display());
+            return;
+        }
+        let snp = LaunchTee::Snp {
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            policy: 0x30000,
+            host_data: None,
+        };
+        let e = check_firmware(&snp, fw).unwrap_err().to_string();
+        assert!(
+            e.contains("/usr/share/ovmf/OVMF.fd has no SNP_KERNEL_HASHES section")
+                && e.contains("ovmf-amdsev"),
+            "{e}"
+        );
+        let tdx = LaunchTee::Tdx {
+            mrconfigid: None,
+            qgs_socket: "/q".into(),
+        };
+        check_firmware(&tdx, fw).unwrap();
+        let e = check_firmware(&tdx, std::path::Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no TDVF descriptor"), "{e}");
     }
 
     #[test]

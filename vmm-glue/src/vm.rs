@@ -235,6 +235,9 @@ impl Vm {
             &HostTee::detect(host, &crate::tee::host_cpuid),
         )?;
         check_qemu_knows(&config.qemu.path, &tee)?;
+        if let Some(fw) = &config.qemu.firmware {
+            crate::tee::check_firmware(&tee, fw)?;
+        }
         if tee != LaunchTee::None && config.qemu.debug_console {
             warn!(
                 log,

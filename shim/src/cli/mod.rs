@@ -1,5 +1,6 @@
 //! The `cocoon` command line: one module per subcommand.
 
+mod check;
 mod config;
 mod run;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Boot a VM with DIR as the root filesystem, run one command in it,
     /// stream its output and exit with its exit code.
     Run(run::RunArgs),
+    /// Report what this host can run (KVM, SEV-SNP, TDX, IOMMU, QEMU,
+    /// firmware) and whether the node configuration fits it.
+    Check(check::CheckArgs),
     /// Check or show the node configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -65,6 +69,7 @@ pub fn main() -> i32 {
         match &cli.command {
             Command::Run(args) => run::run(&cli, args).await,
             Command::Config(c) => config::run(&cli, c),
+            Command::Check(a) => check::run(&cli, a),
         }
     });
     match result {

@@ -1,0 +1,434 @@
+//! `cocoon check`: what this host can run, and whether the node
+//! configuration fits it. Every fact is read through [`HostRoots`], a CPUID
+//! function and a KVM VM-type probe, so fixture hosts exercise the same code.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{Config, Tee};
+use crate::host::HostRoots;
+use crate::tee::{Cpuid, HostTee, LaunchTee};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Fine.
+    Ok,
+    /// Worth knowing, not a problem for this configuration.
+    Info,
+    /// Works, but degraded (e.g. emulation instead of KVM).
+    Warn,
+    /// The configuration cannot run here.
+    Error,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Short name of the check.
+    pub check: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// What was found, and the fix if any.
+    pub detail: String,
+}
+
+/// `KVM_CAP_VM_TYPES` of the host: bit n set = VM type n supported.
+pub fn kvm_vm_types(host: &HostRoots) -> Option<u64> {
+    if host.dev != Path::new("/dev") {
+        // A fixture host records the ioctl's answer.
+        return std::fs::read_to_string(host.dev.join("kvm.vm_types"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok();
+    }
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let r = kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_VM_TYPES));
+    u64::try_from(r).ok()
+}
+
+fn qemu_facts(qemu: &Path) -> Option<(String, bool, bool)> {
+    let v = std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&v.stdout)
+        .lines()
+        .next()?
+        .trim_start_matches("QEMU emulator version ")
+        .to_string();
+    let o = std::process::Command::new(qemu)
+        .args(["-object", "help"])
+        .output()
+        .ok()?;
+    let objects = String::from_utf8_lossy(&o.stdout).into_owned();
+    let has = |t: &str| objects.lines().any(|l| l.trim() == t);
+    Some((version, has("sev-snp-guest"), has("tdx-guest")))
+}
+
+/// Runs every check.
+pub fn run(
+    config: &Config,
+    host: &HostRoots,
+    cpuid: &Cpuid,
+    vm_types: Option<u64>,
+) -> Vec<Finding> {
+    let mut f = Vec::new();
+    let mut add = |check, severity, detail: String| {
+        f.push(Finding {
+            check,
+            severity,
+            detail,
+        })
+    };
+    let tee = HostTee::detect(host, cpuid);
+    add("cpu", Severity::Ok, format!("vendor {}", tee.vendor));
+    let flags = host.cpu_flags();
+    let virt = flags.iter().find(|x| *x == "vmx" || *x == "svm").cloned();
+    match (host.dev.join("kvm").exists(), virt) {
+        (true, Some(v)) => add("kvm", Severity::Ok, format!("/dev/kvm usable ({v})")),
+        (true, None) => add("kvm", Severity::Warn, "/dev/kvm exists but the CPU has no vmx/svm flag: guests run under TCG emulation (slow, never confidential)".into()),
+        (false, _) => add("kvm", Severity::Warn, "no /dev/kvm: guests run under TCG emulation (slow, never confidential); load kvm_intel or kvm_amd".into()),
+    }
+    match vm_types {
+        Some(mask) => {
+            let bit = |n: u32| mask & (1 << n) != 0;
+            add(
+                "kvm-vm-types",
+                Severity::Ok,
+                format!(
+                    "KVM_CAP_VM_TYPES = {mask:#x} (SEV-SNP VM type {}, TDX VM type {})",
+                    if bit(kvm_bindings::KVM_X86_SNP_VM) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    if bit(kvm_bindings::KVM_X86_TDX_VM) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                ),
+            );
+        }
+        None => add(
+            "kvm-vm-types",
+            Severity::Info,
+            "KVM_CAP_VM_TYPES not available (no /dev/kvm or an older kernel)".into(),
+        ),
+    }
+    let wants = config.qemu.tee;
+    for (name, check, missing, wanted) in [
+        ("SEV-SNP", "snp", &tee.snp_missing, wants == Tee::Snp),
+        ("TDX", "tdx", &tee.tdx_missing, wants == Tee::Tdx),
+    ] {
+        if missing.is_empty() {
+            let extra = match (check, tee.sev) {
+                ("snp", Some(s)) => format!(
+                    " (cbitpos {}, reduced-phys-bits {})",
+                    s.cbitpos, s.reduced_phys_bits
+                ),
+                _ => String::new(),
+            };
+            add(check, Severity::Ok, format!("{name} guests can run{extra}"));
+        } else {
+            let sev = if wanted {
+                Severity::Error
+            } else {
+                Severity::Info
+            };
+            add(check, sev, format!("no {name}: {}", missing.join("; ")));
+        }
+    }
+    if wants == Tee::Auto && !tee.snp_missing.is_empty() && !tee.tdx_missing.is_empty() {
+        add(
+            "tee",
+            Severity::Error,
+            "`hypervisor.qemu.tee` = \"auto\" but neither SEV-SNP nor TDX is available".into(),
+        );
+    }
+    let iommu = std::fs::read_dir(host.sys.join("class/iommu"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if iommu > 0 {
+        add(
+            "iommu",
+            Severity::Ok,
+            format!("{iommu} IOMMU unit(s) enabled"),
+        );
+    } else {
+        add("iommu", Severity::Info, "no IOMMU enabled: VFIO device passthrough is unavailable (enable VT-d/AMD-Vi and intel_iommu=on / amd_iommu=on)".into());
+    }
+    if host.sys.join("module/vfio_pci").exists() {
+        add("vfio", Severity::Ok, "vfio-pci loaded".into());
+    } else {
+        add(
+            "vfio",
+            Severity::Info,
+            "vfio-pci not loaded (modprobe vfio-pci for GPU passthrough)".into(),
+        );
+    }
+    if host.has_vhost_vsock() {
+        add(
+            "vhost-vsock",
+            Severity::Ok,
+            "/dev/vhost-vsock present: kernel vsock transport".into(),
+        );
+    } else {
+        add(
+            "vhost-vsock",
+            Severity::Info,
+            "no /dev/vhost-vsock: the agent is reached through vhost-device-vsock (hybrid vsock)"
+                .into(),
+        );
+    }
+    match qemu_facts(&config.qemu.path) {
+        Some((version, snp, tdx)) => {
+            add(
+                "qemu",
+                Severity::Ok,
+                format!(
+                    "{} {version}; sev-snp-guest {}, tdx-guest {}",
+                    config.qemu.path.display(),
+                    if snp { "known" } else { "unknown" },
+                    if tdx { "known" } else { "unknown" }
+                ),
+            );
+            if wants == Tee::Snp && !snp {
+                add(
+                    "qemu",
+                    Severity::Error,
+                    "this QEMU does not know sev-snp-guest (QEMU 9.1 or newer needed)".into(),
+                );
+            }
+            if wants == Tee::Tdx && !tdx {
+                add(
+                    "qemu",
+                    Severity::Error,
+                    "this QEMU does not know tdx-guest (QEMU 10.1 or newer needed)".into(),
+                );
+            }
+        }
+        None => add(
+            "qemu",
+            Severity::Error,
+            format!(
+                "cannot run {} (`hypervisor.qemu.path`)",
+                config.qemu.path.display()
+            ),
+        ),
+    }
+    match config.check_files() {
+        Ok(()) => add(
+            "config",
+            Severity::Ok,
+            format!("{}: files present", config.origin),
+        ),
+        Err(e) => add("config", Severity::Error, e.to_string()),
+    }
+    if let Some(fw) = &config.qemu.firmware {
+        match crate::firmware::read(fw) {
+            Ok(info) => {
+                add(
+                    "firmware",
+                    Severity::Ok,
+                    format!(
+                        "{}: SEV metadata {}, SNP kernel hashes section {}, TDVF descriptor {}",
+                        fw.display(),
+                        if info.sev_sections.is_some() {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        if info.has_snp_kernel_hashes() {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        if info.tdvf { "yes" } else { "no" }
+                    ),
+                );
+                let needed = match wants {
+                    Tee::Snp => Some(LaunchTee::Snp {
+                        cbitpos: 0,
+                        reduced_phys_bits: 0,
+                        policy: 0,
+                        host_data: None,
+                    }),
+                    Tee::Tdx => Some(LaunchTee::Tdx {
+                        mrconfigid: None,
+                        qgs_socket: Default::default(),
+                    }),
+                    _ => None,
+                };
+                if let Some(t) = needed {
+                    if let Err(e) = crate::tee::check_firmware(&t, fw) {
+                        add("firmware", Severity::Error, e.to_string());
+                    }
+                }
+            }
+            Err(e) => add("firmware", Severity::Error, e.to_string()),
+        }
+    } else if wants != Tee::None {
+        add(
+            "firmware",
+            Severity::Error,
+            "`hypervisor.qemu.firmware` is empty; confidential guests boot from OVMF".into(),
+        );
+    }
+    f
+}
+
+/// The worst severity, as the process exit status: 0 ok/info, 1 warn, 2 error.
+pub fn exit_status(findings: &[Finding]) -> i32 {
+    match findings.iter().map(|f| f.severity).max() {
+        Some(Severity::Error) => 2,
+        Some(Severity::Warn) => 1,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let path = d.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        d
+    }
+
+    fn amd(leaf: u32) -> (u32, u32, u32, u32) {
+        match leaf {
+            0 => (
+                0x10,
+                u32::from_le_bytes(*b"Auth"),
+                u32::from_le_bytes(*b"cAMD"),
+                u32::from_le_bytes(*b"enti"),
+            ),
+            0x8000_0000 => (0x8000_0028, 0, 0, 0),
+            0x8000_001F => (0x1f, 51 | (1 << 6), 0, 0),
+            _ => (0, 0, 0, 0),
+        }
+    }
+
+    fn intel(leaf: u32) -> (u32, u32, u32, u32) {
+        match leaf {
+            0 => (
+                0x20,
+                u32::from_le_bytes(*b"Genu"),
+                u32::from_le_bytes(*b"ntel"),
+                u32::from_le_bytes(*b"ineI"),
+            ),
+            _ => (0, 0, 0, 0),
+        }
+    }
+
+    fn config(extra: &str) -> Config {
+        // Files that exist on any Linux host, so only host facts vary.
+        Config::from_toml(
+            &format!("[hypervisor.qemu]\npath = \"/bin/true\"\nkernel = \"/bin/sh\"\ninitrd = \"/bin/sh\"\nvirtio_fs_daemon = \"/bin/sh\"\nvhost_user_vsock_daemon = \"/bin/sh\"\n{extra}"),
+            "fixture.toml",
+        )
+        .unwrap()
+    }
+
+    fn find<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
+        f.iter().find(|x| x.check == check).unwrap()
+    }
+
+    #[test]
+    fn plain_ci_host() {
+        let d = tree(&[("dev/kvm", ""), ("proc/cpuinfo", "flags\t: fpu sse\n")]);
+        let f = run(&config(""), &HostRoots::under(d.path()), &intel, None);
+        assert_eq!(find(&f, "kvm").severity, Severity::Warn);
+        assert!(find(&f, "kvm").detail.contains("TCG"));
+        assert_eq!(find(&f, "snp").severity, Severity::Info);
+        assert_eq!(find(&f, "vhost-vsock").severity, Severity::Info);
+        assert_eq!(exit_status(&f), 1);
+    }
+
+    #[test]
+    fn snp_host_with_an_snp_config() {
+        let d = tree(&[
+            ("dev/kvm", ""),
+            ("dev/sev", ""),
+            ("dev/vhost-vsock", ""),
+            ("dev/kvm.vm_types", "29\n"),
+            ("proc/cpuinfo", "flags\t: fpu svm sev sev_es sev_snp\n"),
+            ("sys/module/kvm_amd/parameters/sev_snp", "Y\n"),
+            ("sys/module/vfio_pci/refcnt", "0\n"),
+            ("sys/class/iommu/ivhd0/x", ""),
+        ]);
+        let host = HostRoots::under(d.path());
+        let f = run(
+            &config("tee = \"snp\"\naccel = \"kvm\""),
+            &host,
+            &amd,
+            kvm_vm_types(&host),
+        );
+        assert_eq!(find(&f, "snp").severity, Severity::Ok, "{f:?}");
+        assert!(find(&f, "snp").detail.contains("cbitpos 51"));
+        assert!(
+            find(&f, "kvm-vm-types")
+                .detail
+                .contains("SEV-SNP VM type yes"),
+            "{f:?}"
+        );
+        assert_eq!(find(&f, "iommu").severity, Severity::Ok);
+        // /bin/true is no QEMU: it knows no sev-snp-guest; firmware unset.
+        assert!(f
+            .iter()
+            .any(|x| x.check == "firmware" && x.severity == Severity::Error));
+        assert_eq!(exit_status(&f), 2);
+    }
+
+    #[test]
+    fn tdx_host() {
+        let d = tree(&[
+            ("dev/kvm", ""),
+            ("dev/kvm.vm_types", "33\n"),
+            ("proc/cpuinfo", "flags\t: fpu vmx\n"),
+            ("sys/module/kvm_intel/parameters/tdx", "Y\n"),
+        ]);
+        let host = HostRoots::under(d.path());
+        let f = run(&config(""), &host, &intel, kvm_vm_types(&host));
+        assert_eq!(find(&f, "tdx").severity, Severity::Ok, "{f:?}");
+        assert!(find(&f, "kvm-vm-types").detail.contains("TDX VM type yes"));
+        assert_eq!(find(&f, "snp").severity, Severity::Info);
+    }
+
+    #[test]
+    fn broken_host_for_a_confidential_config() {
+        let d = tree(&[
+            ("proc/cpuinfo", "flags\t: fpu\n"),
+            ("sys/module/kvm_amd/parameters/sev_snp", "N\n"),
+        ]);
+        let f = run(
+            &config("tee = \"snp\"\nfirmware = \"/nonexistent/OVMF.amdsev.fd\""),
+            &HostRoots::under(d.path()),
+            &amd,
+            None,
+        );
+        let snp = find(&f, "snp");
+        assert_eq!(snp.severity, Severity::Error);
+        assert!(
+            snp.detail.contains("sev_snp is \"N\", not Y"),
+            "{}",
+            snp.detail
+        );
+        assert!(
+            f.iter()
+                .any(|x| x.check == "config" && x.detail.contains("hypervisor.qemu.firmware")),
+            "{f:?}"
+        );
+        assert_eq!(exit_status(&f), 2);
+    }
+}
