@@ -505,3 +505,35 @@ impl Vm {
         // Dropping removes the state directory.
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_without_the_tee_object_is_too_old() {
+        let tdx = LaunchTee::Tdx {
+            mrconfigid: None,
+            qgs_socket: "/q".into(),
+        };
+        // /bin/true prints no object list, like a QEMU without tdx-guest.
+        let e = check_qemu_knows(Path::new("/bin/true"), &tdx)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not know the `tdx-guest` object (QEMU 10.1 or newer"),
+            "{e}"
+        );
+        check_qemu_knows(Path::new("/bin/true"), &LaunchTee::None).unwrap();
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        if qemu.exists() {
+            let snp = LaunchTee::Snp {
+                cbitpos: 51,
+                reduced_phys_bits: 1,
+                policy: 0x30000,
+                host_data: None,
+            };
+            check_qemu_knows(qemu, &snp).unwrap();
+        }
+    }
+}
