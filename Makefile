@@ -44,7 +44,7 @@ $(DEV_CONFIG): configs/cocoon-dev.toml
 ## test: everything, against real QEMU, the real guest kernel and agent
 test: deps build guest config
 	COCOON_TEST_CONFIG=$(DEV_CONFIG) COCOON_BIN_DIR=$(BIN) COCOON_AGENT_BIN=$(AGENT) \
-		$(CARGO) test --release --locked --workspace -- --test-threads=2
+		$(CARGO) test --release --locked --workspace -- --test-threads=1
 
 ## test-unit: only the hermetic tests (no VM)
 test-unit:
