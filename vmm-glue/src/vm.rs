@@ -386,13 +386,23 @@ impl Vm {
                         .map_or_else(|| "(debug_console is off)".into(), |c| log_tail(c, 8)),
                 });
             }
-            // Generous per-attempt limits: under emulation on a loaded host
-            // the first RPC can take seconds.
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(6),
-                agent::connect_checked(&addr, Duration::from_secs(5)),
-            )
-            .await;
+            // An attempt that got through may take long under emulation on a
+            // loaded host; never cut it short before the deadline (retrying
+            // only adds work for the guest). One that cannot get through
+            // fails fast: the backend closes it while nothing listens.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            let qemu_exit = async {
+                while qemu.try_wait().is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(left, agent::connect_checked(&addr, left)) => r,
+                // Checked at the top of the loop.
+                () = qemu_exit => continue,
+            };
             match attempt {
                 Ok(Ok(ok)) => break ok,
                 Ok(Err(AgentError::Version(v))) => return Err(AgentError::Version(v).into()),
@@ -400,7 +410,7 @@ impl Vm {
                     last_error = e.to_string();
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Err(_) => last_error = "no answer within 6 s".into(),
+                Err(_) => last_error = format!("no answer within {} s", left.as_secs()),
             }
         };
         let boot_time = started.elapsed();
