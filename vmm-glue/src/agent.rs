@@ -124,9 +124,18 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
 /// guest kernel release.
 pub async fn connect_checked(
     addr: &AgentAddr,
+    dial_timeout: Duration,
     rpc_timeout: Duration,
 ) -> Result<(AgentClient, String), AgentError> {
-    let client = dial(addr).await?;
+    let client = tokio::time::timeout(dial_timeout, dial(addr))
+        .await
+        .map_err(|_| AgentError::Connect {
+            addr: addr.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no handshake reply within {} s", dial_timeout.as_secs()),
+            ),
+        })??;
     let mut req = VersionRequest::new();
     req.protocol_version = cocoon_protocol::PROTOCOL_VERSION;
     let v = client

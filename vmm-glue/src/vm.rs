@@ -362,6 +362,12 @@ impl Vm {
         let mut qemu = Daemon::spawn("qemu", &q.path, &argv, &dir.join("qemu.log"))?;
 
         let deadline = started + config.agent.dial_timeout;
+        let qmp = Qmp::new(&qmp_socket);
+        // vhost-device-vsock 0.3.0 can leave a CONNECT unanswered for good
+        // when it arrives before the guest driver set the device up (seen
+        // under load), and then answers no later CONNECT either. Wait until
+        // the guest driver is ready before the first one.
+        let mut driver_ready = !matches!(addr, AgentAddr::Hybrid { .. });
         let mut last_error = String::from("none yet");
         let (agent, kernel_release) = loop {
             if let Some(status) = qemu.try_wait() {
@@ -390,6 +396,22 @@ impl Vm {
             // loaded host; never cut it short before the deadline (retrying
             // only adds work for the guest). One that cannot get through
             // fails fast: the backend closes it while nothing listens.
+            if !driver_ready {
+                match qmp
+                    .virtio_driver_ok(crate::qemu::argv::VSOCK_DEVICE_ID)
+                    .await
+                {
+                    Ok(true) => driver_ready = true,
+                    Ok(false) => {
+                        last_error = "the guest has not initialized its vsock device yet".into()
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
+                if !driver_ready {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_secs(1));
@@ -399,7 +421,10 @@ impl Vm {
                 }
             };
             let attempt = tokio::select! {
-                r = tokio::time::timeout(left, agent::connect_checked(&addr, left)) => r,
+                // The handshake gets a bounded wait: a CONNECT sent while the
+                // guest's vsock device is still coming up may never be
+                // answered by vhost-device-vsock, so open a new one.
+                r = tokio::time::timeout(left, agent::connect_checked(&addr, Duration::from_secs(4).min(left), left)) => r,
                 // Checked at the top of the loop.
                 () = qemu_exit => continue,
             };
@@ -419,7 +444,7 @@ impl Vm {
             agent,
             qemu,
             helpers,
-            qmp: Qmp::new(&qmp_socket),
+            qmp,
             console_log,
             kernel_release,
             boot_time,

@@ -66,6 +66,9 @@ pub enum VsockDevice {
     },
 }
 
+/// QOM id of the vsock device (for QMP queries).
+pub const VSOCK_DEVICE_ID: &str = "vsock0";
+
 /// One virtio-fs share served by a virtiofsd on `socket`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsShare {
@@ -254,7 +257,7 @@ impl VmArgs {
                 push("-chardev".into());
                 push(path_opt("socket,id=vsock0,path=", socket, ""));
                 push("-device".into());
-                push("vhost-user-vsock-pci,chardev=vsock0".into());
+                push("vhost-user-vsock-pci,chardev=vsock0,id=vsock0".into());
             }
         }
         for (i, share) in self.shares.iter().enumerate() {
@@ -397,7 +400,7 @@ mod tests {
              -machine q35,accel=tcg,memory-backend=mem0 -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem0,size=512M,share=on \
              -kernel /k/vmlinuz -initrd /k/initrd.img -append quiet \
-             -chardev socket,id=vsock0,path=/run/c/vhu.sock -device vhost-user-vsock-pci,chardev=vsock0 \
+             -chardev socket,id=vsock0,path=/run/c/vhu.sock -device vhost-user-vsock-pci,chardev=vsock0,id=vsock0 \
              -chardev socket,id=fs0,path=/run/c/fs.sock -device vhost-user-fs-pci,chardev=fs0,tag=cocoon,queue-size=1024 \
              -chardev file,id=console0,path=/run/c/console.log -serial chardev:console0 \
              -qmp unix:/run/c/qmp.sock,server=on,wait=off"

@@ -33,6 +33,19 @@ pub enum QmpError {
     },
 }
 
+/// `x-query-virtio-status`, answered as plain JSON so a field added by a
+/// newer QEMU cannot break decoding.
+#[derive(Debug, Clone, serde::Serialize)]
+struct VirtioStatusQuery {
+    path: String,
+}
+
+impl qapi::Command for VirtioStatusQuery {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "x-query-virtio-status";
+    const ALLOW_OOB: bool = false;
+}
+
 /// Client of one VM's QMP socket.
 #[derive(Debug, Clone)]
 pub struct Qmp {
@@ -96,6 +109,22 @@ impl Qmp {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// Whether the guest driver of the virtio device with QOM id `id` has
+    /// finished initializing it (`VIRTIO_CONFIG_S_DRIVER_OK`).
+    pub async fn virtio_driver_ok(&self, id: &str) -> Result<bool, QmpError> {
+        let v = self
+            .run(VirtioStatusQuery {
+                path: format!("/machine/peripheral/{id}/virtio-backend"),
+            })
+            .await?;
+        Ok(v["status"]["statuses"].as_array().is_some_and(|a| {
+            a.iter().any(|s| {
+                s.as_str()
+                    .is_some_and(|s| s.starts_with("VIRTIO_CONFIG_S_DRIVER_OK"))
+            })
+        }))
     }
 
     /// Pauses all vCPUs.
