@@ -294,42 +294,7 @@ pub fn exit_status(findings: &[Finding]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        for (p, c) in files {
-            let path = d.path().join(p);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, c).unwrap();
-        }
-        d
-    }
-
-    fn amd(leaf: u32) -> (u32, u32, u32, u32) {
-        match leaf {
-            0 => (
-                0x10,
-                u32::from_le_bytes(*b"Auth"),
-                u32::from_le_bytes(*b"cAMD"),
-                u32::from_le_bytes(*b"enti"),
-            ),
-            0x8000_0000 => (0x8000_0028, 0, 0, 0),
-            0x8000_001F => (0x1f, 51 | (1 << 6), 0, 0),
-            _ => (0, 0, 0, 0),
-        }
-    }
-
-    fn intel(leaf: u32) -> (u32, u32, u32, u32) {
-        match leaf {
-            0 => (
-                0x20,
-                u32::from_le_bytes(*b"Genu"),
-                u32::from_le_bytes(*b"ntel"),
-                u32::from_le_bytes(*b"ineI"),
-            ),
-            _ => (0, 0, 0, 0),
-        }
-    }
+    use crate::tee::fixtures::{cpuid_amd_snp as amd, cpuid_intel as intel, host as tree};
 
     fn config(extra: &str) -> Config {
         // Files that exist on any Linux host, so only host facts vary.

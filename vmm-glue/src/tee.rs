@@ -289,12 +289,10 @@ pub fn check_firmware(tee: &LaunchTee, path: &std::path::Path) -> Result<(), Tee
     }
 }
 
+/// Fixture hosts shared by the tests of this crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn cpuid_amd_snp(leaf: u32) -> (u32, u32, u32, u32) {
+pub(crate) mod fixtures {
+    pub(crate) fn cpuid_amd_snp(leaf: u32) -> (u32, u32, u32, u32) {
         match leaf {
             // "AuthenticAMD" in ebx, edx, ecx.
             0 => (
@@ -310,7 +308,7 @@ mod tests {
         }
     }
 
-    fn cpuid_intel(leaf: u32) -> (u32, u32, u32, u32) {
+    pub(crate) fn cpuid_intel(leaf: u32) -> (u32, u32, u32, u32) {
         match leaf {
             0 => (
                 0x20,
@@ -322,7 +320,7 @@ mod tests {
         }
     }
 
-    fn host(files: &[(&str, &str)]) -> tempfile::TempDir {
+    pub(crate) fn host(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         for (p, content) in files {
             let path = d.path().join(p);
@@ -331,6 +329,13 @@ mod tests {
         }
         d
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{cpuid_amd_snp, cpuid_intel, host};
+    use super::*;
+    use crate::config::Config;
 
     const KVM: [(&str, &str); 2] = [("dev/kvm", ""), ("proc/cpuinfo", "flags\t: fpu svm vmx\n")];
 
