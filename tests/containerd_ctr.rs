@@ -277,54 +277,42 @@ fn killed_qemu_reports_exit_and_cleans_up() {
     sb.assert_clean();
 }
 
+/// `ctr run --rm FLAGS... IMAGE ID CMD...` must fail with `needle` in the
+/// error ctr prints (containerd may quote it with escaped quotes); the
+/// container record is removed afterwards.
+fn run_fails(ctd: &Containerd, id: &str, flags: &[&str], cmd: &[&str], needle: &str) {
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--runtime", RUNTIME, IMAGE, id]);
+    args.extend_from_slice(cmd);
+    let o = ctd.ctr(&args).unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr).replace("\\\"", "\"");
+    assert!(err.contains(needle), "{id}: {err}");
+    let _ = ctd.ctr(&["c", "rm", id]);
+}
+
 #[test]
 fn bad_input_fails_create_cleanly() {
     let Some((_env, sb, ctd)) = setup("bad_input_fails_create_cleanly") else {
         return;
     };
     // An annotation outside the node's allow-list.
-    let o = ctd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--annotation",
-            "io.cocoon.debug=1",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "b1",
-            "true",
-        ])
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("annotation \\\"io.cocoon.debug\\\" is not allowed")
-            || err.contains("annotation \"io.cocoon.debug\" is not allowed"),
-        "{err}"
+    run_fails(
+        &ctd,
+        "b1",
+        &["--annotation", "io.cocoon.debug=1"],
+        &["true"],
+        "annotation \"io.cocoon.debug\" is not allowed",
     );
-    let _ = ctd.ctr(&["c", "rm", "b1"]);
     // A config path option that does not exist.
-    let o = ctd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime-config-path",
-            "/nonexistent/cocoon.toml",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "b2",
-            "true",
-        ])
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("cannot read config file /nonexistent/cocoon.toml"),
-        "{err}"
+    run_fails(
+        &ctd,
+        "b2",
+        &["--runtime-config-path", "/nonexistent/cocoon.toml"],
+        &["true"],
+        "cannot read config file /nonexistent/cocoon.toml",
     );
-    let _ = ctd.ctr(&["c", "rm", "b2"]);
     // A confidential configuration on a host without SEV-SNP.
     let snp = sb.dir.path().join("snp.toml");
     let mut table: toml::Table = std::fs::read_to_string(&sb.config)
@@ -336,43 +324,21 @@ fn bad_input_fails_create_cleanly() {
     q.insert("firmware".into(), "/usr/share/ovmf/OVMF.fd".into());
     std::fs::write(&snp, toml::to_string(&table).unwrap()).unwrap();
     let snp_arg = snp.display().to_string();
-    let o = ctd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime-config-path",
-            &snp_arg,
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "b4",
-            "true",
-        ])
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("this host cannot run SEV-SNP guests"), "{err}");
-    let _ = ctd.ctr(&["c", "rm", "b4"]);
-    // A command that does not exist in the image.
-    let o = ctd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "b3",
-            "/no/such/cmd",
-        ])
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("\\\"/no/such/cmd\\\" not found")
-            || err.contains("\"/no/such/cmd\" not found"),
-        "{err}"
+    run_fails(
+        &ctd,
+        "b4",
+        &["--runtime-config-path", &snp_arg],
+        &["true"],
+        "this host cannot run SEV-SNP guests",
     );
-    let _ = ctd.ctr(&["c", "rm", "b3"]);
+    // A command that does not exist in the image.
+    run_fails(
+        &ctd,
+        "b3",
+        &[],
+        &["/no/such/cmd"],
+        "\"/no/such/cmd\" not found",
+    );
     ctd.assert_no_shims();
     sb.assert_clean();
 }
