@@ -163,6 +163,77 @@ pub struct RawConfig {
     pub hypervisor: RawHypervisor,
     pub agent: RawAgent,
     pub runtime: RawRuntime,
+    pub measurement: RawMeasurement,
+}
+
+/// `[measurement]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawMeasurement {
+    pub expected: Vec<RawExpected>,
+    pub snp_guest_features: u64,
+    pub tdx_mrtd_order: String,
+    pub tdx_load_options: String,
+    pub tdx_kernel_setup_patch: String,
+}
+
+impl Default for RawMeasurement {
+    fn default() -> Self {
+        RawMeasurement {
+            expected: Vec::new(),
+            snp_guest_features: 0x1,
+            tdx_mrtd_order: "per-page".into(),
+            tdx_load_options: "initrd-first".into(),
+            tdx_kernel_setup_patch: "auto".into(),
+        }
+    }
+}
+
+/// One pinned measurement as written: an SEV-SNP launch digest (hex), or a
+/// table of TDX registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[allow(missing_docs)]
+pub enum RawExpected {
+    Snp(String),
+    Tdx {
+        mrtd: String,
+        rtmr1: String,
+        rtmr2: String,
+    },
+}
+
+/// A pinned, validated measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// SEV-SNP launch digest.
+    Snp([u8; 48]),
+    /// TDX MRTD, RTMR[1], RTMR[2].
+    Tdx {
+        /// MRTD.
+        mrtd: [u8; 48],
+        /// RTMR[1].
+        rtmr1: [u8; 48],
+        /// RTMR[2].
+        rtmr2: [u8; 48],
+    },
+}
+
+/// Validated `[measurement]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasurementConfig {
+    /// Allowed measurements; empty = not pinned.
+    pub expected: Vec<Expected>,
+    /// VMSA SEV_FEATURES the host's KVM gives SEV-SNP guests.
+    pub snp_guest_features: u64,
+    /// MRTD page order of the host stack.
+    pub tdx_mrtd_order: crate::measure::tdx::MrtdOrder,
+    /// LoadOptions layout of the firmware.
+    pub tdx_load_options: crate::measure::tdx::LoadOptions,
+    /// Whether QEMU patches the kernel setup header (None: decide from
+    /// `qemu --version`, patched before 10.2).
+    pub tdx_kernel_setup_patch: Option<bool>,
 }
 
 /// How QEMU executes guest code.
@@ -332,6 +403,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+    /// `[measurement]`.
+    pub measurement: MeasurementConfig,
 }
 
 /// Default SEV-SNP guest policy: SMT allowed (bit 16), reserved bit 17 set,
@@ -593,12 +666,113 @@ impl RawConfig {
             log_level,
             allowed_annotations: allowed,
         };
+        let measurement = self.measurement.validate(qemu.tee, &invalid)?;
         Ok(Config {
             origin: origin.to_string(),
             raw: self,
             qemu,
             agent,
             runtime,
+            measurement,
+        })
+    }
+}
+
+impl RawMeasurement {
+    fn validate(
+        &self,
+        tee: Tee,
+        invalid: &dyn Fn(&'static str, String, String) -> ConfigError,
+    ) -> Result<MeasurementConfig, ConfigError> {
+        use crate::measure::tdx::{LoadOptions, MrtdOrder};
+        let digest = |v: &str, what: &str| -> Result<[u8; 48], ConfigError> {
+            let mut out = [0u8; 48];
+            match hex::decode_to_slice(v, &mut out) {
+                Ok(()) => Ok(out),
+                Err(_) => Err(invalid(
+                    "measurement.expected",
+                    format!("{v:?}"),
+                    format!(
+                        "{what} must be 96 hex digits (48 bytes), as `cocoon measure --config` prints it"
+                    ),
+                )),
+            }
+        };
+        let mut expected = Vec::new();
+        for e in &self.expected {
+            expected.push(match e {
+                RawExpected::Snp(d) => Expected::Snp(digest(d, "an SEV-SNP launch digest")?),
+                RawExpected::Tdx { mrtd, rtmr1, rtmr2 } => Expected::Tdx {
+                    mrtd: digest(mrtd, "mrtd")?,
+                    rtmr1: digest(rtmr1, "rtmr1")?,
+                    rtmr2: digest(rtmr2, "rtmr2")?,
+                },
+            });
+        }
+        let kind_mismatch = expected.iter().find(|e| match (tee, e) {
+            (Tee::Snp, Expected::Tdx { .. }) | (Tee::Tdx, Expected::Snp(_)) => true,
+            (Tee::None, _) => true,
+            _ => false,
+        });
+        if kind_mismatch.is_some() {
+            return Err(invalid(
+                "measurement.expected",
+                format!("{} entries", expected.len()),
+                match tee {
+                    Tee::None => "pins a launch measurement, but `hypervisor.qemu.tee` = \"none\" has none; set tee to \"snp\" or \"tdx\" or remove the pins".into(),
+                    Tee::Snp => "has a TDX entry ({ mrtd, rtmr1, rtmr2 }) but tee = \"snp\"; SEV-SNP entries are launch-digest strings".into(),
+                    _ => "has an SEV-SNP launch-digest string but tee = \"tdx\"; TDX entries are tables { mrtd = \"..\", rtmr1 = \"..\", rtmr2 = \"..\" }".into(),
+                },
+            ));
+        }
+        if self.snp_guest_features >> 16 != 0 || self.snp_guest_features & 1 == 0 {
+            return Err(invalid(
+                "measurement.snp_guest_features",
+                format!("{:#x}", self.snp_guest_features),
+                "bit 0 (SNPActive) must be set and bits 16-63 are reserved; KVM's default is 0x1"
+                    .into(),
+            ));
+        }
+        let tdx_mrtd_order = match self.tdx_mrtd_order.as_str() {
+            "per-page" => MrtdOrder::PerPage,
+            "two-pass" => MrtdOrder::TwoPass,
+            other => {
+                return Err(invalid(
+                    "measurement.tdx_mrtd_order",
+                    format!("{other:?}"),
+                    "use \"per-page\" (upstream KVM, Linux 6.16+ with QEMU 10.1+) or \"two-pass\" (QEMU 8.x TDX trees)".into(),
+                ))
+            }
+        };
+        let tdx_load_options =
+            match self.tdx_load_options.as_str() {
+                "initrd-first" => LoadOptions::InitrdFirst,
+                "cmdline-first" => LoadOptions::CmdlineFirst,
+                other => return Err(invalid(
+                    "measurement.tdx_load_options",
+                    format!("{other:?}"),
+                    "use \"initrd-first\" (edk2 from mid-2025) or \"cmdline-first\" (older edk2)"
+                        .into(),
+                )),
+            };
+        let tdx_kernel_setup_patch = match self.tdx_kernel_setup_patch.as_str() {
+            "auto" => None,
+            "on" => Some(true),
+            "off" => Some(false),
+            other => {
+                return Err(invalid(
+                    "measurement.tdx_kernel_setup_patch",
+                    format!("{other:?}"),
+                    "use \"auto\" (from `qemu --version`), \"on\" (QEMU up to 10.1) or \"off\" (QEMU 10.2+)".into(),
+                ))
+            }
+        };
+        Ok(MeasurementConfig {
+            expected,
+            snp_guest_features: self.snp_guest_features,
+            tdx_mrtd_order,
+            tdx_load_options,
+            tdx_kernel_setup_patch,
         })
     }
 }

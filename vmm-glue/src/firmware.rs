@@ -100,12 +100,59 @@ pub struct FirmwareInfo {
     pub sev_sections: Option<Vec<SevSection>>,
     /// Whether a TDVF descriptor is present.
     pub tdvf: bool,
+    /// TDVF sections, in descriptor order, if the descriptor is present.
+    pub tdvf_sections: Vec<TdvfSection>,
 }
+
+/// One TDVF section (`TDVF_SECTION`, 32 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdvfSection {
+    /// File offset of the raw data.
+    pub data_offset: u32,
+    /// Raw data size in the file.
+    pub raw_size: u32,
+    /// Guest physical address (4 KiB aligned).
+    pub gpa: u64,
+    /// Size in guest memory (4 KiB aligned, zero-filled beyond the raw data).
+    pub mem_size: u64,
+    /// 0 BFV, 1 CFV, 2 TD_HOB, 3 TempMem, 4 PermMem, 5 Payload, 6 PayloadParam, 7 TD_INFO.
+    pub kind: u32,
+    /// Bit 0 MR.EXTEND, bit 1 PAGE.AUG.
+    pub attributes: u32,
+}
+
+/// `TDVF_SECTION` attribute: the VMM extends MRTD with the content.
+pub const TDVF_ATTR_MR_EXTEND: u32 = 1;
+/// `TDVF_SECTION` attribute: added with PAGE.AUG, not measured.
+pub const TDVF_ATTR_PAGE_AUG: u32 = 2;
 
 impl FirmwareInfo {
     /// Whether the footer has this GUID.
     pub fn has(&self, guid: &[u8; 16]) -> bool {
         self.entries.iter().any(|(g, _)| g == guid)
+    }
+
+    /// The data of a footer entry.
+    pub fn entry(&self, guid: &[u8; 16]) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(g, _)| g == guid)
+            .map(|(_, d)| d.as_slice())
+    }
+
+    /// The AP reset vector from `SEV_ES_RESET_BLOCK` (0 if absent).
+    pub fn sev_es_reset_eip(&self) -> u32 {
+        self.entry(&SEV_ES_RESET_GUID)
+            .and_then(|d| u32_at(d, 0))
+            .unwrap_or(0)
+    }
+
+    /// GPA and size of the SEV kernel hashes table (`SEV_HASH_TABLE_RV`),
+    /// if the firmware has a non-empty one.
+    pub fn sev_hash_table(&self) -> Option<(u32, u32)> {
+        let d = self.entry(&SEV_HASH_TABLE_GUID)?;
+        let (gpa, size) = (u32_at(d, 0)?, u32_at(d, 4)?);
+        (gpa != 0 && size != 0).then_some((gpa, size))
     }
 
     /// Whether SNP measured direct boot (`kernel-hashes=on`) can work: SEV
@@ -191,7 +238,30 @@ pub fn parse(path: &Path, image: &[u8]) -> Result<FirmwareInfo, FirmwareError> {
         let off = usize::try_from(u32_at(&d, 0).ok_or(bad("short TDX metadata entry"))?)
             .map_err(|_| bad("offset"))?;
         let at = image.len().checked_sub(off);
-        info.tdvf = at.and_then(|a| image.get(a..a + 4)) == Some(b"TDVF");
+        if let Some(at) = at.filter(|&a| image.get(a..a + 4) == Some(b"TDVF")) {
+            info.tdvf = true;
+            let n = u32_at(image, at + 12).ok_or(bad("truncated TDVF descriptor"))?;
+            if n > 64 {
+                return Err(bad("TDVF descriptor with more than 64 sections"));
+            }
+            for i in 0..n as usize {
+                let o = at + 16 + i * 32;
+                let field64 = |d: usize| {
+                    image
+                        .get(o + d..o + d + 8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+                };
+                let trunc = || bad("truncated TDVF section");
+                info.tdvf_sections.push(TdvfSection {
+                    data_offset: u32_at(image, o).ok_or_else(trunc)?,
+                    raw_size: u32_at(image, o + 4).ok_or_else(trunc)?,
+                    gpa: field64(8).ok_or_else(trunc)?,
+                    mem_size: field64(16).ok_or_else(trunc)?,
+                    kind: u32_at(image, o + 24).ok_or_else(trunc)?,
+                    attributes: u32_at(image, o + 28).ok_or_else(trunc)?,
+                });
+            }
+        }
     }
     Ok(info)
 }

@@ -3,6 +3,7 @@
 //! - [`check`]: `cocoon check`, the host report.
 //! - [`config`]: the node configuration (TOML), parsed and validated.
 //! - [`firmware`]: OVMF footer table, SEV metadata, TDVF descriptor.
+//! - [`measure`]: SEV-SNP and TDX launch measurements, pinning.
 //! - [`host`]: host facts (KVM, vhost-vsock) through redirectable roots.
 //! - [`qemu::argv`]: the pure QEMU command-line builder.
 //! - [`qemu::qmp`]: QMP control (status, stop/cont, powerdown, quit).
@@ -17,6 +18,7 @@ pub mod check;
 pub mod config;
 pub mod firmware;
 pub mod host;
+pub mod measure;
 pub mod process;
 pub mod qemu;
 pub mod tee;
