@@ -10,8 +10,9 @@ use cocoon_protocol::AGENT_VSOCK_PORT;
 use slog::{info, warn, Logger};
 
 use crate::agent::{self, AgentAddr, AgentError};
-use crate::config::{Accel, Config, ConfigError, Transport};
+use crate::config::{Accel, Config, ConfigError, Tee, Transport};
 use crate::host::HostRoots;
+use crate::measure::{Kind as MeasureKind, Reference};
 use crate::process::{log_tail, Daemon, DaemonError};
 use crate::qemu::argv::{kernel_cmdline, FsShare, ResolvedAccel, VmArgs, VsockDevice};
 use crate::qemu::qmp::Qmp;
@@ -71,6 +72,9 @@ pub enum VmError {
     /// The configured TEE cannot run here.
     #[error(transparent)]
     Tee(#[from] crate::tee::TeeError),
+    /// The launch measurement cannot be computed or is not pinned.
+    #[error(transparent)]
+    Measure(#[from] crate::measure::MeasureError),
     /// QEMU does not know the TEE's object.
     #[error("{qemu} does not know the `{object}` object (QEMU {needed} or newer is needed for `hypervisor.qemu.tee` = \"{tee}\"); install a newer QEMU or point `hypervisor.qemu.path` at one")]
     QemuTooOld {
@@ -155,7 +159,28 @@ pub struct Vm {
     kernel_release: String,
     boot_time: Duration,
     log: Logger,
+    measurement: Reference,
     run_dir: RunDir,
+}
+
+/// The file in a VM's state directory holding its reference values (JSON).
+pub const MEASUREMENT_FILE: &str = "measurement.json";
+
+async fn measure_launch(config: &Config, kind: MeasureKind) -> Result<Reference, VmError> {
+    let c = config.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let r = crate::measure::for_launch(&c, kind, None, &crate::tee::host_cpuid)?;
+        crate::measure::check_pinned(&c, &r)?;
+        Ok::<_, crate::measure::MeasureError>(r)
+    })
+    .await
+    .map_err(|e| {
+        VmError::Measure(crate::measure::MeasureError::Input {
+            what: "measurement".into(),
+            problem: format!("the measuring task failed: {e}"),
+        })
+    })??;
+    Ok(r)
 }
 
 impl std::fmt::Debug for Vm {
@@ -230,10 +255,44 @@ impl Vm {
         let log = log.new(slog::o!("vm" => req.id.clone()));
         let started = Instant::now();
         config.check_files()?;
+        // The reference values come first: a launch that does not match the
+        // pinned measurement is refused whatever the host offers.
+        let pinned_kind = match config.qemu.tee {
+            Tee::None => Some(MeasureKind::None),
+            Tee::Snp => Some(MeasureKind::Snp),
+            Tee::Tdx => Some(MeasureKind::Tdx),
+            Tee::Auto => None,
+        };
+        let mut measurement = match pinned_kind {
+            Some(kind) => Some(measure_launch(config, kind).await?),
+            None => None,
+        };
         let tee = crate::tee::resolve(
             &config.qemu,
             &HostTee::detect(host, &crate::tee::host_cpuid),
         )?;
+        let measurement = match measurement.take() {
+            Some(m) => m,
+            None => {
+                let kind = match tee {
+                    LaunchTee::None => MeasureKind::None,
+                    LaunchTee::Snp { .. } => MeasureKind::Snp,
+                    LaunchTee::Tdx { .. } => MeasureKind::Tdx,
+                };
+                measure_launch(config, kind).await?
+            }
+        };
+        match (measurement.launch_digest, measurement.mrtd) {
+            (Some(ld), _) => {
+                info!(log, "launch measurement"; "tee" => "snp", "launch_digest" => hex::encode(ld))
+            }
+            (None, Some(mrtd)) => {
+                info!(log, "launch measurement"; "tee" => "tdx", "mrtd" => hex::encode(mrtd),
+                "rtmr1" => measurement.rtmr1.map(hex::encode), "rtmr2" => measurement.rtmr2.map(hex::encode))
+            }
+            _ => info!(log, "launch inputs"; "kernel_sha256" => &measurement.inputs.kernel.sha256,
+                "initrd_sha256" => &measurement.inputs.initrd.sha256),
+        }
         check_qemu_knows(&config.qemu.path, &tee)?;
         if let Some(fw) = &config.qemu.firmware {
             crate::tee::check_firmware(&tee, fw)?;
@@ -266,6 +325,11 @@ impl Vm {
             Err(source) => return Err(VmError::StateDir { path: dir, source }),
         }
         let run_dir = RunDir(dir.clone());
+        let json = serde_json::to_vec_pretty(&measurement).unwrap_or_default();
+        std::fs::write(dir.join(MEASUREMENT_FILE), json).map_err(|source| VmError::StateDir {
+            path: dir.join(MEASUREMENT_FILE),
+            source,
+        })?;
         let q = &config.qemu;
 
         let mut helpers = Vec::new();
@@ -449,8 +513,14 @@ impl Vm {
             kernel_release,
             boot_time,
             log,
+            measurement,
             run_dir,
         })
+    }
+
+    /// The reference values of this launch.
+    pub fn measurement(&self) -> &Reference {
+        &self.measurement
     }
 
     /// The agent client.

@@ -2,6 +2,7 @@
 
 mod check;
 mod config;
+mod measure;
 mod run;
 
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ enum Command {
     /// Report what this host can run (KVM, SEV-SNP, TDX, IOMMU, QEMU,
     /// firmware) and whether the node configuration fits it.
     Check(check::CheckArgs),
+    /// Compute launch measurements: of the node configuration (reference
+    /// values, as the shim computes them before each launch), or of given
+    /// files with `snp` / `tdx`.
+    Measure(measure::MeasureArgs),
     /// Check or show the node configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -70,6 +75,7 @@ pub fn main() -> i32 {
             Command::Run(args) => run::run(&cli, args).await,
             Command::Config(c) => config::run(&cli, c),
             Command::Check(a) => check::run(&cli, a),
+            Command::Measure(a) => measure::run(&cli, a),
         }
     });
     match result {

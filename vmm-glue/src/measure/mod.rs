@@ -179,6 +179,32 @@ pub fn read_input(what: &str, path: &Path) -> Result<Vec<u8>, MeasureError> {
     })
 }
 
+/// SHA-256 and size of a file, streamed (no copy of the file in memory).
+pub fn sha256_file(what: &str, path: &Path) -> Result<([u8; 32], u64), MeasureError> {
+    use std::io::Read;
+    let read_err = |source| MeasureError::Read {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 18];
+    let mut size = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    Ok((h.finalize().into(), size))
+}
+
 fn file_digest(path: &Path, data: &[u8]) -> FileDigest {
     FileDigest {
         path: path.to_path_buf(),
@@ -371,7 +397,11 @@ pub fn for_launch(
                 vcpus: q.vcpus,
                 vcpu_sig: sig,
                 vmm: snp::Vmm::Qemu,
-                hashes: Some(snp::SevHashes::new(&kernel, Some(&initrd), Some(&cmdline))),
+                hashes: Some(snp::SevHashes {
+                    kernel: Sha256::digest(&kernel).into(),
+                    initrd: Sha256::digest(&initrd).into(),
+                    ..snp::SevHashes::new(&[], None, Some(&cmdline))
+                }),
                 guest_features: m.snp_guest_features,
                 ovmf_hash: None,
             })?;

@@ -278,3 +278,93 @@ pub fn authenticode_sha384(image: &[u8], name: &str) -> Result<[u8; MR_BYTES], M
     }
     Ok(h.finalize().into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_event_digests_match_the_published_values() {
+        let ev = rtmr1_events([0; MR_BYTES]);
+        assert_eq!(hex::encode(ev[1]), "77a0dab2312b4e1e57a84d865a21e5b2ee8d677a21012ada819d0a98988078d3d740f6346bfe0abaa938ca20439a8d71");
+        assert_eq!(hex::encode(ev[2]), "394341b7182cd227c5c6b07ef8000cdfd86136c4292b8e576573ad7ed9ae41019f5818b4b971c9effc60e1ad9f1289f0");
+        assert_eq!(hex::encode(ev[3]), "214b0bef1379756011344877743fdc2a5382bac6e70362d624ccf3f654407c1b4badf7d8f9295dd3dabdef65b27677e0");
+        assert_eq!(hex::encode(ev[4]), "0a2e01c85deae718a530ad8c6d20a84009babe6c8989269e950d8cf440c6e997695e64d455c4174a652cd080f6230b74");
+    }
+
+    #[test]
+    fn load_options_are_utf16_with_a_nul_in_either_edk2_layout() {
+        let old = load_options("console=ttyS0", true, LoadOptions::CmdlineFirst).unwrap();
+        assert_eq!(old, "console=ttyS0 initrd=initrd");
+        let ev = rtmr2_events(Some(&old), None);
+        assert_eq!(hex::encode(ev[0]), "1d26f8aff8992fdfc37e88b4fdf4a1a0ebb815a2ce925ea3046b3ba1f24a933e75a163af2af579268c20ca5f476f5386");
+        assert_eq!(
+            load_options("console=ttyS0", true, LoadOptions::InitrdFirst).as_deref(),
+            Some("initrd=initrd console=ttyS0")
+        );
+        assert_eq!(load_options("", false, LoadOptions::InitrdFirst), None);
+        assert_eq!(
+            load_options("a", false, LoadOptions::InitrdFirst).as_deref(),
+            Some("a")
+        );
+        assert!(rtmr2_events(None, None).is_empty());
+        assert_eq!(replay(&[]), [0; MR_BYTES]);
+    }
+
+    #[test]
+    fn mrtd_orders_differ_and_need_a_tdvf_descriptor() {
+        let p = std::path::Path::new("/usr/share/ovmf/OVMF.fd");
+        if !p.exists() {
+            eprintln!(
+                "SKIP: {} not installed (make deps installs ovmf)",
+                p.display()
+            );
+            return;
+        }
+        let fw = std::fs::read(p).unwrap();
+        let info = crate::firmware::parse(p, &fw).unwrap();
+        assert_eq!(info.tdvf_sections.len(), 6, "{:?}", info.tdvf_sections);
+        assert_eq!(info.tdvf_sections[0].gpa, 0xFFE2_0000);
+        assert_eq!(info.tdvf_sections[0].attributes, TDVF_ATTR_MR_EXTEND);
+        let a = mrtd(&fw, &info, "OVMF.fd", MrtdOrder::PerPage).unwrap();
+        let b = mrtd(&fw, &info, "OVMF.fd", MrtdOrder::TwoPass).unwrap();
+        assert_ne!(a, b);
+        let e = mrtd(
+            &fw,
+            &FirmwareInfo::default(),
+            "/fw/x.fd",
+            MrtdOrder::PerPage,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/fw/x.fd has no TDVF descriptor"), "{e}");
+    }
+
+    #[test]
+    fn non_pe_kernels_and_non_bzimages_are_refused() {
+        let e = authenticode_sha384(&[0u8; 4096], "/k/initrd.img")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/k/initrd.img is not a PE/COFF (EFI) image"),
+            "{e}"
+        );
+        let mut k = vec![0u8; 4096];
+        assert!(qemu_patch_setup_header(&mut k, None, 1 << 31).is_err());
+        // A minimal setup header, protocol 2.15, LOADED_HIGH, no XLF_CAN_BE_LOADED_ABOVE_4G.
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k[0x206..0x208].copy_from_slice(&0x20Fu16.to_le_bytes());
+        k[0x211] = 1;
+        qemu_patch_setup_header(&mut k, Some(0x1234), 2048 << 20).unwrap();
+        assert_eq!(k[0x210], 0xB0);
+        assert_eq!(k[0x211], 0x81);
+        assert_eq!(&k[0x224..0x228], &0xFE00u32.to_le_bytes());
+        assert_eq!(&k[0x228..0x22C], &0x20000u32.to_le_bytes());
+        // initrd_max 0x37FFFFFF is below 2 GiB - ACPI: placed under it.
+        assert_eq!(
+            &k[0x218..0x21C],
+            &((0x37FF_FFFFu32 - 0x1234) & !0xFFF).to_le_bytes()
+        );
+        assert_eq!(&k[0x21C..0x220], &0x1234u32.to_le_bytes());
+    }
+}
