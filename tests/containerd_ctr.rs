@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{output_with_timeout, Containerd, Flavor, IMAGE, RUNTIME};
-use cocoon_tests::{env_or_skip, Env, Sandbox};
+use cocoon_tests::{env_or_skip, snp_firmware, Env, Sandbox};
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
     let env = env_or_skip(test)?;
@@ -313,24 +313,44 @@ fn bad_input_fails_create_cleanly() {
         &["true"],
         "cannot read config file /nonexistent/cocoon.toml",
     );
-    // A confidential configuration on a host without SEV-SNP.
-    let snp = sb.dir.path().join("snp.toml");
-    let mut table: toml::Table = std::fs::read_to_string(&sb.config)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let q = table["hypervisor"]["qemu"].as_table_mut().unwrap();
-    q.insert("tee".into(), "snp".into());
-    q.insert("firmware".into(), "/usr/share/ovmf/OVMF.fd".into());
-    std::fs::write(&snp, toml::to_string(&table).unwrap()).unwrap();
-    let snp_arg = snp.display().to_string();
-    run_fails(
-        &ctd,
-        "b4",
-        &["--runtime-config-path", &snp_arg],
-        &["true"],
-        "this host cannot run SEV-SNP guests",
-    );
+    if let Some(fw) = snp_firmware("bad_input_fails_create_cleanly (SEV-SNP part)") {
+        let snp_config = |name: &str, expected: Option<&str>| {
+            let path = sb.dir.path().join(name);
+            let mut table: toml::Table = std::fs::read_to_string(&sb.config)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let q = table["hypervisor"]["qemu"].as_table_mut().unwrap();
+            q.insert("tee".into(), "snp".into());
+            q.insert("firmware".into(), fw.display().to_string().into());
+            if let Some(e) = expected {
+                let mut m = toml::Table::new();
+                m.insert("expected".into(), vec![toml::Value::from(e)].into());
+                table.insert("measurement".into(), m.into());
+            }
+            std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
+            path.display().to_string()
+        };
+        // A confidential configuration on a host without SEV-SNP.
+        let snp = snp_config("snp.toml", None);
+        run_fails(
+            &ctd,
+            "b4",
+            &["--runtime-config-path", &snp],
+            &["true"],
+            "this host cannot run SEV-SNP guests",
+        );
+        // A pinned launch measurement that does not match: refused before
+        // anything starts.
+        let pinned = snp_config("pinned.toml", Some(&"00".repeat(48)));
+        run_fails(
+            &ctd,
+            "b5",
+            &["--runtime-config-path", &pinned],
+            &["true"],
+            "is not in `measurement.expected`",
+        );
+    }
     // A command that does not exist in the image.
     run_fails(
         &ctd,

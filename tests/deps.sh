@@ -41,7 +41,7 @@ EOF
 fi
 
 # --- Debian packages --------------------------------------------------------
-PKGS="containerd protobuf-compiler procps bsdutils mount python3 cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod"
+PKGS="containerd protobuf-compiler procps bsdutils mount python3 python3-venv cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
@@ -103,17 +103,59 @@ if ! ls "$KERNEL_DIR"/boot/vmlinuz-* >/dev/null 2>&1; then
     changed=1
 fi
 
+# --- packages from Debian unstable, unpacked only ----------------------------
+# Downloaded with a private apt state under build/apt-unstable and unpacked
+# with dpkg -x (never installed on the host).
+sid=$ROOT/build/apt-unstable
+sid_ready=0
+sid_download() {
+    mkdir -p "$sid/lists/partial" "$sid/cache/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian unstable main" >"$sid/sources.list"
+    opts="-o Dir::Etc::SourceList=$sid/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$sid/lists -o Dir::Cache=$sid/cache -o APT::Sandbox::User=root"
+    if [ $sid_ready -eq 0 ]; then
+        apt-get $opts update -qq >/dev/null 2>&1 || return 1
+        sid_ready=1
+    fi
+    (cd "$sid" && apt-get $opts download -qq "$@" >/dev/null 2>&1)
+}
+
+# --- confidential-guest firmware (measurement tests) -------------------------
+# OVMF.amdsev.fd (SEV-SNP with the kernel hashes table) and
+# OVMF.inteltdx.ms.fd (TDVF) from Debian's architecture-independent
+# ovmf-amdsev and ovmf-inteltdx packages, unpacked into build/firmware.
+FW_DIR=$ROOT/build/firmware
+if [ ! -f "$FW_DIR/usr/share/ovmf/OVMF.amdsev.fd" ] || [ ! -f "$FW_DIR/usr/share/ovmf/OVMF.inteltdx.ms.fd" ]; then
+    rm -f "$sid"/ovmf-amdsev_*.deb "$sid"/ovmf-inteltdx_*.deb
+    if sid_download ovmf-amdsev ovmf-inteltdx; then
+        rm -rf "$FW_DIR" && mkdir -p "$FW_DIR"
+        for d in "$sid"/ovmf-amdsev_*.deb "$sid"/ovmf-inteltdx_*.deb; do dpkg -x "$d" "$FW_DIR"; done
+        say "unpacked $(basename "$sid"/ovmf-amdsev_*.deb .deb) and $(basename "$sid"/ovmf-inteltdx_*.deb .deb) into $FW_DIR"
+        changed=1
+    else
+        say "could not fetch ovmf-amdsev/ovmf-inteltdx from Debian unstable; the firmware measurement tests will be skipped"
+    fi
+fi
+
+# --- sev-snp-measure (reference implementation for differential tests) -----
+VENV=$ROOT/build/measure-venv
+if [ ! -x "$VENV/bin/sev-snp-measure" ]; then
+    rm -rf "$VENV"
+    if python3 -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check sev-snp-measure==0.0.13; then
+        say "installed sev-snp-measure 0.0.13 into $VENV"
+        changed=1
+    else
+        rm -rf "$VENV"
+        say "could not install sev-snp-measure from PyPI; the differential measurement tests will be skipped"
+    fi
+fi
+
 # --- containerd 2.x (optional, for compatibility tests) ---------------------
 # Debian's unstable package, only unpacked (never installed) into
 # build/containerd2; its binaries run on bookworm. Failure is not fatal: the
 # tests that need it are skipped with a printed reason.
 C2_DIR=$ROOT/build/containerd2
 if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
-    sid=$ROOT/build/apt-unstable
-    mkdir -p "$sid/lists/partial" "$sid/cache/archives/partial"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian unstable main" >"$sid/sources.list"
-    opts="-o Dir::Etc::SourceList=$sid/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$sid/lists -o Dir::Cache=$sid/cache -o APT::Sandbox::User=root"
-    if apt-get $opts update -qq >/dev/null 2>&1 && (cd "$sid" && apt-get $opts download -qq containerd >/dev/null 2>&1); then
+    if sid_download containerd; then
         rm -rf "$C2_DIR" && mkdir -p "$C2_DIR"
         dpkg -x "$sid"/containerd_*.deb "$C2_DIR"
         say "unpacked containerd $("$C2_DIR/usr/bin/containerd" --version | awk '{print $3}') into $C2_DIR"

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use cocoon_tests::{env_or_skip, repo_root, text, Sandbox};
+use cocoon_tests::{env_or_skip, repo_root, snp_firmware, text, Sandbox};
 use cocoon_vmm::qemu::argv::{ResolvedAccel, VmArgs, VsockDevice};
 use cocoon_vmm::tee::LaunchTee;
 
@@ -115,17 +115,60 @@ fn confidential_config_on_a_plain_host_fails_clearly() {
     let Some(env) = env_or_skip("confidential_config_on_a_plain_host_fails_clearly") else {
         return;
     };
-    let sb = Sandbox::new(&env, |t| {
-        let q = t["hypervisor"]["qemu"].as_table_mut().unwrap();
-        q.insert("tee".into(), "snp".into());
-        q.insert("firmware".into(), "/usr/share/ovmf/OVMF.fd".into());
-        q.insert("accel".into(), "auto".into());
-    });
+    let Some(fw) = snp_firmware("confidential_config_on_a_plain_host_fails_clearly") else {
+        return;
+    };
+    let snp = |firmware: &str, expected: Option<&str>| {
+        Sandbox::new(&env, |t| {
+            let q = t["hypervisor"]["qemu"].as_table_mut().unwrap();
+            q.insert("tee".into(), "snp".into());
+            q.insert("firmware".into(), firmware.into());
+            q.insert("accel".into(), "auto".into());
+            if let Some(e) = expected {
+                let mut m = toml::Table::new();
+                m.insert("expected".into(), vec![toml::Value::from(e)].into());
+                t.insert("measurement".into(), m.into());
+            }
+        })
+    };
+    let fw = fw.display().to_string();
+    // Measured first: the launch digest is computed, then the host refuses.
+    let sb = snp(&fw, None);
     let o = sb.run(&["true"]);
     let err = text(&o).1;
     assert_ne!(o.status.code(), Some(0));
     assert!(
         err.contains("`hypervisor.qemu.tee` = \"snp\" but this host cannot run SEV-SNP guests"),
+        "{err}"
+    );
+    sb.assert_clean();
+    // The right pinned value passes the pin check (and the host refuses).
+    let m = sb.cocoon().arg("measure").output().unwrap();
+    assert!(m.status.success(), "{:?}", text(&m));
+    let v: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+    let ld = v["launch_digest"].as_str().unwrap().to_string();
+    let sb = snp(&fw, Some(&ld));
+    let err = text(&sb.run(&["true"])).1;
+    assert!(err.contains("this host cannot run SEV-SNP guests"), "{err}");
+    sb.assert_clean();
+    // A pinned value that does not match refuses the launch, naming both.
+    let wrong = "ab".repeat(48);
+    let sb = snp(&fw, Some(&wrong));
+    let o = sb.run(&["true"]);
+    let err = text(&o).1;
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains(&format!(
+            "launch measurement {ld} is not in `measurement.expected`"
+        )) && err.contains(&wrong),
+        "{err}"
+    );
+    sb.assert_clean();
+    // Firmware without the kernel hashes table cannot measure direct boot.
+    let sb = snp("/usr/share/ovmf/OVMF.fd", None);
+    let err = text(&sb.run(&["true"])).1;
+    assert!(
+        err.contains("/usr/share/ovmf/OVMF.fd has no SNP_KERNEL_HASHES section"),
         "{err}"
     );
     sb.assert_clean();

@@ -201,3 +201,32 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// Debian's SEV-SNP firmware (ovmf-amdsev, unpacked by `make deps`), or
+/// `None` after printing why the caller skips.
+pub fn snp_firmware(test: &str) -> Option<PathBuf> {
+    let p = repo_root().join("build/firmware/usr/share/ovmf/OVMF.amdsev.fd");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP {test}: {} missing (make deps fetches ovmf-amdsev from Debian)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Debian's TDX firmware (ovmf-inteltdx, unpacked by `make deps`).
+pub fn tdx_firmware(test: &str) -> Option<PathBuf> {
+    let p = repo_root().join("build/firmware/usr/share/ovmf/OVMF.inteltdx.ms.fd");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP {test}: {} missing (make deps fetches ovmf-inteltdx from Debian)",
+            p.display()
+        );
+        None
+    }
+}

@@ -23,7 +23,7 @@ use crate::tee::Cpuid;
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
     /// A file cannot be read.
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}")]
     Read {
         /// Which input (a flag or config key).
         what: String,
@@ -327,18 +327,18 @@ pub fn for_launch(
 ) -> Result<Reference, MeasureError> {
     let q = &config.qemu;
     let m = &config.measurement;
-    let cmdline = crate::qemu::argv::kernel_cmdline(q);
-    let kernel = read_input("hypervisor.qemu.kernel", &q.kernel)?;
-    let initrd = read_input("hypervisor.qemu.initrd", &q.initrd)?;
-    let firmware = match &q.firmware {
-        Some(p) => Some((p, read_input("hypervisor.qemu.firmware", p)?)),
-        None => None,
-    };
     let init_digest = match initdata {
         Some((p, d)) => Some((
             file_digest(p, d),
             initdata_digest(d, &p.display().to_string())?,
         )),
+        None => None,
+    };
+    let cmdline = crate::qemu::argv::kernel_cmdline(q);
+    let kernel = read_input("hypervisor.qemu.kernel", &q.kernel)?;
+    let initrd = read_input("hypervisor.qemu.initrd", &q.initrd)?;
+    let firmware = match &q.firmware {
+        Some(p) => Some((p, read_input("hypervisor.qemu.firmware", p)?)),
         None => None,
     };
     let model = if kind == Kind::None {
