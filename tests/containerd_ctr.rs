@@ -172,6 +172,30 @@ fn exec_pause_resume_kill_and_remove() {
     assert_eq!(o.status.code(), Some(5));
     let o = ctd.ctr(&["task", "ps", "t3"]).unwrap();
     assert!(o.status.success(), "{}", out(&o));
+    // The sandbox's reference values, recorded at launch.
+    let o = sb
+        .cocoon()
+        .args(["measure", "--sandbox", "t3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["tee"], "none", "{m}");
+    assert_eq!(
+        m["inputs"]["kernel"]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{m}"
+    );
+    let o = sb
+        .cocoon()
+        .args(["measure", "--sandbox", "nope"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no running sandbox \"nope\""),
+        "{}",
+        out(&o)
+    );
     // Metrics come from the guest: one process, some memory, a limit of
     // about the VM's RAM.
     let o = ctd.ctr(&["task", "metrics", "t3"]).unwrap();

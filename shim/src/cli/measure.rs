@@ -196,8 +196,9 @@ pub(crate) fn run(cli: &Cli, args: &MeasureArgs) -> anyhow::Result<i32> {
 fn run_sandbox(cli: &Cli, id: &str) -> anyhow::Result<i32> {
     let config = Config::load(cli.config.as_deref())?;
     let state = &config.runtime.state_dir;
+    // A pod's VM lives in `<pod dir>/vm`; `cocoon run` uses `<id>`.
     let candidates = [
-        state.join(crate::containerd::pod::dir_name(id)),
+        state.join(crate::containerd::pod::dir_name(id)).join("vm"),
         state.join(id),
     ];
     for dir in &candidates {
