@@ -117,4 +117,39 @@ runc_shim=$(pgrep -f "containerd-shim-runc-v2 .*$ctd/c.sock" | head -n1)
 cocoon_shim=$(pgrep -f "containerd-shim-cocoon-v2 .*$ctd/c.sock" | head -n1)
 echo "shim RSS with a running task: cocoon $(( $(rss "$cocoon_shim") / 1024 )) MiB, containerd-shim-runc-v2 $(( $(rss "$runc_shim") / 1024 )) MiB"
 for t in rss-runc rss-cocoon; do $ctr task rm -f "$t" >/dev/null 2>&1 || true; $ctr c rm "$t" >/dev/null 2>&1 || true; done
+
+# Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the
+# same inputs (4 MiB OVMF.amdsev.fd, the guest kernel, a 30 MiB initrd), and
+# sha256sum (kernel + initrd) + sha384sum (firmware) over the same bytes as
+# the floor.
+ovmf=$root/build/firmware/usr/share/ovmf/OVMF.amdsev.fd
+ssm=$root/build/measure-venv/bin/sev-snp-measure
+if [ -f "$ovmf" ] && [ -x "$ssm" ]; then
+    big="$work/initrd-30m.img"
+    head -c $((30 * 1024 * 1024)) /dev/urandom >"$big"
+    gk=$root/build/guest/vmlinuz
+    wall_ms() { python3 - "$@" <<'PY'
+import subprocess, sys, time
+t = time.perf_counter(); subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+print(round((time.perf_counter() - t) * 1000, 1))
+PY
+}
+    args=(--mode snp --vcpus 4 --vcpu-type EPYC-v4 --ovmf "$ovmf" --kernel "$gk" --initrd "$big" --append "console=hvc0")
+    cat "$ovmf" "$gk" "$big" >/dev/null # page cache warm for everyone
+    ours=(); theirs=(); floor=()
+    for _ in $(seq "$runs"); do
+        ours+=("$(wall_ms "$bin/cocoon" measure snp "${args[@]}")")
+        theirs+=("$(wall_ms "$ssm" "${args[@]}")")
+        floor+=("$(wall_ms sh -c "sha256sum '$gk' '$big' >/dev/null && sha384sum '$ovmf' >/dev/null")")
+    done
+    mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}"); mf=$(median "${floor[@]}")
+    echo "measure snp (4 MiB OVMF, $(( $(stat -c %s "$gk") / 1024 / 1024 )) MiB kernel, 30 MiB initrd):"
+    echo "  cocoon measure snp:        median ${mo} ms  (${ours[*]})"
+    echo "  sev-snp-measure 0.0.13:    median ${mt} ms  (${theirs[*]})  -> cocoon is x$(python3 -c "print(round($mt/$mo,1))") faster"
+    echo "  sha256sum + sha384sum:     median ${mf} ms  (${floor[*]})  -> cocoon at x$(python3 -c "print(round($mo/$mf,2))") of the hashing floor"
+    rss_kb=$( { /usr/bin/time -f '%M' "$bin/cocoon" measure snp "${args[@]}" >/dev/null; } 2>&1 | tail -n1)
+    echo "  cocoon measure snp peak RSS: $(( rss_kb / 1024 )) MiB"
+else
+    echo "measure snp: skipped ($ovmf or $ssm missing; make deps fetches them)"
+fi
 exit 0

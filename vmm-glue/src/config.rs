@@ -709,10 +709,11 @@ impl RawMeasurement {
                 },
             });
         }
-        let kind_mismatch = expected.iter().find(|e| match (tee, e) {
-            (Tee::Snp, Expected::Tdx { .. }) | (Tee::Tdx, Expected::Snp(_)) => true,
-            (Tee::None, _) => true,
-            _ => false,
+        let kind_mismatch = expected.iter().find(|e| {
+            matches!(
+                (tee, e),
+                (Tee::Snp, Expected::Tdx { .. }) | (Tee::Tdx, Expected::Snp(_)) | (Tee::None, _)
+            )
         });
         if kind_mismatch.is_some() {
             return Err(invalid(
@@ -1019,6 +1020,34 @@ mod tests {
                 "[runtime]\nstate_dir = \"run\"",
                 &["runtime.state_dir", "absolute"],
             ),
+            (
+                "[measurement]\nexpected = [\"abcd\"]",
+                &["measurement.expected", "96 hex digits", "\"abcd\""],
+            ),
+            (
+                "[measurement]\nexpected = [\"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\"]\n[hypervisor.qemu]\ntee = \"none\"",
+                &["measurement.expected", "`hypervisor.qemu.tee` = \"none\" has none"],
+            ),
+            (
+                "[hypervisor.qemu]\ntee = \"snp\"\naccel = \"kvm\"\n[measurement]\nexpected = [{ mrtd = \"\", rtmr1 = \"\", rtmr2 = \"\" }]",
+                &["measurement.expected", "mrtd must be 96 hex digits"],
+            ),
+            (
+                "[measurement]\ntdx_mrtd_order = \"random\"",
+                &["measurement.tdx_mrtd_order", "per-page"],
+            ),
+            (
+                "[measurement]\ntdx_load_options = \"x\"",
+                &["measurement.tdx_load_options", "initrd-first"],
+            ),
+            (
+                "[measurement]\ntdx_kernel_setup_patch = \"yes\"",
+                &["measurement.tdx_kernel_setup_patch", "QEMU up to 10.1"],
+            ),
+            (
+                "[measurement]\nsnp_guest_features = 0x20",
+                &["measurement.snp_guest_features", "SNPActive"],
+            ),
             ("[hypervisor.qemu", &["test.toml", "line 1"]),
             ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
         ];
@@ -1029,6 +1058,34 @@ mod tests {
             }
             assert!(!e.contains('\n'), "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn pinned_measurements_by_tee() {
+        let d = "ab".repeat(48);
+        let snp = Config::from_toml(
+            &format!("[hypervisor.qemu]\ntee = \"snp\"\naccel = \"kvm\"\n[measurement]\nexpected = [\"{d}\"]"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(snp.measurement.expected, vec![Expected::Snp([0xab; 48])]);
+        let tdx = Config::from_toml(
+            &format!("[hypervisor.qemu]\ntee = \"tdx\"\naccel = \"kvm\"\n[measurement]\nexpected = [{{ mrtd = \"{d}\", rtmr1 = \"{d}\", rtmr2 = \"{d}\" }}]"),
+            "t",
+        )
+        .unwrap();
+        assert!(matches!(tdx.measurement.expected[0], Expected::Tdx { .. }));
+        let e = err(&format!("[hypervisor.qemu]\ntee = \"tdx\"\naccel = \"kvm\"\n[measurement]\nexpected = [\"{d}\"]"));
+        assert!(
+            e.contains("SEV-SNP launch-digest string but tee = \"tdx\""),
+            "{e}"
+        );
+        // Unpinned by default.
+        assert!(Config::dev_defaults()
+            .unwrap()
+            .measurement
+            .expected
+            .is_empty());
     }
 
     #[test]

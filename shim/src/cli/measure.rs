@@ -140,7 +140,7 @@ enum MrtdOrderArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LoadOptionsArg {
     /// "initrd=initrd <cmdline>": edk2 with PR #11115 (mid-2025 and later,
-    /// e.g. Debian ovmf-inteltdx 2025.08+).
+    /// e.g. Debian ovmf-inteltdx 2026.08).
     InitrdFirst,
     /// "<cmdline> initrd=initrd": older edk2 (2024.x and before).
     CmdlineFirst,

@@ -50,23 +50,28 @@ pub enum MeasureError {
         problem: String,
     },
     /// The launch measurement is not one of the pinned values.
-    #[error("launch measurement {computed} is not in `measurement.expected` of {origin} (expected {}); the firmware, kernel, initrd, command line or VM shape differ from what was pinned: firmware sha256 {firmware}, kernel sha256 {kernel}, initrd sha256 {initrd}, cmdline {cmdline:?}; if the change is intended, pin the new value printed by `cocoon measure --config {origin}`", expected.join(" or "))]
-    Mismatch {
-        /// What was computed.
-        computed: String,
-        /// What is allowed.
-        expected: Vec<String>,
-        /// The config file.
-        origin: String,
-        /// Input digests, to tell what changed.
-        firmware: String,
-        /// Kernel sha256.
-        kernel: String,
-        /// Initrd sha256.
-        initrd: String,
-        /// Command line.
-        cmdline: String,
-    },
+    #[error(transparent)]
+    Mismatch(Box<PinMismatch>),
+}
+
+/// A launch measurement that is not one of the pinned values.
+#[derive(Debug, thiserror::Error)]
+#[error("launch measurement {computed} is not in `measurement.expected` of {origin} (expected {}); the firmware, kernel, initrd, command line or VM shape differ from what was pinned: firmware sha256 {firmware}, kernel sha256 {kernel}, initrd sha256 {initrd}, cmdline {cmdline:?}; if the change is intended, pin the new value printed by `cocoon measure --config {origin}`", expected.join(" or "))]
+pub struct PinMismatch {
+    /// What was computed.
+    pub computed: String,
+    /// What is allowed.
+    pub expected: Vec<String>,
+    /// The config file.
+    pub origin: String,
+    /// Firmware sha256.
+    pub firmware: String,
+    /// Kernel sha256.
+    pub kernel: String,
+    /// Initrd sha256.
+    pub initrd: String,
+    /// Command line.
+    pub cmdline: String,
 }
 
 /// A measured input file.
@@ -490,7 +495,7 @@ pub fn check_pinned(config: &Config, r: &Reference) -> Result<(), MeasureError> 
         ),
         _ => "(none: no TEE)".into(),
     };
-    Err(MeasureError::Mismatch {
+    Err(MeasureError::Mismatch(Box::new(PinMismatch {
         computed,
         expected: expected.iter().map(show).collect(),
         origin: config.origin.clone(),
@@ -502,5 +507,5 @@ pub fn check_pinned(config: &Config, r: &Reference) -> Result<(), MeasureError> 
         kernel: r.inputs.kernel.sha256.clone(),
         initrd: r.inputs.initrd.sha256.clone(),
         cmdline: r.inputs.cmdline.clone(),
-    })
+    })))
 }

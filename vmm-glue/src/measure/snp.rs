@@ -251,7 +251,7 @@ pub fn ovmf_hash(firmware: &[u8], name: &str) -> Result<[u8; LD_BYTES], MeasureE
 
 fn firmware_gpa(firmware: &[u8], name: &str) -> Result<u64, MeasureError> {
     let len = firmware.len() as u64;
-    if len == 0 || len % PAGE as u64 != 0 || len > 1 << 32 {
+    if len == 0 || !len.is_multiple_of(PAGE as u64) || len > 1 << 32 {
         return Err(MeasureError::File {
             path: name.into(),
             problem: format!(
@@ -516,7 +516,8 @@ pub(crate) mod tests {
     #[test]
     fn sev_snp_measure_qemu_vectors() {
         let k = true;
-        let cases: &[(&str, u32, bool, Option<&str>, u64, &str)] = &[
+        type Vector<'a> = (&'a str, u32, bool, Option<&'a str>, u64, &'a str);
+        let cases: &[Vector<'_>] = &[
             (AMDSEV, 1, k, Some(""), 0x21, "329c8ce0972ae52343b64d34a434a86f245dfd74f5ed7aae15d22efc78fb9683632b9b50e4e1d7fa41179ef98a7ef198"),
             (AMDSEV, 1, k, Some(""), 0x1, "ddc5224521617a536ee7ce9dd6224d1b58a8d4fda1c741f3ac99fc4bfa04ba6e9fc98646d4a07a9079397fa3852819b5"),
             (AMDSEV, 1, k, Some("console=ttyS0 loglevel=7"), 0x21, "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977"),

@@ -35,8 +35,8 @@ pub enum MrtdOrder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadOptions {
-    /// `initrd=initrd <cmdline>`: edk2 with PR #11115 (2025; Debian's
-    /// ovmf-inteltdx 2025.08 and later).
+    /// `initrd=initrd <cmdline>`: edk2 with PR #11115 (mid-2025; Debian's
+    /// ovmf-inteltdx 2026.08).
     InitrdFirst,
     /// `<cmdline> initrd=initrd`: earlier edk2 (for example 2024.x).
     CmdlineFirst,
@@ -94,10 +94,11 @@ pub fn mrtd(
         let measured = s.attributes & TDVF_ATTR_MR_EXTEND != 0;
         let added = s.attributes & TDVF_ATTR_PAGE_AUG == 0;
         let page_content = |p: u64| {
-            let mut page = [0u8; PAGE as usize];
-            let off = (p * PAGE) as usize;
+            const LEN: usize = 4096;
+            let mut page = [0u8; LEN];
+            let off = usize::try_from(p).map_or(usize::MAX, |p| p.saturating_mul(LEN));
             if off < raw.len() {
-                let n = raw.len().min(off + PAGE as usize) - off;
+                let n = raw.len().min(off + LEN) - off;
                 page[..n].copy_from_slice(&raw[off..off + n]);
             }
             page
