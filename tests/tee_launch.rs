@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cocoon_tests::{env_or_skip, repo_root, snp_firmware, text, Sandbox};
-use cocoon_vmm::qemu::argv::{ResolvedAccel, VmArgs, VsockDevice};
+use cocoon_vmm::qemu::argv::{PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice};
 use cocoon_vmm::tee::LaunchTee;
 
 fn snp_args(dir: &std::path::Path) -> VmArgs {
@@ -34,6 +34,7 @@ fn snp_args(dir: &std::path::Path) -> VmArgs {
             policy: 0x30000,
             host_data: Some([0x5a; 32]),
         },
+        pci: PciArgs::default(),
     }
 }
 
@@ -218,4 +219,59 @@ fn cocoon_check_reports_the_host() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).0.contains("ERROR snp"), "{:?}", text(&o));
+}
+
+/// The VFIO part of the argv (root ports, vfio-pci, iommufd, the 64-bit
+/// MMIO window) is accepted by real QEMU up to opening the missing device.
+#[test]
+fn real_qemu_accepts_the_vfio_command_line() {
+    let test = "real_qemu_accepts_the_vfio_command_line";
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP {test}: qemu-system-x86_64 missing (make deps)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = snp_args(dir.path());
+    a.accel = ResolvedAccel::Tcg;
+    a.cpu_model = "max".into();
+    a.firmware = None;
+    a.tee = LaunchTee::None;
+    a.pci = PciArgs {
+        vfio: vec![VfioArg {
+            bdf: "0000:41:00.0".into(),
+            iommufd: false,
+        }],
+        root_ports: 2,
+        mmio64_mb: 65536,
+    };
+    let err = run_qemu(&a);
+    assert!(
+        err.contains("vfio") && err.contains("0000:41:00.0"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Property") && !err.contains("invalid"),
+        "{err}"
+    );
+    // A misspelt property is a parse error, so the check above means
+    // something.
+    let bad: Vec<String> = a
+        .to_argv()
+        .iter()
+        .map(|x| x.to_string_lossy().replace("chassis=", "chasis="))
+        .collect();
+    let out = Command::new("qemu-system-x86_64")
+        .args(&bad)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("chasis"), "{e}");
+    // iommufd: QEMU needs /dev/iommu first.
+    a.pci.vfio[0].iommufd = true;
+    let err = run_qemu(&a);
+    assert!(err.contains("iommu"), "{err}");
 }

@@ -171,6 +171,7 @@ pub fn run(
             "vfio-pci not loaded (modprobe vfio-pci for GPU passthrough)".into(),
         );
     }
+    gpu_findings(config, host, &mut add);
     if host.has_vhost_vsock() {
         add(
             "vhost-vsock",
@@ -280,6 +281,82 @@ pub fn run(
         );
     }
     f
+}
+
+/// One finding per NVIDIA GPU / NVSwitch: identity, driver, group, CC
+/// mode, and whether a launch with this configuration would take it.
+fn gpu_findings(
+    config: &Config,
+    host: &HostRoots,
+    add: &mut dyn FnMut(&'static str, Severity, String),
+) {
+    use crate::config::{CcPolicy, OnMismatch};
+    let gpus = crate::gpu::list(host, &config.gpu.extra_cc_capable_ids);
+    if gpus.is_empty() {
+        add(
+            "gpu",
+            Severity::Info,
+            "no NVIDIA GPU or NVSwitch found".into(),
+        );
+        return;
+    }
+    let confidential = matches!(config.qemu.tee, Tee::Snp | Tee::Tdx);
+    for g in gpus {
+        let f = &g.function;
+        let mut sev = Severity::Ok;
+        let mut notes = Vec::new();
+        if f.driver.as_deref() != Some("vfio-pci") {
+            sev = sev.max(Severity::Info);
+            notes.push("not bound to vfio-pci, so it cannot be passed through".to_string());
+        }
+        if f.kind == crate::vfio::Kind::Gpu {
+            if confidential && !g.cc_capable {
+                sev = sev.max(Severity::Warn);
+                notes.push("not CC-capable: confidential guests refuse it".into());
+            }
+            match (&g.cc_mode, config.gpu.cc_mode) {
+                (Ok(m), CcPolicy::Exact(want)) if *m != want && g.cc_capable => {
+                    sev = sev.max(if config.gpu.on_mismatch == OnMismatch::Set {
+                        Severity::Info
+                    } else {
+                        Severity::Warn
+                    });
+                    notes.push(format!(
+                        "CC mode {} but `gpu.cc_mode` requires {}: launches {}",
+                        m.as_str(),
+                        want.as_str(),
+                        if config.gpu.on_mismatch == OnMismatch::Set {
+                            "switch it first"
+                        } else {
+                            "refuse it"
+                        }
+                    ));
+                }
+                (Err(e), _) if g.cc_capable => {
+                    sev = sev.max(Severity::Warn);
+                    notes.push(e.clone());
+                }
+                _ => {}
+            }
+        }
+        add(
+            "gpu",
+            sev,
+            format!(
+                "{} {:04x}:{:04x} {:?} {:?}, driver {}, IOMMU group {}, CC mode {}{}{}",
+                f.bdf,
+                f.vendor,
+                f.device,
+                f.kind,
+                g.arch,
+                f.driver.as_deref().unwrap_or("none"),
+                f.iommu_group.map_or("none".into(), |x| x.to_string()),
+                g.cc_mode.as_ref().map_or("unknown", |m| m.as_str()),
+                if notes.is_empty() { "" } else { ": " },
+                notes.join("; ")
+            ),
+        );
+    }
 }
 
 /// The worst severity, as the process exit status: 0 ok/info, 1 warn, 2 error.

@@ -83,6 +83,10 @@ pub struct RawQemu {
     pub tee: String,
     pub snp_guest_policy: u64,
     pub tdx_quote_generation_socket: PathBuf,
+    pub cold_plug_vfio: String,
+    pub pcie_root_port: u32,
+    pub pci_mmio64_mb: u64,
+    pub dry_run: bool,
 }
 
 impl Default for RawQemu {
@@ -105,6 +109,10 @@ impl Default for RawQemu {
             tee: "none".into(),
             snp_guest_policy: DEFAULT_SNP_POLICY,
             tdx_quote_generation_socket: "/var/run/tdx-qgs/qgs.socket".into(),
+            cold_plug_vfio: "root-port".into(),
+            pcie_root_port: 0,
+            pci_mmio64_mb: 0,
+            dry_run: false,
         }
     }
 }
@@ -164,6 +172,77 @@ pub struct RawConfig {
     pub agent: RawAgent,
     pub runtime: RawRuntime,
     pub measurement: RawMeasurement,
+    pub gpu: RawGpu,
+}
+
+/// `[gpu]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawGpu {
+    pub cc_mode: String,
+    pub on_mismatch: String,
+    pub set_cc_mode_command: Vec<String>,
+    pub extra_cc_capable_ids: Vec<String>,
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    pub host_root: PathBuf,
+}
+
+impl Default for RawGpu {
+    fn default() -> Self {
+        RawGpu {
+            cc_mode: "auto".into(),
+            on_mismatch: "refuse".into(),
+            set_cc_mode_command: Vec::new(),
+            extra_cc_capable_ids: Vec::new(),
+            cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+            host_root: "/".into(),
+        }
+    }
+}
+
+/// Which CC mode passed-through GPUs must be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CcPolicy {
+    /// This mode.
+    Exact(crate::gpu::CcMode),
+    /// Whatever mode (non-confidential guests only).
+    Any,
+}
+
+/// What to do with a GPU in the wrong CC mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// Refuse the launch.
+    Refuse,
+    /// Run `set_cc_mode_command`, then check again.
+    Set,
+}
+
+/// Validated `[gpu]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuConfig {
+    /// Required CC mode (`auto` resolved against the TEE).
+    pub cc_mode: CcPolicy,
+    /// Mismatch handling.
+    pub on_mismatch: OnMismatch,
+    /// Mode switch command (`{bdf}`, `{mode}` placeholders).
+    pub set_cc_mode_command: Vec<String>,
+    /// Admin-added CC-capable (vendor, device) IDs.
+    pub extra_cc_capable_ids: Vec<(u16, u16)>,
+    /// CDI spec directories.
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Where `/sys` and `/dev` are read for device lookups.
+    pub host_root: PathBuf,
+}
+
+/// How VFIO devices are cold-plugged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColdPlug {
+    /// One pcie-root-port per device.
+    RootPort,
+    /// VFIO passthrough disabled.
+    NoPort,
 }
 
 /// `[measurement]` as written.
@@ -348,6 +427,14 @@ pub struct QemuConfig {
     pub snp_guest_policy: u64,
     /// TDX quote generation service socket.
     pub tdx_quote_generation_socket: PathBuf,
+    /// VFIO cold-plug topology.
+    pub cold_plug_vfio: ColdPlug,
+    /// pcie-root-ports to create at least.
+    pub pcie_root_port: u32,
+    /// 64-bit PCI MMIO window in MiB (0: firmware default).
+    pub pci_mmio64_mb: u64,
+    /// Stop each launch after building the QEMU argv (reported as an error).
+    pub dry_run: bool,
 }
 
 /// Validated `[agent]`.
@@ -405,6 +492,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[measurement]`.
     pub measurement: MeasurementConfig,
+    /// `[gpu]`.
+    pub gpu: GpuConfig,
 }
 
 /// Default SEV-SNP guest policy: SMT allowed (bit 16), reserved bit 17 set,
@@ -606,6 +695,36 @@ impl RawConfig {
                 "hypervisor.qemu.tdx_quote_generation_socket",
                 &q.tdx_quote_generation_socket,
             )?,
+            cold_plug_vfio: match q.cold_plug_vfio.as_str() {
+                "root-port" => ColdPlug::RootPort,
+                "no-port" => ColdPlug::NoPort,
+                other => {
+                    return Err(invalid(
+                        "hypervisor.qemu.cold_plug_vfio",
+                        format!("{other:?}"),
+                        "use \"root-port\" (one pcie-root-port per device) or \"no-port\" (no VFIO devices)".into(),
+                    ))
+                }
+            },
+            pcie_root_port: if q.pcie_root_port <= 16 {
+                q.pcie_root_port
+            } else {
+                return Err(invalid(
+                    "hypervisor.qemu.pcie_root_port",
+                    q.pcie_root_port.to_string(),
+                    "must be between 0 and 16".into(),
+                ));
+            },
+            pci_mmio64_mb: if q.pci_mmio64_mb == 0 || (q.pci_mmio64_mb.is_power_of_two() && q.pci_mmio64_mb <= 1 << 24) {
+                q.pci_mmio64_mb
+            } else {
+                return Err(invalid(
+                    "hypervisor.qemu.pci_mmio64_mb",
+                    q.pci_mmio64_mb.to_string(),
+                    "must be 0 (firmware default) or a power of two up to 16777216 (16 TiB), e.g. 262144 for GPUs with 128 GiB BARs".into(),
+                ));
+            },
+            dry_run: q.dry_run,
         };
 
         let a = &self.agent;
@@ -667,6 +786,7 @@ impl RawConfig {
             allowed_annotations: allowed,
         };
         let measurement = self.measurement.validate(qemu.tee, &invalid)?;
+        let gpu = self.gpu.validate(qemu.tee, &invalid)?;
         Ok(Config {
             origin: origin.to_string(),
             raw: self,
@@ -674,6 +794,107 @@ impl RawConfig {
             agent,
             runtime,
             measurement,
+            gpu,
+        })
+    }
+}
+
+impl RawGpu {
+    fn validate(
+        &self,
+        tee: Tee,
+        invalid: &dyn Fn(&'static str, String, String) -> ConfigError,
+    ) -> Result<GpuConfig, ConfigError> {
+        use crate::gpu::CcMode;
+        let confidential = matches!(tee, Tee::Snp | Tee::Tdx);
+        let cc_mode = match self.cc_mode.as_str() {
+            "auto" if tee == Tee::None => CcPolicy::Exact(CcMode::Off),
+            "auto" => CcPolicy::Exact(CcMode::On),
+            "on" => CcPolicy::Exact(CcMode::On),
+            "devtools" => CcPolicy::Exact(CcMode::Devtools),
+            "off" if !confidential => CcPolicy::Exact(CcMode::Off),
+            "any" if !confidential => CcPolicy::Any,
+            v @ ("off" | "any") => {
+                return Err(invalid(
+                    "gpu.cc_mode",
+                    format!("{v:?}"),
+                    format!("a confidential guest (tee = {:?}) must not use a GPU outside CC mode: its DMA and MMIO would be readable by the host; use \"on\" (or \"devtools\" for debugging)", tee.as_str()),
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    "gpu.cc_mode",
+                    format!("{other:?}"),
+                    "use \"auto\" (on for confidential guests, off otherwise), \"on\", \"devtools\", \"off\" or \"any\"".into(),
+                ))
+            }
+        };
+        let on_mismatch = match self.on_mismatch.as_str() {
+            "refuse" => OnMismatch::Refuse,
+            "set" if self.set_cc_mode_command.is_empty() => {
+                return Err(invalid(
+                    "gpu.on_mismatch",
+                    "\"set\"".into(),
+                    "needs `gpu.set_cc_mode_command`, e.g. [\"/usr/local/bin/nvidia_gpu_tools.py\", \"--gpu-bdf={bdf}\", \"--set-cc-mode={mode}\", \"--reset-after-cc-mode-switch\"]".into(),
+                ))
+            }
+            "set" if cc_mode == CcPolicy::Any => {
+                return Err(invalid(
+                    "gpu.on_mismatch",
+                    "\"set\"".into(),
+                    "with cc_mode = \"any\" there is no mode to set; use \"refuse\"".into(),
+                ))
+            }
+            "set" => OnMismatch::Set,
+            other => {
+                return Err(invalid(
+                    "gpu.on_mismatch",
+                    format!("{other:?}"),
+                    "use \"refuse\" or \"set\"".into(),
+                ))
+            }
+        };
+        let mut extra = Vec::new();
+        for id in &self.extra_cc_capable_ids {
+            let parsed = id.split_once(':').and_then(|(v, d)| {
+                (v.len() == 4 && d.len() == 4).then_some(())?;
+                Some((
+                    u16::from_str_radix(v, 16).ok()?,
+                    u16::from_str_radix(d, 16).ok()?,
+                ))
+            });
+            match parsed {
+                Some(p) => extra.push(p),
+                None => {
+                    return Err(invalid(
+                        "gpu.extra_cc_capable_ids",
+                        format!("{id:?}"),
+                        "entries are PCI IDs \"vendor:device\" in hex, e.g. \"10de:2b85\"".into(),
+                    ))
+                }
+            }
+        }
+        for (key, p) in self
+            .cdi_spec_dirs
+            .iter()
+            .map(|p| ("gpu.cdi_spec_dirs", p))
+            .chain(std::iter::once(("gpu.host_root", &self.host_root)))
+        {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("{p:?}"),
+                    "must be an absolute path".into(),
+                ));
+            }
+        }
+        Ok(GpuConfig {
+            cc_mode,
+            on_mismatch,
+            set_cc_mode_command: self.set_cc_mode_command.clone(),
+            extra_cc_capable_ids: extra,
+            cdi_spec_dirs: self.cdi_spec_dirs.clone(),
+            host_root: self.host_root.clone(),
         })
     }
 }

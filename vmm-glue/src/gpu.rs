@@ -146,6 +146,16 @@ pub enum GpuError {
         /// Bits [1:0].
         bits: u32,
     },
+    /// The device does not satisfy `[gpu]` for this launch.
+    #[error("GPU {bdf} ({request}) {problem}")]
+    Policy {
+        /// The device.
+        bdf: String,
+        /// The request it came from.
+        request: String,
+        /// What is wrong, and the fix.
+        problem: String,
+    },
     /// Setting the mode failed.
     #[error("GPU {bdf}: setting CC mode {mode} failed: {problem}")]
     Set {
@@ -275,6 +285,66 @@ pub fn set_cc_mode(
         )));
     }
     read_cc_mode(host, f)
+}
+
+/// Checks the devices of a launch against `[gpu]`: CC capability for
+/// confidential guests and the CC mode of every GPU (switching it with the
+/// admin's command when `on_mismatch = "set"`). Returns the modes found.
+pub fn check_launch(
+    host: &HostRoots,
+    devices: &[crate::vfio::VfioDevice],
+    cfg: &crate::config::GpuConfig,
+    confidential: bool,
+) -> Result<Vec<(String, Option<CcMode>)>, GpuError> {
+    use crate::config::{CcPolicy, OnMismatch};
+    let mut out = Vec::new();
+    for d in devices {
+        let f = &d.function;
+        let policy = |problem: String| GpuError::Policy {
+            bdf: f.bdf.clone(),
+            request: d.request.clone(),
+            problem,
+        };
+        if f.kind != Kind::Gpu {
+            out.push((f.bdf.clone(), None));
+            continue;
+        }
+        let capable = cc_capable(f.vendor, f.device, &cfg.extra_cc_capable_ids);
+        if confidential && !capable {
+            return Err(policy(format!(
+                "({:04x}:{:04x}, {:?}) is not a confidential-computing capable GPU; a confidential guest only takes Hopper or Blackwell data-center GPUs (add the ID to `gpu.extra_cc_capable_ids` if NVIDIA lists it as CC-capable)",
+                f.vendor, f.device, arch(f.vendor, f.device)
+            )));
+        }
+        let want = match cfg.cc_mode {
+            CcPolicy::Any => {
+                out.push((f.bdf.clone(), read_cc_mode(host, f).ok()));
+                continue;
+            }
+            CcPolicy::Exact(m) => m,
+        };
+        if want == CcMode::Off && !capable {
+            // A GPU without CC support is always "off".
+            out.push((f.bdf.clone(), None));
+            continue;
+        }
+        let mut mode = read_cc_mode(host, f)?;
+        if mode != want && cfg.on_mismatch == OnMismatch::Set {
+            mode = set_cc_mode(host, f, want, &cfg.set_cc_mode_command)?;
+        }
+        if mode != want {
+            return Err(policy(format!(
+                "is in CC mode {} but `gpu.cc_mode` requires {}{}; switch it (`cocoon gpu cc-mode --set {} {}` runs `gpu.set_cc_mode_command`) or set `gpu.on_mismatch` = \"set\"",
+                mode.as_str(),
+                want.as_str(),
+                if cfg.on_mismatch == OnMismatch::Set { " even after `gpu.set_cc_mode_command`" } else { "" },
+                want.as_str(),
+                f.bdf
+            )));
+        }
+        out.push((f.bdf.clone(), Some(mode)));
+    }
+    Ok(out)
 }
 
 /// A GPU as `cocoon gpu list` shows it.

@@ -10,11 +10,13 @@ use cocoon_protocol::AGENT_VSOCK_PORT;
 use slog::{info, warn, Logger};
 
 use crate::agent::{self, AgentAddr, AgentError};
-use crate::config::{Accel, Config, ConfigError, Tee, Transport};
+use crate::config::{Accel, ColdPlug, Config, ConfigError, Tee, Transport};
 use crate::host::HostRoots;
 use crate::measure::{Kind as MeasureKind, Reference};
 use crate::process::{log_tail, Daemon, DaemonError};
-use crate::qemu::argv::{kernel_cmdline, FsShare, ResolvedAccel, VmArgs, VsockDevice};
+use crate::qemu::argv::{
+    kernel_cmdline, FsShare, PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice,
+};
 use crate::qemu::qmp::Qmp;
 use crate::tee::{HostTee, LaunchTee};
 
@@ -72,6 +74,20 @@ pub enum VmError {
     /// The configured TEE cannot run here.
     #[error(transparent)]
     Tee(#[from] crate::tee::TeeError),
+    /// A VFIO device cannot be passed through.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioError),
+    /// A GPU does not satisfy `[gpu]`.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    /// VFIO devices requested with `cold_plug_vfio = "no-port"`, or too many.
+    #[error("{0}")]
+    Devices(String),
+    /// `dry_run = true`: the launch stopped before QEMU.
+    #[error(
+        "dry run (`hypervisor.qemu.dry_run` = true): QEMU was not started; its command line: {0}"
+    )]
+    DryRun(String),
     /// The launch measurement cannot be computed or is not pinned.
     #[error(transparent)]
     Measure(#[from] crate::measure::MeasureError),
@@ -135,6 +151,11 @@ pub struct VmRequest {
     pub dir: Option<PathBuf>,
     /// virtio-fs shares.
     pub shares: Vec<Share>,
+    /// Device node paths of the pod (`linux.devices`); VFIO ones are passed
+    /// through.
+    pub devices: Vec<String>,
+    /// CDI device names of the pod (`cdi.k8s.io/*` annotations).
+    pub cdi_devices: Vec<String>,
 }
 
 /// Removes a directory tree on drop.
@@ -161,6 +182,56 @@ pub struct Vm {
     log: Logger,
     measurement: Reference,
     run_dir: RunDir,
+}
+
+/// Resolves and checks the VFIO devices a launch asks for.
+fn pci_devices(
+    config: &Config,
+    req: &VmRequest,
+    tee: &LaunchTee,
+    log: &Logger,
+) -> Result<PciArgs, VmError> {
+    let q = &config.qemu;
+    let mut pci = PciArgs {
+        vfio: Vec::new(),
+        root_ports: q.pcie_root_port,
+        mmio64_mb: q.pci_mmio64_mb,
+    };
+    let wanted =
+        req.devices.iter().any(|p| crate::vfio::is_vfio_path(p)) || !req.cdi_devices.is_empty();
+    if !wanted {
+        return Ok(pci);
+    }
+    if q.cold_plug_vfio == ColdPlug::NoPort {
+        return Err(VmError::Devices(
+            "the pod asks for VFIO devices but `hypervisor.qemu.cold_plug_vfio` = \"no-port\"; set it to \"root-port\"".into(),
+        ));
+    }
+    let host = HostRoots::under(&config.gpu.host_root);
+    let devices = crate::vfio::resolve(
+        &host,
+        &req.devices,
+        &req.cdi_devices,
+        &config.gpu.cdi_spec_dirs,
+    )?;
+    if devices.len() > 16 {
+        return Err(VmError::Devices(format!(
+            "the pod asks for {} PCI functions; at most 16 root ports fit",
+            devices.len()
+        )));
+    }
+    let confidential = !matches!(tee, LaunchTee::None);
+    let modes = crate::gpu::check_launch(&host, &devices, &config.gpu, confidential)?;
+    for (d, (_, mode)) in devices.iter().zip(&modes) {
+        info!(log, "passing through PCI device"; "bdf" => &d.function.bdf, "request" => &d.request,
+              "id" => format!("{:04x}:{:04x}", d.function.vendor, d.function.device),
+              "cc_mode" => mode.map(|m| m.as_str()));
+        pci.vfio.push(VfioArg {
+            bdf: d.function.bdf.clone(),
+            iommufd: matches!(d.backend, crate::vfio::Backend::Iommufd(_)),
+        });
+    }
+    Ok(pci)
 }
 
 /// The file in a VM's state directory holding its reference values (JSON).
@@ -294,6 +365,7 @@ impl Vm {
                 "initrd_sha256" => &measurement.inputs.initrd.sha256),
         }
         check_qemu_knows(&config.qemu.path, &tee)?;
+        let pci = pci_devices(config, req, &tee, &log)?;
         if let Some(fw) = &config.qemu.firmware {
             crate::tee::check_firmware(&tee, fw)?;
         }
@@ -419,8 +491,17 @@ impl Vm {
             console_log: console_log.clone(),
             qmp_socket: qmp_socket.clone(),
             tee,
+            pci,
         };
         let argv = args.to_argv();
+        if q.dry_run {
+            let mut line = q.path.display().to_string();
+            for a in &argv {
+                line.push(' ');
+                line.push_str(&a.to_string_lossy());
+            }
+            return Err(VmError::DryRun(line));
+        }
         info!(log, "starting qemu"; "accel" => ?resolved.accel, "transport" => ?resolved.transport,
               "argv" => argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
         let mut qemu = Daemon::spawn("qemu", &q.path, &argv, &dir.join("qemu.log"))?;

@@ -2,6 +2,7 @@
 
 mod check;
 mod config;
+mod gpu;
 mod measure;
 mod run;
 
@@ -36,6 +37,9 @@ enum Command {
     /// values, as the shim computes them before each launch), or of given
     /// files with `snp` / `tdx`.
     Measure(measure::MeasureArgs),
+    /// NVIDIA GPUs of the host and their confidential-computing mode.
+    #[command(subcommand)]
+    Gpu(gpu::GpuCommand),
     /// Check or show the node configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -76,6 +80,7 @@ pub fn main() -> i32 {
             Command::Config(c) => config::run(&cli, c),
             Command::Check(a) => check::run(&cli, a),
             Command::Measure(a) => measure::run(&cli, a),
+            Command::Gpu(c) => gpu::run(&cli, c),
         }
     });
     match result {

@@ -231,6 +231,8 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
             tag: SHARE_TAG.into(),
             dir: rootfs,
         }],
+        devices: Vec::new(),
+        cdi_devices: Vec::new(),
     };
     let mut vm = Vm::launch(&config, &HostRoots::default(), &req, &log).await?;
     if args.timing {

@@ -35,6 +35,8 @@ pub struct Pod {
     pub agent: AgentClient,
     /// QMP client.
     pub qmp: Qmp,
+    /// Devices passed through at launch.
+    pub devices: crate::containerd::spec::Devices,
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
     log: Logger,
@@ -90,6 +92,7 @@ impl Pod {
         id: &str,
         config: Config,
         hostname: &str,
+        devices: crate::containerd::spec::Devices,
         prepare: impl FnOnce(&Path) -> Result<()>,
         log: &Logger,
     ) -> Result<Arc<Self>> {
@@ -119,6 +122,8 @@ impl Pod {
                 tag: SHARE_TAG.into(),
                 dir: shared.clone(),
             }],
+            devices: devices.vfio_paths.clone(),
+            cdi_devices: devices.cdi.clone(),
         };
         let vm = Vm::launch(&config, &HostRoots::default(), &req, log).await?;
         let agent = vm.agent().clone();
@@ -140,6 +145,7 @@ impl Pod {
             config,
             agent,
             qmp,
+            devices,
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
             log: log.clone(),

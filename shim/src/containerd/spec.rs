@@ -86,6 +86,44 @@ pub fn check_annotations(spec: &Spec, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// What a container asks to pass through: VFIO device node paths from
+/// `linux.devices` and CDI device names from `cdi.k8s.io/*` annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices {
+    /// VFIO device node paths.
+    pub vfio_paths: Vec<String>,
+    /// Fully qualified CDI device names.
+    pub cdi: Vec<String>,
+}
+
+impl Devices {
+    /// Whether nothing is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.vfio_paths.is_empty() && self.cdi.is_empty()
+    }
+}
+
+/// The devices a spec asks to pass through.
+pub fn devices(spec: &Spec) -> Devices {
+    let mut vfio_paths: Vec<String> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .filter(|p| cocoon_vmm::vfio::is_vfio_path(p))
+        .collect();
+    vfio_paths.sort();
+    vfio_paths.dedup();
+    let cdi = spec
+        .annotations()
+        .as_ref()
+        .map(cocoon_vmm::vfio::cdi_annotation_devices)
+        .unwrap_or_default();
+    Devices { vfio_paths, cdi }
+}
+
 /// Converts an OCI process to the agent's.
 pub fn process(p: &Process) -> Result<agent::Process> {
     let args = p.args().clone().unwrap_or_default();

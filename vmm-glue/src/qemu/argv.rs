@@ -78,6 +78,27 @@ pub struct FsShare {
     pub tag: String,
 }
 
+/// A PCI function passed through with VFIO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfioArg {
+    /// Host PCI address.
+    pub bdf: String,
+    /// Opened through iommufd (a `/dev/vfio/devices/vfioN` cdev) rather
+    /// than its legacy group.
+    pub iommufd: bool,
+}
+
+/// PCI passthrough: devices, root ports, MMIO window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PciArgs {
+    /// Devices, each cold-plugged behind its own pcie-root-port.
+    pub vfio: Vec<VfioArg>,
+    /// Root ports to create at least (free ones stay empty).
+    pub root_ports: u32,
+    /// 64-bit MMIO window in MiB (0: firmware default).
+    pub mmio64_mb: u64,
+}
+
 /// Everything that goes on one VM's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmArgs {
@@ -111,6 +132,8 @@ pub struct VmArgs {
     pub qmp_socket: PathBuf,
     /// Trusted execution environment.
     pub tee: LaunchTee,
+    /// PCI passthrough.
+    pub pci: PciArgs,
 }
 
 /// The kernel command line for a VM of this configuration.
@@ -248,6 +271,39 @@ impl VmArgs {
         push(self.initrd.clone().into_os_string());
         push("-append".into());
         push(self.cmdline.clone().into());
+        // VFIO: one pcie-root-port per device on pcie.0 (chassis/slot unique),
+        // the device cold-plugged behind it before the guest boots.
+        let ports = self
+            .pci
+            .root_ports
+            .max(u32::try_from(self.pci.vfio.len()).unwrap_or(u32::MAX));
+        for i in 0..ports {
+            push("-device".into());
+            push(
+                format!(
+                    "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={i},multifunction=off",
+                    i + 1
+                )
+                .into(),
+            );
+        }
+        if self.pci.vfio.iter().any(|d| d.iommufd) {
+            push("-object".into());
+            push("iommufd,id=iommufd0".into());
+        }
+        for (i, d) in self.pci.vfio.iter().enumerate() {
+            push("-device".into());
+            let iommufd = if d.iommufd { ",iommufd=iommufd0" } else { "" };
+            push(format!("vfio-pci,host={},bus=rp{i},id=vfio{i}{iommufd}", d.bdf).into());
+        }
+        if self.pci.mmio64_mb > 0 {
+            // OVMF sizes its 64-bit aperture from this fw_cfg file; the q35
+            // host bridge's hole must be as large.
+            push("-fw_cfg".into());
+            push(format!("name=opt/ovmf/X-PciMmio64Mb,string={}", self.pci.mmio64_mb).into());
+            push("-global".into());
+            push(format!("q35-pcihost.pci-hole64-size={}M", self.pci.mmio64_mb).into());
+        }
         match &self.vsock {
             VsockDevice::Vhost { cid } => {
                 push("-device".into());
@@ -321,7 +377,47 @@ mod tests {
             console_log: Some("/run/c/console.log".into()),
             qmp_socket: "/run/c/qmp.sock".into(),
             tee: LaunchTee::None,
+            pci: PciArgs::default(),
         }
+    }
+
+    #[test]
+    fn golden_vfio() {
+        let mut a = snp(None);
+        a.pci = PciArgs {
+            vfio: vec![
+                VfioArg {
+                    bdf: "0000:41:00.0".into(),
+                    iommufd: false,
+                },
+                VfioArg {
+                    bdf: "0000:c1:00.0".into(),
+                    iommufd: true,
+                },
+            ],
+            root_ports: 3,
+            mmio64_mb: 262_144,
+        };
+        let s = joined(&a);
+        assert!(
+            s.contains(
+                "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off \
+                 -device pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=1,multifunction=off \
+                 -device pcie-root-port,id=rp2,bus=pcie.0,chassis=3,slot=2,multifunction=off \
+                 -object iommufd,id=iommufd0 \
+                 -device vfio-pci,host=0000:41:00.0,bus=rp0,id=vfio0 \
+                 -device vfio-pci,host=0000:c1:00.0,bus=rp1,id=vfio1,iommufd=iommufd0 \
+                 -fw_cfg name=opt/ovmf/X-PciMmio64Mb,string=262144 \
+                 -global q35-pcihost.pci-hole64-size=262144M"
+            ),
+            "{s}"
+        );
+        // No devices: no root ports, no iommufd object.
+        let s = joined(&snp(None));
+        assert!(
+            !s.contains("pcie-root-port") && !s.contains("iommufd"),
+            "{s}"
+        );
     }
 
     fn snp(host_data: Option<[u8; 32]>) -> VmArgs {

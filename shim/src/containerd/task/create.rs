@@ -54,6 +54,18 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
     let (pod, new_pod) = match (&kind, pod_slot.as_ref()) {
         (Kind::PodContainer { .. }, Some(pod)) => {
             spec::check_annotations(&spec, &pod.config)?;
+            let wanted = spec::devices(&spec);
+            let missing: Vec<&String> = wanted
+                .vfio_paths
+                .iter()
+                .filter(|p| !pod.devices.vfio_paths.contains(p))
+                .chain(wanted.cdi.iter().filter(|c| !pod.devices.cdi.contains(c)))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container asks for {missing:?}, which the pod's VM was not started with; devices are cold-plugged at pod start (hot-plug is not supported): put them on the pod, e.g. as a cdi.k8s.io/<name> pod annotation"
+                )));
+            }
             let (target, _) = rootfs::shared_paths(&pod.shared, &req.id);
             rootfs::mount_rootfs(&req.rootfs, &bundle.join("rootfs"), &target)?;
             (pod.clone(), false)
@@ -81,7 +93,8 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
                 let (target, _) = rootfs::shared_paths(shared, &id);
                 rootfs::mount_rootfs(&mounts, &bundle_rootfs, &target)
             };
-            let pod = Pod::launch(&req.id, config, &hostname, prepare, &svc.log).await?;
+            let devices = spec::devices(&spec);
+            let pod = Pod::launch(&req.id, config, &hostname, devices, prepare, &svc.log).await?;
             (pod, true)
         }
     };
