@@ -436,3 +436,92 @@ fn shim_start_without_a_valid_spec_fails_clearly() {
     assert!(o.status.success(), "{}", out(&o));
     assert!(!o.stdout.is_empty());
 }
+
+/// GPUs on a recorded host (sysfs tree with BAR0 files, CDI specs): the pod
+/// asks for a GPU through a CDI annotation; the shim resolves it, reads the
+/// CC mode from BAR0 and refuses a GPU in the wrong mode, or builds the argv
+/// (the launch stops there with `dry_run`, since no device exists here).
+#[test]
+fn gpu_pods_check_cc_mode_before_launch() {
+    use cocoon_vmm::gpu::fixture::{h100, write};
+    let test = "gpu_pods_check_cc_mode_before_launch";
+    let Some(env) = env_or_skip(test) else {
+        return;
+    };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let fixture = tempfile::tempdir().unwrap();
+    let host = fixture.path().join("host");
+    write(
+        &host,
+        &[h100("0000:41:00.0", 12, 1), h100("0000:42:00.0", 13, 0)],
+    );
+    let cdi = fixture.path().join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("pgpu.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n- name: \"13\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/13\n- name: \"99\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/99\n",
+    )
+    .unwrap();
+    let (h, c) = (host.display().to_string(), cdi.display().to_string());
+    let sb = Sandbox::new(&env, |t| {
+        let mut g = toml::Table::new();
+        g.insert("host_root".into(), h.clone().into());
+        g.insert(
+            "cdi_spec_dirs".into(),
+            vec![toml::Value::from(c.clone())].into(),
+        );
+        g.insert("cc_mode".into(), "on".into());
+        t.insert("gpu".into(), g.into());
+        t["hypervisor"]["qemu"]
+            .as_table_mut()
+            .unwrap()
+            .insert("dry_run".into(), true.into());
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let gpu = |n: &str| format!("cdi.k8s.io/gpu=nvidia.com/pgpu={n}");
+    // CC off: refused, naming the GPU, its mode and the fix.
+    run_fails(
+        &ctd,
+        "g1",
+        &["--annotation", &gpu("13")],
+        &["true"],
+        "GPU 0000:42:00.0 (nvidia.com/pgpu=13 (/dev/vfio/13)) is in CC mode off but `gpu.cc_mode` requires on",
+    );
+    // CC on: the device is cold-plugged behind a root port.
+    run_fails(
+        &ctd,
+        "g2",
+        &["--annotation", &gpu("12")],
+        &["true"],
+        "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off -device vfio-pci,host=0000:41:00.0,bus=rp0,id=vfio0",
+    );
+    // A device node that does not exist on the host.
+    run_fails(
+        &ctd,
+        "g3",
+        &["--annotation", &gpu("99")],
+        &["true"],
+        "/dev/vfio/99 does not exist",
+    );
+    // An unknown CDI device and a malformed spec.
+    run_fails(
+        &ctd,
+        "g4",
+        &["--annotation", &gpu("7")],
+        &["true"],
+        "nvidia.com/pgpu=7: no CDI spec defines this device",
+    );
+    std::fs::write(cdi.join("broken.json"), "{\"cdiVersion\": ").unwrap();
+    run_fails(
+        &ctd,
+        "g5",
+        &["--annotation", &gpu("12")],
+        &["true"],
+        "broken.json: is malformed",
+    );
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}

@@ -1133,6 +1133,14 @@ mod tests {
         let tdx = Config::from_file(&root.join("cocoon-qemu-tdx.toml")).unwrap();
         assert_eq!(tdx.qemu.tee, Tee::Tdx);
         assert!(tdx.qemu.firmware.is_some());
+        for tee in ["snp", "tdx"] {
+            let c = Config::from_file(&root.join(format!("cocoon-qemu-nvidia-gpu-{tee}.toml")))
+                .unwrap();
+            assert_eq!(c.gpu.cc_mode, CcPolicy::Exact(crate::gpu::CcMode::On));
+            assert_eq!(c.qemu.cold_plug_vfio, ColdPlug::RootPort);
+            assert!(c.qemu.tee == Tee::Snp || c.qemu.tee == Tee::Tdx);
+            assert!(!c.gpu.set_cc_mode_command.is_empty());
+        }
     }
 
     #[test]
@@ -1269,6 +1277,38 @@ mod tests {
                 "[measurement]\nsnp_guest_features = 0x20",
                 &["measurement.snp_guest_features", "SNPActive"],
             ),
+            (
+                "[hypervisor.qemu]\ntee = \"snp\"\naccel = \"kvm\"\n[gpu]\ncc_mode = \"off\"",
+                &["gpu.cc_mode", "must not use a GPU outside CC mode"],
+            ),
+            (
+                "[gpu]\ncc_mode = \"maybe\"",
+                &["gpu.cc_mode", "\"devtools\""],
+            ),
+            (
+                "[gpu]\non_mismatch = \"set\"",
+                &["gpu.on_mismatch", "needs `gpu.set_cc_mode_command`"],
+            ),
+            (
+                "[gpu]\nextra_cc_capable_ids = [\"10de-2b85\"]",
+                &["gpu.extra_cc_capable_ids", "\"10de:2b85\""],
+            ),
+            (
+                "[gpu]\ncdi_spec_dirs = [\"cdi\"]",
+                &["gpu.cdi_spec_dirs", "absolute"],
+            ),
+            (
+                "[hypervisor.qemu]\ncold_plug_vfio = \"bridge-port\"",
+                &["hypervisor.qemu.cold_plug_vfio", "\"root-port\""],
+            ),
+            (
+                "[hypervisor.qemu]\npcie_root_port = 17",
+                &["hypervisor.qemu.pcie_root_port", "between 0 and 16"],
+            ),
+            (
+                "[hypervisor.qemu]\npci_mmio64_mb = 1000",
+                &["hypervisor.qemu.pci_mmio64_mb", "power of two"],
+            ),
             ("[hypervisor.qemu", &["test.toml", "line 1"]),
             ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
         ];
@@ -1279,6 +1319,24 @@ mod tests {
             }
             assert!(!e.contains('\n'), "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn gpu_cc_mode_auto_follows_the_tee() {
+        use crate::gpu::CcMode;
+        let dev = Config::dev_defaults().unwrap();
+        assert_eq!(dev.gpu.cc_mode, CcPolicy::Exact(CcMode::Off));
+        assert_eq!(dev.gpu.on_mismatch, OnMismatch::Refuse);
+        let snp =
+            Config::from_toml("[hypervisor.qemu]\ntee = \"snp\"\naccel = \"kvm\"", "t").unwrap();
+        assert_eq!(snp.gpu.cc_mode, CcPolicy::Exact(CcMode::On));
+        let any = Config::from_toml(
+            "[gpu]\ncc_mode = \"any\"\nextra_cc_capable_ids = [\"10DE:2b85\"]",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(any.gpu.cc_mode, CcPolicy::Any);
+        assert_eq!(any.gpu.extra_cc_capable_ids, vec![(0x10de, 0x2b85)]);
     }
 
     #[test]

@@ -206,11 +206,13 @@ pub fn read_bar_u32(path: &Path, offset: u64) -> Result<u32, String> {
         )
     }
     .map_err(|e| format!("mmap: {e}"))?;
-    // SAFETY: `within + 4 <= 4096` (within < 4096 and the register is
-    // 4-byte aligned in every use; checked below), inside the mapping; MMIO
-    // must be read with one volatile access.
     let value = if within % 4 == 0 && within + 4 <= 4096 {
-        Ok(unsafe { std::ptr::read_volatile(ptr.as_ptr().cast::<u8>().add(within).cast::<u32>()) })
+        // SAFETY: `within` is 4-byte aligned and `within + 4 <= 4096`, so
+        // the u32 lies inside the one-page mapping; MMIO is read with one
+        // volatile access.
+        let v =
+            unsafe { std::ptr::read_volatile(ptr.as_ptr().cast::<u8>().add(within).cast::<u32>()) };
+        Ok(v)
     } else {
         Err(format!("unaligned register offset {offset:#x}"))
     };
