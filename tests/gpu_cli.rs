@@ -119,29 +119,24 @@ fn gpu_list_cc_mode_and_check_on_a_recorded_host() {
     // Query, then switch one GPU through the configured command.
     let o = cocoon(&["gpu", "cc-mode", "--host-root", &root, "0000:42:00.0"]);
     assert_eq!(text(&o).0, "0000:42:00.0 off\n");
-    let o = cocoon(&[
-        "gpu",
-        "cc-mode",
-        "--host-root",
-        &root,
-        "--set",
-        "on",
-        "0000:42:00.0",
-    ]);
+    let set = |mode: &str| {
+        cocoon(&[
+            "gpu",
+            "cc-mode",
+            "--host-root",
+            &root,
+            "--set",
+            mode,
+            "0000:42:00.0",
+        ])
+    };
+    let o = set("on");
     assert!(o.status.success(), "{:?}", text(&o));
     assert_eq!(text(&o).0, "0000:42:00.0 on\n");
     let o = cocoon(&["gpu", "cc-mode", "--host-root", &root, "0000:42:00.0"]);
     assert_eq!(text(&o).0, "0000:42:00.0 on\n");
     // The tool failing, and an address without a GPU.
-    let o = cocoon(&[
-        "gpu",
-        "cc-mode",
-        "--host-root",
-        &root,
-        "--set",
-        "devtools",
-        "0000:42:00.0",
-    ]);
+    let o = set("devtools");
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o).1.contains("setting CC mode devtools failed")

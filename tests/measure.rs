@@ -286,14 +286,17 @@ fn node_config_reference_values_use_the_launch_inputs() {
     )
     .unwrap();
     let snp = config("snp", &snp_fw, "");
-    let o = Command::new(env.bin_dir.join("cocoon"))
-        .arg("--config")
-        .arg(&snp)
-        .args(["measure", "--initdata"])
-        .arg(&initdata)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&ok_stdout(&o, "measure --config")).unwrap();
+    let measure_config = |config: &Path| -> serde_json::Value {
+        let o = Command::new(env.bin_dir.join("cocoon"))
+            .arg("--config")
+            .arg(config)
+            .args(["measure", "--initdata"])
+            .arg(&initdata)
+            .output()
+            .unwrap();
+        serde_json::from_str(&ok_stdout(&o, "measure --config")).unwrap()
+    };
+    let v = measure_config(&snp);
     assert_eq!(v["tee"], "snp");
     let cmdline = v["inputs"]["cmdline"].as_str().unwrap();
     assert!(cmdline.ends_with("cocoon.test=1"), "{cmdline}");
@@ -336,14 +339,7 @@ fn node_config_reference_values_use_the_launch_inputs() {
         &tdx_fw,
         "\n[measurement]\ntdx_kernel_setup_patch = \"off\"\n",
     );
-    let o = Command::new(env.bin_dir.join("cocoon"))
-        .arg("--config")
-        .arg(&tdx)
-        .args(["measure", "--initdata"])
-        .arg(&initdata)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&ok_stdout(&o, "measure tdx config")).unwrap();
+    let v = measure_config(&tdx);
     let cmdline = v["inputs"]["cmdline"].as_str().unwrap();
     let want = tdx_reference(
         &tdx_fw,

@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use cocoon_vmm::config::{Config, Tee};
-use cocoon_vmm::firmware;
 use cocoon_vmm::host::HostRoots;
 use cocoon_vmm::measure::{self, snp, tdx, Kind, MeasureError};
 
@@ -264,16 +263,6 @@ fn input(what: &str, p: &Path) -> Result<Vec<u8>, MeasureError> {
     measure::read_input(what, p)
 }
 
-fn firmware_info(path: &Path, data: &[u8]) -> anyhow::Result<firmware::FirmwareInfo> {
-    firmware::parse(path, data).map_err(|e| {
-        MeasureError::File {
-            path: path.display().to_string(),
-            problem: format!("has unusable metadata: {e}"),
-        }
-        .into()
-    })
-}
-
 fn run_snp(a: &SnpArgs) -> anyhow::Result<i32> {
     let fw = input("--ovmf", &a.ovmf)?;
     let name = a.ovmf.display().to_string();
@@ -291,7 +280,7 @@ fn run_snp(a: &SnpArgs) -> anyhow::Result<i32> {
             };
             let vmm: snp::Vmm = a.vmm_type.parse()?;
             let sig = vcpu_sig(a, vmm)?;
-            let info = firmware_info(&a.ovmf, &fw)?;
+            let info = measure::firmware_info(&a.ovmf, &fw)?;
             // Kernel, initrd and firmware pages are hashed in parallel; the
             // firmware digest then seeds the launch digest.
             let (hashes, fw_hash) = std::thread::scope(|s| {
@@ -417,11 +406,7 @@ fn vcpu_sig(a: &SnpArgs, vmm: snp::Vmm) -> anyhow::Result<u32> {
                 what: "--vcpu-type".into(),
                 problem: format!(
                     "unknown CPU type {t:?}; use one of {}",
-                    snp::CPU_TYPES
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    snp::cpu_type_names()
                 ),
             }
             .into()
@@ -436,7 +421,7 @@ fn vcpu_sig(a: &SnpArgs, vmm: snp::Vmm) -> anyhow::Result<u32> {
 fn run_tdx(a: &TdxArgs) -> anyhow::Result<i32> {
     let fw = input("--firmware", &a.firmware)?;
     let name = a.firmware.display().to_string();
-    let info = firmware_info(&a.firmware, &fw)?;
+    let info = measure::firmware_info(&a.firmware, &fw)?;
     let order = match a.mrtd_order {
         MrtdOrderArg::PerPage => tdx::MrtdOrder::PerPage,
         MrtdOrderArg::TwoPass => tdx::MrtdOrder::TwoPass,

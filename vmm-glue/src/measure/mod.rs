@@ -218,6 +218,17 @@ fn file_digest(path: &Path, data: &[u8]) -> FileDigest {
     }
 }
 
+/// The firmware's metadata (footer table, SEV metadata, TDVF descriptor).
+pub fn firmware_info(
+    path: &Path,
+    data: &[u8],
+) -> Result<crate::firmware::FirmwareInfo, MeasureError> {
+    crate::firmware::parse(path, data).map_err(|e| MeasureError::File {
+        path: path.display().to_string(),
+        problem: format!("has unusable metadata: {e}"),
+    })
+}
+
 /// The initdata digest with the document's own `algorithm` (sha256,
 /// sha384 or sha512) over its exact bytes, as the guest's attestation
 /// agent and the KBS compute it.
@@ -282,11 +293,7 @@ pub fn vcpu_sig(model: &str, cpuid: &Cpuid) -> Result<u32, MeasureError> {
         what: "hypervisor.qemu.cpu_model".into(),
         problem: format!(
             "{model:?} has no known CPUID signature for the SEV-SNP VMSA; use \"host\" or one of {}",
-            snp::CPU_TYPES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
+            snp::cpu_type_names()
         ),
     })
 }
@@ -390,10 +397,7 @@ pub fn for_launch(
         Kind::Snp => {
             let (fw_path, fw) = firmware.as_ref().ok_or_else(|| no_firmware("SEV-SNP"))?;
             let name = fw_path.display().to_string();
-            let info = crate::firmware::parse(fw_path, fw).map_err(|e| MeasureError::File {
-                path: name.clone(),
-                problem: format!("has unusable metadata: {e}"),
-            })?;
+            let info = firmware_info(fw_path, fw)?;
             let sig = vcpu_sig(&model, cpuid)?;
             let ld = snp::launch_digest(&snp::SnpInputs {
                 firmware: fw,
@@ -419,10 +423,7 @@ pub fn for_launch(
         Kind::Tdx => {
             let (fw_path, fw) = firmware.as_ref().ok_or_else(|| no_firmware("TDX"))?;
             let name = fw_path.display().to_string();
-            let info = crate::firmware::parse(fw_path, fw).map_err(|e| MeasureError::File {
-                path: name.clone(),
-                problem: format!("has unusable metadata: {e}"),
-            })?;
+            let info = firmware_info(fw_path, fw)?;
             r.mrtd = Some(tdx::mrtd(fw, &info, &name, m.tdx_mrtd_order)?);
             let patch = match m.tdx_kernel_setup_patch {
                 Some(p) => p,

@@ -105,6 +105,15 @@ pub fn cpu_sig(family: u32, model: u32, stepping: u32) -> u32 {
         | (stepping & 0xF)
 }
 
+/// The known CPU model names, comma-separated (for error messages).
+pub fn cpu_type_names() -> String {
+    CPU_TYPES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The signature of a named QEMU CPU model.
 pub fn cpu_type_sig(name: &str) -> Option<u32> {
     CPU_TYPES
