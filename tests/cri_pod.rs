@@ -176,3 +176,185 @@ async fn pod_with_two_containers_in_one_vm() {
         sb.assert_clean();
     });
 }
+
+/// A stand-in kubelet serving `v1.PodResourcesLister/List` on a unix
+/// socket with a fixed answer.
+mod fake_kubelet {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use cocoon_shim::containerd::podresources::{
+        ListPodResourcesRequest, ListPodResourcesResponse, LIST_PATH,
+    };
+    use tonic::body::Body;
+    use tonic::codegen::http;
+
+    type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+    #[derive(Clone)]
+    pub struct Kubelet(pub Arc<ListPodResourcesResponse>);
+
+    struct List(Arc<ListPodResourcesResponse>);
+
+    impl tonic::server::UnaryService<ListPodResourcesRequest> for List {
+        type Response = ListPodResourcesResponse;
+        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+        fn call(&mut self, _: tonic::Request<ListPodResourcesRequest>) -> Self::Future {
+            let r = (*self.0).clone();
+            Box::pin(async move { Ok(tonic::Response::new(r)) })
+        }
+    }
+
+    impl tower::Service<http::Request<Body>> for Kubelet {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+            let answer = self.0.clone();
+            if req.uri().path() == LIST_PATH {
+                Box::pin(async move {
+                    let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                    Ok(grpc.unary(List(answer), req).await)
+                })
+            } else {
+                Box::pin(async { Ok(tonic::Status::unimplemented("not served").into_http()) })
+            }
+        }
+    }
+
+    impl tonic::server::NamedService for Kubelet {
+        const NAME: &'static str = "v1.PodResourcesLister";
+    }
+
+    /// Serves until the runtime stops.
+    pub fn serve(socket: &std::path::Path, answer: ListPodResourcesResponse) {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Kubelet(Arc::new(answer)))
+                .serve_with_incoming(incoming),
+        );
+    }
+}
+
+/// A GPU pod the Kubernetes way: the device plugin's allocation is only
+/// known to the kubelet, so the shim asks its PodResources API when the pod
+/// sandbox starts, resolves `nvidia.com/pgpu=<id>` with the CDI specs and
+/// checks the CC mode on a recorded host. CC on: the launch reaches the
+/// QEMU argv (`dry_run`); CC off: RunPodSandbox fails naming the GPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_pod_devices_come_from_the_kubelet() {
+    use cocoon_shim::containerd::podresources::*;
+    use cocoon_vmm::gpu::fixture::{h100, write};
+    let test = "gpu_pod_devices_come_from_the_kubelet";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let fixture = tempfile::tempdir().unwrap();
+    let host = fixture.path().join("host");
+    write(
+        &host,
+        &[h100("0000:41:00.0", 12, 1), h100("0000:42:00.0", 13, 0)],
+    );
+    let cdi = fixture.path().join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("pgpu.json"),
+        r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/pgpu","devices":[
+            {"name":"12","containerEdits":{"deviceNodes":[{"path":"/dev/vfio/12"}]}},
+            {"name":"13","containerEdits":{"deviceNodes":[{"path":"/dev/vfio/13"}]}}]}"#,
+    )
+    .unwrap();
+    let kubelet_sock = fixture.path().join("kubelet.sock");
+    let pod = |name: &str, id: &str| PodResources {
+        name: name.into(),
+        namespace: "ml".into(),
+        containers: vec![ContainerResources {
+            name: "train".into(),
+            devices: vec![ContainerDevices {
+                resource_name: "nvidia.com/pgpu".into(),
+                device_ids: vec![id.into()],
+            }],
+        }],
+    };
+    fake_kubelet::serve(
+        &kubelet_sock,
+        ListPodResourcesResponse {
+            pod_resources: vec![pod("gpu-on", "12"), pod("gpu-off", "13")],
+        },
+    );
+    let (h, c, k) = (
+        host.display().to_string(),
+        cdi.display().to_string(),
+        kubelet_sock.display().to_string(),
+    );
+    let sb = Sandbox::new(&env, |t| {
+        let mut g = toml::Table::new();
+        g.insert("host_root".into(), h.clone().into());
+        g.insert(
+            "cdi_spec_dirs".into(),
+            vec![toml::Value::from(c.clone())].into(),
+        );
+        g.insert("cc_mode".into(), "on".into());
+        t.insert("gpu".into(), g.into());
+        t["runtime"]
+            .as_table_mut()
+            .unwrap()
+            .insert("pod_resources_socket".into(), k.clone().into());
+        t["hypervisor"]["qemu"]
+            .as_table_mut()
+            .unwrap()
+            .insert("dry_run".into(), true.into());
+    });
+    let ctd = tokio::task::block_in_place(|| Containerd::start(&env, &sb, flavor, &["k8s.io"]));
+    let mut cri = connect(ctd.cri_socket().to_path_buf()).await;
+    let run = |name: &str| RunPodSandboxRequest {
+        config: Some(PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "ml".into(),
+                attempt: 0,
+            }),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        runtime_handler: "cocoon".into(),
+    };
+    let err = cri.run_pod_sandbox(run("gpu-on")).await.unwrap_err();
+    let msg = err.message().replace("\\\"", "\"");
+    assert!(
+        msg.contains("dry run")
+            && msg.contains("-device vfio-pci,host=0000:41:00.0,bus=rp0,id=vfio0"),
+        "{msg}\n{}",
+        ctd.log()
+    );
+    let err = cri.run_pod_sandbox(run("gpu-off")).await.unwrap_err();
+    let msg = err.message().replace("\\\"", "\"");
+    assert!(
+        msg.contains("GPU 0000:42:00.0 (nvidia.com/pgpu=13 (/dev/vfio/13)) is in CC mode off"),
+        "{msg}"
+    );
+    tokio::task::block_in_place(|| {
+        ctd.assert_no_shims();
+        sb.assert_clean();
+    });
+}

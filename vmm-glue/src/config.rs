@@ -151,6 +151,7 @@ pub struct RawRuntime {
     pub state_dir: PathBuf,
     pub log_level: String,
     pub allowed_annotations: Vec<String>,
+    pub pod_resources_socket: PathBuf,
 }
 
 impl Default for RawRuntime {
@@ -159,6 +160,7 @@ impl Default for RawRuntime {
             state_dir: "/run/cocoon".into(),
             log_level: "info".into(),
             allowed_annotations: Vec::new(),
+            pod_resources_socket: PathBuf::new(),
         }
     }
 }
@@ -475,6 +477,8 @@ pub struct RuntimeConfig {
     pub log_level: LogLevel,
     /// Annotation allow-list.
     pub allowed_annotations: Vec<AnnotationPattern>,
+    /// The kubelet's PodResources socket, if set.
+    pub pod_resources_socket: Option<PathBuf>,
 }
 
 /// The validated node configuration.
@@ -784,6 +788,14 @@ impl RawConfig {
             state_dir: abs("runtime.state_dir", &r.state_dir)?,
             log_level,
             allowed_annotations: allowed,
+            pod_resources_socket: if r.pod_resources_socket.as_os_str().is_empty() {
+                None
+            } else {
+                Some(abs(
+                    "runtime.pod_resources_socket",
+                    &r.pod_resources_socket,
+                )?)
+            },
         };
         let measurement = self.measurement.validate(qemu.tee, &invalid)?;
         let gpu = self.gpu.validate(qemu.tee, &invalid)?;

@@ -458,14 +458,13 @@ pub fn cdi_annotation_devices<'a>(
     out
 }
 
-/// Resolves everything a pod asks for: VFIO device paths and CDI names.
-/// Functions reachable through more than one request appear once.
-pub fn resolve(
-    host: &HostRoots,
+/// The VFIO device nodes behind device paths and CDI names, each with the
+/// request it came from (`path`, or `name (path)`).
+pub fn request_nodes(
     paths: &[String],
     cdi_names: &[String],
     cdi_dirs: &[PathBuf],
-) -> Result<Vec<VfioDevice>, VfioError> {
+) -> Result<Vec<(String, String)>, VfioError> {
     let mut requests: Vec<(String, String)> = paths
         .iter()
         .filter(|p| is_vfio_path(p))
@@ -481,6 +480,18 @@ pub fn resolve(
             }
         }
     }
+    Ok(requests)
+}
+
+/// Resolves everything a pod asks for: VFIO device paths and CDI names.
+/// Functions reachable through more than one request appear once.
+pub fn resolve(
+    host: &HostRoots,
+    paths: &[String],
+    cdi_names: &[String],
+    cdi_dirs: &[PathBuf],
+) -> Result<Vec<VfioDevice>, VfioError> {
+    let requests = request_nodes(paths, cdi_names, cdi_dirs)?;
     let mut out: Vec<VfioDevice> = Vec::new();
     for (path, request) in requests {
         for d in resolve_path(host, &path, &request)? {

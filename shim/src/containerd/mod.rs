@@ -18,6 +18,7 @@ pub mod error;
 pub mod io;
 pub mod options;
 pub mod pod;
+pub mod podresources;
 pub mod process;
 pub mod publisher;
 pub mod record;

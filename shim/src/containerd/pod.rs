@@ -35,8 +35,9 @@ pub struct Pod {
     pub agent: AgentClient,
     /// QMP client.
     pub qmp: Qmp,
-    /// Devices passed through at launch.
-    pub devices: crate::containerd::spec::Devices,
+    /// VFIO device nodes passed through at launch (what later containers
+    /// of the pod may use).
+    pub device_nodes: Vec<String>,
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
     log: Logger,
@@ -138,6 +139,7 @@ impl Pod {
         let qmp = vm.qmp().clone();
         info!(log, "pod VM ready"; "pod" => id, "boot_ms" => u64::try_from(vm.boot_time().as_millis()).unwrap_or(u64::MAX));
         guard.0 = None;
+        let config_dirs = config.gpu.cdi_spec_dirs.clone();
         let pod = Arc::new(Self {
             id: id.to_string(),
             dir,
@@ -145,7 +147,7 @@ impl Pod {
             config,
             agent,
             qmp,
-            devices,
+            device_nodes: devices.nodes(&config_dirs).unwrap_or_default(),
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
             log: log.clone(),

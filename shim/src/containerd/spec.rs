@@ -97,6 +97,20 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// The VFIO device nodes behind the request (CDI names resolved with
+    /// the node's specs).
+    pub fn nodes(&self, cdi_dirs: &[std::path::PathBuf]) -> Result<Vec<String>> {
+        let mut v: Vec<String> =
+            cocoon_vmm::vfio::request_nodes(&self.vfio_paths, &self.cdi, cdi_dirs)
+                .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?
+                .into_iter()
+                .map(|(node, _)| node)
+                .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
     /// Whether nothing is asked for.
     pub fn is_empty(&self) -> bool {
         self.vfio_paths.is_empty() && self.cdi.is_empty()

@@ -54,12 +54,10 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
     let (pod, new_pod) = match (&kind, pod_slot.as_ref()) {
         (Kind::PodContainer { .. }, Some(pod)) => {
             spec::check_annotations(&spec, &pod.config)?;
-            let wanted = spec::devices(&spec);
+            let wanted = spec::devices(&spec).nodes(&pod.config.gpu.cdi_spec_dirs)?;
             let missing: Vec<&String> = wanted
-                .vfio_paths
                 .iter()
-                .filter(|p| !pod.devices.vfio_paths.contains(p))
-                .chain(wanted.cdi.iter().filter(|c| !pod.devices.cdi.contains(c)))
+                .filter(|n| !pod.device_nodes.contains(n))
                 .collect();
             if !missing.is_empty() {
                 return Err(ShimError::FailedPrecondition(format!(
@@ -93,7 +91,14 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
                 let (target, _) = rootfs::shared_paths(shared, &id);
                 rootfs::mount_rootfs(&mounts, &bundle_rootfs, &target)
             };
-            let devices = spec::devices(&spec);
+            let mut devices = spec::devices(&spec);
+            if kind == Kind::PodSandbox {
+                devices
+                    .cdi
+                    .extend(kubelet_devices(&spec, &config, &svc.log).await?);
+                devices.cdi.sort();
+                devices.cdi.dedup();
+            }
             let pod = Pod::launch(&req.id, config, &hostname, devices, prepare, &svc.log).await?;
             (pod, true)
         }
@@ -237,4 +242,37 @@ pub(super) async fn attach_io(svc: &Service, pod: &Pod, p: &Proc) -> Result<()> 
         *p.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
     Ok(())
+}
+
+/// Devices the kubelet's device plugins allocated to the pod, as CDI
+/// names, when `runtime.pod_resources_socket` is set and exists.
+async fn kubelet_devices(
+    spec: &oci_spec::runtime::Spec,
+    config: &Config,
+    log: &slog::Logger,
+) -> Result<Vec<String>> {
+    let Some(sock) = &config.runtime.pod_resources_socket else {
+        return Ok(Vec::new());
+    };
+    if !sock.exists() {
+        slog::warn!(log, "runtime.pod_resources_socket does not exist; devices come from the pod spec only"; "socket" => sock.display().to_string());
+        return Ok(Vec::new());
+    }
+    let ann = spec.annotations().clone().unwrap_or_default();
+    let (Some(name), Some(namespace)) = (
+        ann.get("io.kubernetes.cri.sandbox-name"),
+        ann.get("io.kubernetes.cri.sandbox-namespace"),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let names = crate::containerd::podresources::pod_devices(sock, namespace, name, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| ShimError::FailedPrecondition(format!(
+            "cannot ask the kubelet for the devices of pod {namespace}/{name} at {} (`runtime.pod_resources_socket`): {e}",
+            sock.display()
+        )))?;
+    if !names.is_empty() {
+        slog::info!(log, "devices allocated by the kubelet"; "pod" => format!("{namespace}/{name}"), "devices" => names.join(","));
+    }
+    Ok(names)
 }
