@@ -1321,6 +1321,10 @@ mod tests {
                 "[hypervisor.qemu]\npci_mmio64_mb = 1000",
                 &["hypervisor.qemu.pci_mmio64_mb", "power of two"],
             ),
+            (
+                "[runtime]\npod_resources_socket = \"kubelet.sock\"",
+                &["runtime.pod_resources_socket", "absolute"],
+            ),
             ("[hypervisor.qemu", &["test.toml", "line 1"]),
             ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
         ];

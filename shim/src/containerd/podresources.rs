@@ -179,4 +179,25 @@ mod tests {
         );
         assert!(cdi_names(&list, "ml", "nope").is_empty());
     }
+
+    #[tokio::test]
+    async fn an_unreachable_kubelet_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let not_a_socket = d.path().join("kubelet.sock");
+        std::fs::write(&not_a_socket, "").unwrap();
+        let e = pod_devices(&not_a_socket, "ns", "p", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("cannot connect"), "{e}");
+        // A listener that never answers: bounded by the timeout.
+        let silent = d.path().join("silent.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+        let e = pod_devices(&silent, "ns", "p", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("within 1 s") || e.starts_with("cannot connect"),
+            "{e}"
+        );
+    }
 }
