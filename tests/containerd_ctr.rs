@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{output_with_timeout, Containerd, Flavor, IMAGE, RUNTIME};
-use cocoon_tests::{env_or_skip, snp_firmware, Env, Sandbox};
+use cocoon_tests::{env_or_skip, snp_firmware, Env, GpuHost, Sandbox};
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
     let env = env_or_skip(test)?;
@@ -443,7 +443,6 @@ fn shim_start_without_a_valid_spec_fails_clearly() {
 /// (the launch stops there with `dry_run`, since no device exists here).
 #[test]
 fn gpu_pods_check_cc_mode_before_launch() {
-    use cocoon_vmm::gpu::fixture::{h100, write};
     let test = "gpu_pods_check_cc_mode_before_launch";
     let Some(env) = env_or_skip(test) else {
         return;
@@ -452,34 +451,9 @@ fn gpu_pods_check_cc_mode_before_launch() {
         eprintln!("SKIP {test}: containerd is not installed (make deps)");
         return;
     };
-    let fixture = tempfile::tempdir().unwrap();
-    let host = fixture.path().join("host");
-    write(
-        &host,
-        &[h100("0000:41:00.0", 12, 1), h100("0000:42:00.0", 13, 0)],
-    );
-    let cdi = fixture.path().join("cdi");
-    std::fs::create_dir_all(&cdi).unwrap();
-    std::fs::write(
-        cdi.join("pgpu.yaml"),
-        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n- name: \"13\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/13\n- name: \"99\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/99\n",
-    )
-    .unwrap();
-    let (h, c) = (host.display().to_string(), cdi.display().to_string());
-    let sb = Sandbox::new(&env, |t| {
-        let mut g = toml::Table::new();
-        g.insert("host_root".into(), h.clone().into());
-        g.insert(
-            "cdi_spec_dirs".into(),
-            vec![toml::Value::from(c.clone())].into(),
-        );
-        g.insert("cc_mode".into(), "on".into());
-        t.insert("gpu".into(), g.into());
-        t["hypervisor"]["qemu"]
-            .as_table_mut()
-            .unwrap()
-            .insert("dry_run".into(), true.into());
-    });
+    let gpus = GpuHost::new();
+    let cdi = gpus.cdi.clone();
+    let sb = Sandbox::new(&env, |t| gpus.configure(t));
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let gpu = |n: &str| format!("cdi.k8s.io/gpu=nvidia.com/pgpu={n}");
     // CC off: refused, naming the GPU, its mode and the fix.

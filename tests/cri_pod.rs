@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{Containerd, Flavor, IMAGE};
-use cocoon_tests::{env_or_skip, Sandbox};
+use cocoon_tests::{env_or_skip, GpuHost, Sandbox};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -24,6 +24,29 @@ async fn connect(sock: PathBuf) -> RuntimeServiceClient<Channel> {
         .await
         .unwrap();
     RuntimeServiceClient::new(channel)
+}
+
+/// A pod in the host network namespace.
+fn sandbox_config(name: &str, namespace: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn container_config(name: &str, cmd: &str) -> ContainerConfig {
@@ -57,25 +80,9 @@ async fn pod_with_two_containers_in_one_vm() {
     std::fs::create_dir_all(&logs).unwrap();
 
     let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "p1".into(),
-            uid: "uid-p1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
         hostname: "pod-one".into(),
         log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..sandbox_config("p1", "default")
     };
     let pod_id = cri
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -252,29 +259,14 @@ mod fake_kubelet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_pod_devices_come_from_the_kubelet() {
     use cocoon_shim::containerd::podresources::*;
-    use cocoon_vmm::gpu::fixture::{h100, write};
     let test = "gpu_pod_devices_come_from_the_kubelet";
     let Some(env) = env_or_skip(test) else { return };
     let Some(flavor) = Flavor::system() else {
         eprintln!("SKIP {test}: containerd is not installed (make deps)");
         return;
     };
-    let fixture = tempfile::tempdir().unwrap();
-    let host = fixture.path().join("host");
-    write(
-        &host,
-        &[h100("0000:41:00.0", 12, 1), h100("0000:42:00.0", 13, 0)],
-    );
-    let cdi = fixture.path().join("cdi");
-    std::fs::create_dir_all(&cdi).unwrap();
-    std::fs::write(
-        cdi.join("pgpu.json"),
-        r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/pgpu","devices":[
-            {"name":"12","containerEdits":{"deviceNodes":[{"path":"/dev/vfio/12"}]}},
-            {"name":"13","containerEdits":{"deviceNodes":[{"path":"/dev/vfio/13"}]}}]}"#,
-    )
-    .unwrap();
-    let kubelet_sock = fixture.path().join("kubelet.sock");
+    let gpus = GpuHost::new();
+    let kubelet_sock = gpus.dir.path().join("kubelet.sock");
     let pod = |name: &str, id: &str| PodResources {
         name: name.into(),
         namespace: "ml".into(),
@@ -292,51 +284,18 @@ async fn gpu_pod_devices_come_from_the_kubelet() {
             pod_resources: vec![pod("gpu-on", "12"), pod("gpu-off", "13")],
         },
     );
-    let (h, c, k) = (
-        host.display().to_string(),
-        cdi.display().to_string(),
-        kubelet_sock.display().to_string(),
-    );
+    let k = kubelet_sock.display().to_string();
     let sb = Sandbox::new(&env, |t| {
-        let mut g = toml::Table::new();
-        g.insert("host_root".into(), h.clone().into());
-        g.insert(
-            "cdi_spec_dirs".into(),
-            vec![toml::Value::from(c.clone())].into(),
-        );
-        g.insert("cc_mode".into(), "on".into());
-        t.insert("gpu".into(), g.into());
+        gpus.configure(t);
         t["runtime"]
             .as_table_mut()
             .unwrap()
             .insert("pod_resources_socket".into(), k.clone().into());
-        t["hypervisor"]["qemu"]
-            .as_table_mut()
-            .unwrap()
-            .insert("dry_run".into(), true.into());
     });
     let ctd = tokio::task::block_in_place(|| Containerd::start(&env, &sb, flavor, &["k8s.io"]));
     let mut cri = connect(ctd.cri_socket().to_path_buf()).await;
     let run = |name: &str| RunPodSandboxRequest {
-        config: Some(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "ml".into(),
-                attempt: 0,
-            }),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        config: Some(sandbox_config(name, "ml")),
         runtime_handler: "cocoon".into(),
     };
     let err = cri.run_pod_sandbox(run("gpu-on")).await.unwrap_err();

@@ -230,3 +230,71 @@ pub fn tdx_firmware(test: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// A recorded GPU host for shim tests: an H100 in CC mode on at
+/// 0000:41:00.0 (IOMMU group 12), one in CC mode off at 0000:42:00.0
+/// (group 13), and a CDI spec `nvidia.com/pgpu` naming 12, 13 and a
+/// missing 99.
+#[derive(Debug)]
+pub struct GpuHost {
+    /// Holds everything.
+    pub dir: tempfile::TempDir,
+    /// The CDI spec directory.
+    pub cdi: PathBuf,
+}
+
+impl GpuHost {
+    /// Writes the host.
+    pub fn new() -> Self {
+        use cocoon_vmm::gpu::fixture::{h100, write};
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("host"),
+            &[h100("0000:41:00.0", 12, 1), h100("0000:42:00.0", 13, 0)],
+        );
+        let cdi = dir.path().join("cdi");
+        std::fs::create_dir_all(&cdi).unwrap();
+        let device = |n: &str| {
+            format!(
+                "- name: \"{n}\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/{n}\n"
+            )
+        };
+        std::fs::write(
+            cdi.join("pgpu.yaml"),
+            format!(
+                "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n{}{}{}",
+                device("12"),
+                device("13"),
+                device("99")
+            ),
+        )
+        .unwrap();
+        Self { dir, cdi }
+    }
+
+    /// Node config edits: `[gpu]` reads this host with `cc_mode = "on"`,
+    /// and launches stop at the QEMU argv (`dry_run`).
+    pub fn configure(&self, t: &mut toml::Table) {
+        let mut g = toml::Table::new();
+        g.insert(
+            "host_root".into(),
+            self.dir.path().join("host").display().to_string().into(),
+        );
+        g.insert(
+            "cdi_spec_dirs".into(),
+            vec![toml::Value::from(self.cdi.display().to_string())].into(),
+        );
+        g.insert("cc_mode".into(), "on".into());
+        t.insert("gpu".into(), g.into());
+        t["hypervisor"]["qemu"]
+            .as_table_mut()
+            .unwrap()
+            .insert("dry_run".into(), true.into());
+    }
+}
+
+impl Default for GpuHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
