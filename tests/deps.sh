@@ -10,6 +10,10 @@
 # - The guest kernel: Debian's linux-image-6.12 from bookworm-backports,
 #   unpacked with dpkg -x into build/kernel (never installed as the host's
 #   kernel).
+# - For the measurement tests: Debian's ovmf-amdsev and ovmf-inteltdx
+#   firmware (unstable, unpacked into build/firmware) and sev-snp-measure
+#   0.0.13 from PyPI in a venv (build/measure-venv); containerd 2.x
+#   (unstable, unpacked into build/containerd2) for compatibility tests.
 #
 # A second run finds everything in place and says so.
 set -eu
