@@ -286,6 +286,10 @@ impl GpuHost {
         );
         g.insert("cc_mode".into(), "on".into());
         t.insert("gpu".into(), g.into());
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from("cdi.k8s.io/*")].into(),
+        );
         t["hypervisor"]["qemu"]
             .as_table_mut()
             .unwrap()

@@ -17,6 +17,9 @@ pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub const COCOON_PREFIX: &str = "io.cocoon.";
 /// Kata's initdata annotation, which Cocoon also accepts when allow-listed.
 pub const KATA_INITDATA: &str = "io.katacontainers.config.hypervisor.cc_init_data";
+/// Prefix of CDI device annotations: whoever writes them picks host
+/// devices, so they are honoured only when the node allows them.
+pub const CDI_PREFIX: &str = "cdi.k8s.io/";
 
 /// Where a container belongs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +72,8 @@ pub fn check_annotations(spec: &Spec, config: &Config) -> Result<()> {
         return Ok(());
     };
     for key in ann.keys() {
-        let ours = key.starts_with(COCOON_PREFIX) || key == KATA_INITDATA;
+        let ours =
+            key.starts_with(COCOON_PREFIX) || key == KATA_INITDATA || key.starts_with(CDI_PREFIX);
         if ours
             && !config
                 .runtime
@@ -222,6 +226,13 @@ mod tests {
         check_annotations(&s, &config).unwrap();
         let k = spec_with(&[(KATA_INITDATA, "x")]);
         assert!(check_annotations(&k, &config).is_err());
+        // CDI annotations choose host devices: refused unless allowed.
+        let cdi = spec_with(&[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")]);
+        let e = check_annotations(&cdi, &config).unwrap_err().to_string();
+        assert!(e.contains("\"cdi.k8s.io/gpu\""), "{e}");
+        config =
+            Config::from_toml("[runtime]\nallowed_annotations = [\"cdi.k8s.io/*\"]", "t").unwrap();
+        check_annotations(&cdi, &config).unwrap();
     }
 
     #[test]
