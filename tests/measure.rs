@@ -324,6 +324,42 @@ fn node_config_reference_values_use_the_launch_inputs() {
         v["launch_digest"].as_str().unwrap(),
         ok_stdout(&theirs, "sev-snp-measure").trim()
     );
+    // `cocoon check` shows the same value, then that it matches a pin.
+    let ld = v["launch_digest"].as_str().unwrap().to_string();
+    let check = |config: &Path| -> serde_json::Value {
+        let o = Command::new(env.bin_dir.join("cocoon"))
+            .arg("--config")
+            .arg(config)
+            .args(["check", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == "measurement")
+            .cloned()
+            .unwrap_or_else(|| panic!("no measurement finding: {v}"))
+    };
+    let f = check(&snp);
+    assert_eq!(f["severity"], "info", "{f}");
+    assert!(f["detail"].as_str().unwrap().contains(&ld), "{f}");
+    let pinned = config(
+        "snp",
+        &snp_fw,
+        &format!("\n[measurement]\nexpected = [\"{ld}\"]\n"),
+    );
+    let f = check(&pinned);
+    assert_eq!(f["severity"], "ok", "{f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("matches `measurement.expected`"),
+        "{f}"
+    );
+
     use sha2::Digest;
     let doc = std::fs::read(&initdata).unwrap();
     assert_eq!(

@@ -230,6 +230,9 @@ pub fn run(
         ),
         Err(e) => add("config", Severity::Error, e.to_string()),
     }
+    if matches!(wants, Tee::Snp | Tee::Tdx) {
+        measurement_finding(config, wants, cpuid, &mut add);
+    }
     if let Some(fw) = &config.qemu.firmware {
         match crate::firmware::read(fw) {
             Ok(info) => {
@@ -281,6 +284,49 @@ pub fn run(
         );
     }
     f
+}
+
+/// The launch measurement of the configuration, and whether it is one of
+/// the pinned values.
+fn measurement_finding(
+    config: &Config,
+    tee: Tee,
+    cpuid: &Cpuid,
+    add: &mut dyn FnMut(&'static str, Severity, String),
+) {
+    use crate::measure::{self, Kind};
+    let kind = if tee == Tee::Snp {
+        Kind::Snp
+    } else {
+        Kind::Tdx
+    };
+    let r = match measure::for_launch(config, kind, None, cpuid) {
+        Ok(r) => r,
+        Err(e) => return add("measurement", Severity::Error, e.to_string()),
+    };
+    let value = match (r.launch_digest, r.mrtd, r.rtmr1, r.rtmr2) {
+        (Some(ld), ..) => format!("launch digest {}", hex::encode(ld)),
+        (None, Some(m), Some(r1), Some(r2)) => format!(
+            "MRTD {} RTMR1 {} RTMR2 {}",
+            hex::encode(m),
+            hex::encode(r1),
+            hex::encode(r2)
+        ),
+        _ => "none".into(),
+    };
+    match measure::check_pinned(config, &r) {
+        Ok(()) if config.measurement.expected.is_empty() => add(
+            "measurement",
+            Severity::Info,
+            format!("{value}; not pinned (`measurement.expected` is empty)"),
+        ),
+        Ok(()) => add(
+            "measurement",
+            Severity::Ok,
+            format!("{value}; matches `measurement.expected`"),
+        ),
+        Err(e) => add("measurement", Severity::Error, e.to_string()),
+    }
 }
 
 /// One finding per NVIDIA GPU / NVSwitch: identity, driver, group, CC
