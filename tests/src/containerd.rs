@@ -241,6 +241,32 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A test that failed half-way leaves tasks behind: remove them
+        // through containerd, so their shims stop the VMs and unmount.
+        let run = |ns: &str, args: &[&str]| {
+            output_with_timeout(self.ctr_ns(ns, args), Duration::from_secs(60))
+        };
+        let list = |ns: &str, args: &[&str]| -> Vec<String> {
+            run(ns, args)
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for ns in list("default", &["namespaces", "ls", "-q"]) {
+            for task in list(&ns, &["task", "ls", "-q"]) {
+                let _ = run(&ns, &["task", "rm", "-f", &task]);
+            }
+            for c in list(&ns, &["containers", "ls", "-q"]) {
+                let _ = run(&ns, &["containers", "rm", &c]);
+            }
+        }
+        for pid in self.shims() {
+            let _ = nix_kill(pid, 9);
+        }
         let _ = nix_kill(self.child.id(), libc_sigterm());
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {

@@ -194,6 +194,27 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    /// After a failed test: kill what still runs on this state directory
+    /// and unmount what is mounted below it, so one failure does not leak
+    /// VMs into later tests. A passing test has already asserted that
+    /// nothing is left, so this finds nothing then.
+    fn drop(&mut self) {
+        for p in self.leftover_processes() {
+            if let Some(pid) = p.split(':').next() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                self.state_dir.display()
+            ))
+            .status();
+    }
+}
+
 /// stdout and stderr as text, for assertion messages.
 pub fn text(o: &Output) -> (String, String) {
     (
