@@ -211,10 +211,14 @@ pub fn sha256_file(what: &str, path: &Path) -> Result<([u8; 32], u64), MeasureEr
 }
 
 fn file_digest(path: &Path, data: &[u8]) -> FileDigest {
+    file_digest_of(path, data, Sha256::digest(data).into())
+}
+
+fn file_digest_of(path: &Path, data: &[u8], sha256: [u8; 32]) -> FileDigest {
     FileDigest {
         path: path.to_path_buf(),
         size: data.len() as u64,
-        sha256: hex::encode(Sha256::digest(data)),
+        sha256: hex::encode(sha256),
     }
 }
 
@@ -358,6 +362,9 @@ pub fn for_launch(
     } else {
         cpu_model(config)
     };
+    // Hashed once: the same SHA-256s go into the SEV hashes table.
+    let kernel_sha256: [u8; 32] = Sha256::digest(&kernel).into();
+    let initrd_sha256: [u8; 32] = Sha256::digest(&initrd).into();
     let mut r = Reference {
         tee: match kind {
             Kind::None => "none",
@@ -373,8 +380,8 @@ pub fn for_launch(
         mrconfigid: None,
         inputs: Inputs {
             firmware: firmware.as_ref().map(|(p, d)| file_digest(p, d)),
-            kernel: file_digest(&q.kernel, &kernel),
-            initrd: file_digest(&q.initrd, &initrd),
+            kernel: file_digest_of(&q.kernel, &kernel, kernel_sha256),
+            initrd: file_digest_of(&q.initrd, &initrd, initrd_sha256),
             cmdline: cmdline.clone(),
             vcpus: q.vcpus,
             memory_mib: q.memory_mib,
@@ -407,8 +414,8 @@ pub fn for_launch(
                 vcpu_sig: sig,
                 vmm: snp::Vmm::Qemu,
                 hashes: Some(snp::SevHashes {
-                    kernel: Sha256::digest(&kernel).into(),
-                    initrd: Sha256::digest(&initrd).into(),
+                    kernel: kernel_sha256,
+                    initrd: initrd_sha256,
                     ..snp::SevHashes::new(&[], None, Some(&cmdline))
                 }),
                 guest_features: m.snp_guest_features,
