@@ -3,7 +3,7 @@
 //! GPU whose group holds a function on another driver, and an iommufd cdev.
 
 use cocoon_tests::{env_or_skip, text, Sandbox};
-use cocoon_vmm::gpu::fixture::{h100, write, Func};
+use cocoon_vmm::fixtures::gpu::{h100, write, Func};
 use cocoon_vmm::gpu::{BLACKWELL_CC_REG, HOPPER_CC_REG};
 
 fn recorded_host(root: &std::path::Path) {

@@ -242,7 +242,7 @@ fn real_qemu_accepts_the_vfio_command_line() {
     a.tee = LaunchTee::None;
     a.pci = PciArgs {
         vfio: vec![VfioArg {
-            bdf: "0000:41:00.0".into(),
+            bdf: "0000:41:00.0".parse().unwrap(),
             iommufd: false,
         }],
         root_ports: 2,

@@ -3,6 +3,8 @@
 //! - [`agent`]: protobuf messages generated from `proto/agent.proto`.
 //! - [`agent_ttrpc`]: the async ttrpc client ([`agent_ttrpc::AgentClient`]) and
 //!   service trait ([`agent_ttrpc::Agent`]).
+//! - [`client`]: [`client::GuestClient`], the typed client with named
+//!   timeouts that the shim and `cocoon run` use.
 //!
 //! The agent listens on AF_VSOCK port [`AGENT_VSOCK_PORT`]. The first call of a
 //! client is `Version`; a shim and an agent whose [`PROTOCOL_VERSION`] differ
@@ -46,6 +48,8 @@ pub mod agent_ttrpc {
     //! Generated ttrpc client and service.
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
+
+pub mod client;
 
 pub use protobuf;
 pub use ttrpc;

@@ -267,7 +267,7 @@ pub struct GpuHost {
 impl GpuHost {
     /// Writes the host.
     pub fn new() -> Self {
-        use cocoon_vmm::gpu::fixture::{h100, write};
+        use cocoon_vmm::fixtures::gpu::{h100, write};
         let dir = tempfile::tempdir().unwrap();
         write(
             &dir.path().join("host"),

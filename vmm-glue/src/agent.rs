@@ -7,8 +7,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cocoon_protocol::agent::VersionRequest;
 use cocoon_protocol::agent_ttrpc::AgentClient;
+use cocoon_protocol::client::GuestClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -44,8 +44,8 @@ pub enum AgentError {
         source: io::Error,
     },
     /// The first RPC failed.
-    #[error("agent did not answer the version request: {0}")]
-    Rpc(String),
+    #[error("agent did not answer the version request")]
+    Rpc(#[source] cocoon_protocol::client::GuestError),
     /// The agent speaks another protocol version.
     #[error(transparent)]
     Version(#[from] cocoon_protocol::VersionMismatch),
@@ -115,18 +115,12 @@ pub async fn dial(addr: &AgentAddr) -> Result<AgentClient, AgentError> {
     Ok(AgentClient::new(client))
 }
 
-/// A ttrpc context with a timeout.
-pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Connects and checks the protocol version; returns the client and the
 /// guest kernel release.
 pub async fn connect_checked(
     addr: &AgentAddr,
     dial_timeout: Duration,
-    rpc_timeout: Duration,
-) -> Result<(AgentClient, String), AgentError> {
+) -> Result<(GuestClient, String), AgentError> {
     let client = tokio::time::timeout(dial_timeout, dial(addr))
         .await
         .map_err(|_| AgentError::Connect {
@@ -136,14 +130,10 @@ pub async fn connect_checked(
                 format!("no handshake reply within {} s", dial_timeout.as_secs()),
             ),
         })??;
-    let mut req = VersionRequest::new();
-    req.protocol_version = cocoon_protocol::PROTOCOL_VERSION;
-    let v = client
-        .version(ctx(rpc_timeout), &req)
-        .await
-        .map_err(|e| AgentError::Rpc(e.to_string()))?;
+    let guest = GuestClient::new(client);
+    let v = guest.version().await.map_err(AgentError::Rpc)?;
     cocoon_protocol::check_version(v.protocol_version)?;
-    Ok((client, v.kernel_release))
+    Ok((guest, v.kernel_release))
 }
 
 #[cfg(test)]

@@ -35,16 +35,18 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// `KVM_CAP_VM_TYPES` of the host: bit n set = VM type n supported.
-pub fn kvm_vm_types(host: &HostRoots) -> Option<u64> {
-    if host.dev != Path::new("/dev") {
-        // A fixture host records the ioctl's answer.
-        return std::fs::read_to_string(host.dev.join("kvm.vm_types"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok();
-    }
+/// `KVM_CAP_VM_TYPES` of a recorded host: the ioctl's answer, kept in
+/// `<dev>/kvm.vm_types` of a fixture tree.
+pub fn recorded_vm_types(host: &HostRoots) -> Option<u64> {
+    std::fs::read_to_string(host.dev.join("kvm.vm_types"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `KVM_CAP_VM_TYPES` of this host: bit n set = VM type n supported.
+pub fn kvm_vm_types() -> Option<u64> {
     let kvm = kvm_ioctls::Kvm::new().ok()?;
     let r = kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_VM_TYPES));
     u64::try_from(r).ok()
@@ -69,23 +71,19 @@ fn qemu_facts(qemu: &Path) -> Option<(String, bool, bool)> {
     Some((version, has("sev-snp-guest"), has("tdx-guest")))
 }
 
-/// Runs every check.
-pub fn run(
-    config: &Config,
-    host: &HostRoots,
-    cpuid: &Cpuid,
-    vm_types: Option<u64>,
-) -> Vec<Finding> {
-    let mut f = Vec::new();
-    let mut add = |check, severity, detail: String| {
-        f.push(Finding {
-            check,
-            severity,
-            detail,
-        })
-    };
-    let tee = HostTee::detect(host, cpuid);
-    add("cpu", Severity::Ok, format!("vendor {}", tee.vendor));
+/// Where findings go.
+type Add<'a> = dyn FnMut(&'static str, Severity, String) + 'a;
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// CPU, KVM and its VM types.
+fn kvm_findings(host: &HostRoots, vm_types: Option<u64>, add: &mut Add<'_>) {
     let flags = host.cpu_flags();
     let virt = flags.iter().find(|x| *x == "vmx" || *x == "svm").cloned();
     match (host.dev.join("kvm").exists(), virt) {
@@ -101,16 +99,8 @@ pub fn run(
                 Severity::Ok,
                 format!(
                     "KVM_CAP_VM_TYPES = {mask:#x} (SEV-SNP VM type {}, TDX VM type {})",
-                    if bit(kvm_bindings::KVM_X86_SNP_VM) {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    if bit(kvm_bindings::KVM_X86_TDX_VM) {
-                        "yes"
-                    } else {
-                        "no"
-                    }
+                    yes_no(bit(kvm_bindings::KVM_X86_SNP_VM)),
+                    yes_no(bit(kvm_bindings::KVM_X86_TDX_VM)),
                 ),
             );
         }
@@ -120,7 +110,10 @@ pub fn run(
             "KVM_CAP_VM_TYPES not available (no /dev/kvm or an older kernel)".into(),
         ),
     }
-    let wants = config.qemu.tee;
+}
+
+/// SEV-SNP and TDX host support, against what the config wants.
+fn tee_findings(tee: &HostTee, wants: Tee, add: &mut Add<'_>) {
     for (name, check, missing, wanted) in [
         ("SEV-SNP", "snp", &tee.snp_missing, wants == Tee::Snp),
         ("TDX", "tdx", &tee.tdx_missing, wants == Tee::Tdx),
@@ -150,6 +143,10 @@ pub fn run(
             "`hypervisor.qemu.tee` = \"auto\" but neither SEV-SNP nor TDX is available".into(),
         );
     }
+}
+
+/// IOMMU, vfio-pci and the kernel vsock device.
+fn device_findings(host: &HostRoots, add: &mut Add<'_>) {
     let iommu = std::fs::read_dir(host.sys.join("class/iommu"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -171,7 +168,9 @@ pub fn run(
             "vfio-pci not loaded (modprobe vfio-pci for GPU passthrough)".into(),
         );
     }
-    gpu_findings(config, host, &mut add);
+}
+
+fn vsock_finding(host: &HostRoots, add: &mut Add<'_>) {
     if host.has_vhost_vsock() {
         add(
             "vhost-vsock",
@@ -186,42 +185,118 @@ pub fn run(
                 .into(),
         );
     }
-    match qemu_facts(&config.qemu.path) {
-        Some((version, snp, tdx)) => {
-            add(
-                "qemu",
-                Severity::Ok,
-                format!(
-                    "{} {version}; sev-snp-guest {}, tdx-guest {}",
-                    config.qemu.path.display(),
-                    if snp { "known" } else { "unknown" },
-                    if tdx { "known" } else { "unknown" }
-                ),
-            );
-            if wants == Tee::Snp && !snp {
-                add(
-                    "qemu",
-                    Severity::Error,
-                    "this QEMU does not know sev-snp-guest (QEMU 9.1 or newer needed)".into(),
-                );
-            }
-            if wants == Tee::Tdx && !tdx {
-                add(
-                    "qemu",
-                    Severity::Error,
-                    "this QEMU does not know tdx-guest (QEMU 10.1 or newer needed)".into(),
-                );
-            }
-        }
-        None => add(
+}
+
+/// The QEMU binary, its version and TEE objects.
+fn qemu_findings(config: &Config, wants: Tee, add: &mut Add<'_>) {
+    let Some((version, snp, tdx)) = qemu_facts(&config.qemu.path) else {
+        add(
             "qemu",
             Severity::Error,
             format!(
                 "cannot run {} (`hypervisor.qemu.path`)",
                 config.qemu.path.display()
             ),
+        );
+        return;
+    };
+    let known = |k: bool| if k { "known" } else { "unknown" };
+    add(
+        "qemu",
+        Severity::Ok,
+        format!(
+            "{} {version}; sev-snp-guest {}, tdx-guest {}",
+            config.qemu.path.display(),
+            known(snp),
+            known(tdx)
         ),
+    );
+    if wants == Tee::Snp && !snp {
+        add(
+            "qemu",
+            Severity::Error,
+            "this QEMU does not know sev-snp-guest (QEMU 9.1 or newer needed)".into(),
+        );
     }
+    if wants == Tee::Tdx && !tdx {
+        add(
+            "qemu",
+            Severity::Error,
+            "this QEMU does not know tdx-guest (QEMU 10.1 or newer needed)".into(),
+        );
+    }
+}
+
+/// The firmware's metadata, against what the TEE needs.
+fn firmware_findings(config: &Config, wants: Tee, add: &mut Add<'_>) {
+    let Some(fw) = &config.qemu.firmware else {
+        if wants != Tee::None {
+            add(
+                "firmware",
+                Severity::Error,
+                "`hypervisor.qemu.firmware` is empty; confidential guests boot from OVMF".into(),
+            );
+        }
+        return;
+    };
+    let info = match crate::firmware::read(fw) {
+        Ok(info) => info,
+        Err(e) => return add("firmware", Severity::Error, e.to_string()),
+    };
+    add(
+        "firmware",
+        Severity::Ok,
+        format!(
+            "{}: SEV metadata {}, SNP kernel hashes section {}, TDVF descriptor {}",
+            fw.display(),
+            yes_no(info.sev_sections.is_some()),
+            yes_no(info.has_snp_kernel_hashes()),
+            yes_no(info.tdvf)
+        ),
+    );
+    let needed = match wants {
+        Tee::Snp => LaunchTee::Snp {
+            cbitpos: 0,
+            reduced_phys_bits: 0,
+            policy: 0,
+            host_data: None,
+        },
+        Tee::Tdx => LaunchTee::Tdx {
+            mrconfigid: None,
+            qgs_socket: Default::default(),
+        },
+        _ => return,
+    };
+    if let Err(e) = crate::tee::check_firmware(&needed, fw) {
+        add("firmware", Severity::Error, e.to_string());
+    }
+}
+
+/// Runs every check. `vm_types` is the host's `KVM_CAP_VM_TYPES`
+/// ([`kvm_vm_types`], or a recorded value).
+pub fn run(
+    config: &Config,
+    host: &HostRoots,
+    cpuid: &Cpuid,
+    vm_types: Option<u64>,
+) -> Vec<Finding> {
+    let mut f = Vec::new();
+    let mut add = |check, severity, detail: String| {
+        f.push(Finding {
+            check,
+            severity,
+            detail,
+        })
+    };
+    let tee = HostTee::detect(host, cpuid);
+    add("cpu", Severity::Ok, format!("vendor {}", tee.vendor));
+    kvm_findings(host, vm_types, &mut add);
+    let wants = config.qemu.tee;
+    tee_findings(&tee, wants, &mut add);
+    device_findings(host, &mut add);
+    gpu_findings(config, host, &mut add);
+    vsock_finding(host, &mut add);
+    qemu_findings(config, wants, &mut add);
     match config.check_files() {
         Ok(()) => add(
             "config",
@@ -233,56 +308,7 @@ pub fn run(
     if matches!(wants, Tee::Snp | Tee::Tdx) {
         measurement_finding(config, wants, cpuid, &mut add);
     }
-    if let Some(fw) = &config.qemu.firmware {
-        match crate::firmware::read(fw) {
-            Ok(info) => {
-                add(
-                    "firmware",
-                    Severity::Ok,
-                    format!(
-                        "{}: SEV metadata {}, SNP kernel hashes section {}, TDVF descriptor {}",
-                        fw.display(),
-                        if info.sev_sections.is_some() {
-                            "yes"
-                        } else {
-                            "no"
-                        },
-                        if info.has_snp_kernel_hashes() {
-                            "yes"
-                        } else {
-                            "no"
-                        },
-                        if info.tdvf { "yes" } else { "no" }
-                    ),
-                );
-                let needed = match wants {
-                    Tee::Snp => Some(LaunchTee::Snp {
-                        cbitpos: 0,
-                        reduced_phys_bits: 0,
-                        policy: 0,
-                        host_data: None,
-                    }),
-                    Tee::Tdx => Some(LaunchTee::Tdx {
-                        mrconfigid: None,
-                        qgs_socket: Default::default(),
-                    }),
-                    _ => None,
-                };
-                if let Some(t) = needed {
-                    if let Err(e) = crate::tee::check_firmware(&t, fw) {
-                        add("firmware", Severity::Error, e.to_string());
-                    }
-                }
-            }
-            Err(e) => add("firmware", Severity::Error, e.to_string()),
-        }
-    } else if wants != Tee::None {
-        add(
-            "firmware",
-            Severity::Error,
-            "`hypervisor.qemu.firmware` is empty; confidential guests boot from OVMF".into(),
-        );
-    }
+    firmware_findings(config, wants, &mut add);
     f
 }
 
@@ -417,7 +443,7 @@ pub fn exit_status(findings: &[Finding]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tee::fixtures::{cpuid_amd_snp as amd, cpuid_intel as intel, host as tree};
+    use crate::fixtures::host::{cpuid_amd_snp as amd, cpuid_intel as intel, host as tree};
 
     fn config(extra: &str) -> Config {
         // Files that exist on any Linux host, so only host facts vary.
@@ -460,7 +486,7 @@ mod tests {
             &config("tee = \"snp\"\naccel = \"kvm\""),
             &host,
             &amd,
-            kvm_vm_types(&host),
+            recorded_vm_types(&host),
         );
         assert_eq!(find(&f, "snp").severity, Severity::Ok, "{f:?}");
         assert!(find(&f, "snp").detail.contains("cbitpos 51"));
@@ -487,7 +513,7 @@ mod tests {
             ("sys/module/kvm_intel/parameters/tdx", "Y\n"),
         ]);
         let host = HostRoots::under(d.path());
-        let f = run(&config(""), &host, &intel, kvm_vm_types(&host));
+        let f = run(&config(""), &host, &intel, recorded_vm_types(&host));
         assert_eq!(find(&f, "tdx").severity, Severity::Ok, "{f:?}");
         assert!(find(&f, "kvm-vm-types").detail.contains("TDX VM type yes"));
         assert_eq!(find(&f, "snp").severity, Severity::Info);

@@ -8,11 +8,10 @@
 //! read-only and reads that register; switching the mode is left to the
 //! admin's tool (`[gpu] set_cc_mode_command`).
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::host::HostRoots;
+use crate::pci::PciBdf;
 use crate::vfio::{Kind, PciFunction};
 
 /// NVIDIA's PCI vendor ID.
@@ -88,28 +87,7 @@ pub fn cc_capable(vendor: u16, device: u16, extra: &[(u16, u16)]) -> bool {
             && (HOPPER_CC_IDS.contains(&device) || in_ranges(device, BLACKWELL_DC)))
 }
 
-/// A GPU's confidential-computing mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CcMode {
-    /// CC off.
-    Off,
-    /// CC on: all protections, no profiling or debugging.
-    On,
-    /// CC on with developer tools (profiling/debugging) allowed.
-    Devtools,
-}
-
-impl CcMode {
-    /// The name gpu-admin-tools and the node config use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CcMode::Off => "off",
-            CcMode::On => "on",
-            CcMode::Devtools => "devtools",
-        }
-    }
-}
+pub use crate::config::CcMode;
 
 /// Errors reading or changing the CC mode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,7 +96,7 @@ pub enum GpuError {
     #[error("GPU {bdf}: cannot read the CC mode from {path}: {problem}")]
     Bar0 {
         /// The GPU.
-        bdf: String,
+        bdf: PciBdf,
         /// The BAR0 file.
         path: String,
         /// What went wrong.
@@ -128,7 +106,7 @@ pub enum GpuError {
     #[error("GPU {bdf} ({vendor:04x}:{device:04x}) has no confidential-computing mode (Hopper or newer is needed)")]
     NoCcMode {
         /// The GPU.
-        bdf: String,
+        bdf: PciBdf,
         /// Vendor ID.
         vendor: u16,
         /// Device ID.
@@ -138,7 +116,7 @@ pub enum GpuError {
     #[error("GPU {bdf}: CC mode register {reg:#x} = {value:#010x} has mode bits {bits:#04b}, which is no known mode")]
     UnknownMode {
         /// The GPU.
-        bdf: String,
+        bdf: PciBdf,
         /// Register offset.
         reg: u64,
         /// Raw value.
@@ -150,7 +128,7 @@ pub enum GpuError {
     #[error("GPU {bdf} ({request}) {problem}")]
     Policy {
         /// The device.
-        bdf: String,
+        bdf: PciBdf,
         /// The request it came from.
         request: String,
         /// What is wrong, and the fix.
@@ -160,7 +138,7 @@ pub enum GpuError {
     #[error("GPU {bdf}: setting CC mode {mode} failed: {problem}")]
     Set {
         /// The GPU.
-        bdf: String,
+        bdf: PciBdf,
         /// The wanted mode.
         mode: &'static str,
         /// What went wrong.
@@ -177,50 +155,6 @@ pub fn cc_register(f: &PciFunction) -> Option<u64> {
     }
 }
 
-/// Reads a 32-bit register from a BAR file by mapping the page that holds
-/// it read-only (sysfs `resource0` supports mmap, not read).
-pub fn read_bar_u32(path: &Path, offset: u64) -> Result<u32, String> {
-    use std::os::fd::AsFd;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
-    if size < offset + 4 {
-        return Err(format!(
-            "the BAR is {size:#x} bytes, too small for the register at {offset:#x}"
-        ));
-    }
-    let page = 4096u64;
-    let base = offset & !(page - 1);
-    let within = usize::try_from(offset - base).map_err(|e| e.to_string())?;
-    let len = std::num::NonZeroUsize::new(4096).ok_or("zero length")?;
-    let base = i64::try_from(base).map_err(|e| e.to_string())?;
-    // SAFETY: a fresh read-only shared mapping of one page of the file; it
-    // is unmapped below and never aliased as a Rust reference.
-    let ptr = unsafe {
-        nix::sys::mman::mmap(
-            None,
-            len,
-            nix::sys::mman::ProtFlags::PROT_READ,
-            nix::sys::mman::MapFlags::MAP_SHARED,
-            file.as_fd(),
-            base,
-        )
-    }
-    .map_err(|e| format!("mmap: {e}"))?;
-    let value = if within % 4 == 0 && within + 4 <= 4096 {
-        // SAFETY: `within` is 4-byte aligned and `within + 4 <= 4096`, so
-        // the u32 lies inside the one-page mapping; MMIO is read with one
-        // volatile access.
-        let v =
-            unsafe { std::ptr::read_volatile(ptr.as_ptr().cast::<u8>().add(within).cast::<u32>()) };
-        Ok(v)
-    } else {
-        Err(format!("unaligned register offset {offset:#x}"))
-    };
-    // SAFETY: unmaps exactly the mapping created above.
-    let _ = unsafe { nix::sys::mman::munmap(ptr, 4096) };
-    value.map(u32::from_le)
-}
-
 /// Reads the CC mode of a GPU from its BAR0.
 pub fn read_cc_mode(host: &HostRoots, f: &PciFunction) -> Result<CcMode, GpuError> {
     let reg = cc_register(f).ok_or(GpuError::NoCcMode {
@@ -233,7 +167,7 @@ pub fn read_cc_mode(host: &HostRoots, f: &PciFunction) -> Result<CcMode, GpuErro
         .join("bus/pci/devices")
         .join(&f.bdf)
         .join("resource0");
-    let value = read_bar_u32(&path, reg).map_err(|problem| GpuError::Bar0 {
+    let value = crate::sys::read_mmio_u32(&path, reg).map_err(|problem| GpuError::Bar0 {
         bdf: f.bdf.clone(),
         path: path.display().to_string(),
         problem,
@@ -266,7 +200,10 @@ pub fn set_cc_mode(
     };
     let argv: Vec<String> = command
         .iter()
-        .map(|a| a.replace("{bdf}", &f.bdf).replace("{mode}", mode.as_str()))
+        .map(|a| {
+            a.replace("{bdf}", f.bdf.as_str())
+                .replace("{mode}", mode.as_str())
+        })
         .collect();
     let Some((prog, args)) = argv.split_first() else {
         return Err(fail(
@@ -297,7 +234,7 @@ pub fn check_launch(
     devices: &[crate::vfio::VfioDevice],
     cfg: &crate::config::GpuConfig,
     confidential: bool,
-) -> Result<Vec<(String, Option<CcMode>)>, GpuError> {
+) -> Result<Vec<(PciBdf, Option<CcMode>)>, GpuError> {
     use crate::config::{CcPolicy, OnMismatch};
     let mut out = Vec::new();
     for d in devices {
@@ -384,102 +321,10 @@ pub fn list(host: &HostRoots, extra: &[(u16, u16)]) -> Vec<GpuInfo> {
         .collect()
 }
 
-/// Recorded hosts for tests: a sysfs/dev tree with PCI functions, IOMMU
-/// groups, VFIO nodes and BAR0 files holding a CC mode register.
-#[cfg(any(test, feature = "fixtures"))]
-pub mod fixture {
-    use std::path::{Path, PathBuf};
-
-    /// One PCI function of a fixture host.
-    #[derive(Debug, Clone)]
-    pub struct Func {
-        /// Address.
-        pub bdf: &'static str,
-        /// Vendor ID.
-        pub vendor: u16,
-        /// Device ID.
-        pub device: u16,
-        /// Class code.
-        pub class: u32,
-        /// Driver name.
-        pub driver: Option<&'static str>,
-        /// IOMMU group.
-        pub group: u32,
-        /// BAR0 content: (register offset, value).
-        pub bar0: Option<(u64, u32)>,
-        /// iommufd cdev name (`vfioN`).
-        pub cdev: Option<&'static str>,
-    }
-
-    /// An H100 (0x2330) bound to vfio-pci with the given CC mode bits.
-    pub fn h100(bdf: &'static str, group: u32, mode: u32) -> Func {
-        Func {
-            bdf,
-            vendor: super::NVIDIA,
-            device: 0x2330,
-            class: 0x030200,
-            driver: Some("vfio-pci"),
-            group,
-            bar0: Some((super::HOPPER_CC_REG, 0xABCD_0000 | mode)),
-            cdev: None,
-        }
-    }
-
-    /// Writes the host under `root` (`sys/`, `dev/`).
-    pub fn write(root: &Path, funcs: &[Func]) {
-        let sys = root.join("sys");
-        let dev = root.join("dev");
-        std::fs::create_dir_all(dev.join("vfio/devices")).unwrap();
-        std::fs::write(dev.join("vfio/vfio"), "").unwrap();
-        for f in funcs {
-            let real = sys.join("devices/pci0000:00").join(f.bdf);
-            std::fs::create_dir_all(&real).unwrap();
-            std::fs::write(real.join("vendor"), format!("0x{:04x}\n", f.vendor)).unwrap();
-            std::fs::write(real.join("device"), format!("0x{:04x}\n", f.device)).unwrap();
-            std::fs::write(real.join("class"), format!("0x{:06x}\n", f.class)).unwrap();
-            std::fs::write(real.join("numa_node"), "0\n").unwrap();
-            if let Some(d) = f.driver {
-                let drv = sys.join("bus/pci/drivers").join(d);
-                std::fs::create_dir_all(&drv).unwrap();
-                symlink(&drv, &real.join("driver"));
-            }
-            let group = sys.join("kernel/iommu_groups").join(f.group.to_string());
-            std::fs::create_dir_all(group.join("devices")).unwrap();
-            symlink(&group, &real.join("iommu_group"));
-            symlink(&real, &group.join("devices").join(f.bdf));
-            std::fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
-            symlink(&real, &sys.join("bus/pci/devices").join(f.bdf));
-            if f.driver == Some("vfio-pci") {
-                std::fs::write(dev.join("vfio").join(f.group.to_string()), "").unwrap();
-            }
-            if let Some((reg, value)) = f.bar0 {
-                let len = (reg + 4).max(16 << 20);
-                let file = std::fs::File::create(real.join("resource0")).unwrap();
-                file.set_len(len).unwrap();
-                use std::os::unix::fs::FileExt;
-                file.write_all_at(&value.to_le_bytes(), reg).unwrap();
-            }
-            if let Some(c) = f.cdev {
-                std::fs::create_dir_all(real.join("vfio-dev").join(c)).unwrap();
-                let class = sys.join("class/vfio-dev").join(c);
-                std::fs::create_dir_all(&class).unwrap();
-                symlink(&real, &class.join("device"));
-                std::fs::write(dev.join("vfio/devices").join(c), "").unwrap();
-                std::fs::write(dev.join("iommu"), "").unwrap();
-            }
-        }
-    }
-
-    fn symlink(target: &Path, link: &PathBuf) {
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(target, link).unwrap();
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixture::{h100, write, Func};
     use super::*;
+    use crate::fixtures::gpu::{h100, write, Func};
     use crate::vfio::{resolve, Backend};
 
     fn host(funcs: &[Func]) -> (tempfile::TempDir, HostRoots) {
@@ -508,7 +353,7 @@ mod tests {
             },
             h100("0000:45:00.0", 16, 2),
         ]);
-        let f = |bdf| crate::vfio::read_function(&h, bdf).unwrap();
+        let f = |bdf: &str| crate::vfio::read_function(&h, &bdf.parse().unwrap()).unwrap();
         assert_eq!(read_cc_mode(&h, &f("0000:41:00.0")), Ok(CcMode::On));
         assert_eq!(read_cc_mode(&h, &f("0000:42:00.0")), Ok(CcMode::Off));
         assert_eq!(read_cc_mode(&h, &f("0000:43:00.0")), Ok(CcMode::Devtools));
@@ -532,7 +377,7 @@ mod tests {
             bar0: None,
             ..h100("0000:41:00.0", 12, 1)
         }]);
-        let f = crate::vfio::read_function(&h, "0000:41:00.0").unwrap();
+        let f = crate::vfio::read_function(&h, &"0000:41:00.0".parse().unwrap()).unwrap();
         let e = read_cc_mode(&h, &f).unwrap_err().to_string();
         assert!(
             e.contains("GPU 0000:41:00.0: cannot read the CC mode from") && e.contains("resource0"),
@@ -699,7 +544,7 @@ mod tests {
     #[test]
     fn setting_the_mode_runs_the_command_and_reads_again() {
         let (d, h) = host(&[h100("0000:41:00.0", 12, 0)]);
-        let f = crate::vfio::read_function(&h, "0000:41:00.0").unwrap();
+        let f = crate::vfio::read_function(&h, &"0000:41:00.0".parse().unwrap()).unwrap();
         let bar = d.path().join("sys/bus/pci/devices/0000:41:00.0/resource0");
         // A stand-in for the admin's tool: writes mode 1 into the register.
         let script = format!(

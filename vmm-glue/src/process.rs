@@ -3,14 +3,20 @@
 //! A [`Daemon`] runs in its own process group, dies with its parent
 //! (`PR_SET_PDEATHSIG`), writes stdout/stderr to a log file, and is killed
 //! (the whole group) when dropped. Nothing it started can outlive it.
+//!
+//! One task per daemon owns the child and reaps it; everyone else learns
+//! of its exit through [`Daemon::exit_watch`] — nothing polls.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
 /// Errors of starting or waiting for a daemon.
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +65,54 @@ pub enum DaemonError {
     },
 }
 
+/// A process group started by a [`Daemon`], as recorded for a cleanup by
+/// another process (the pid alone could have been reused by then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Daemon name.
+    pub name: String,
+    /// PID, also the process group id.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_ticks: u64,
+}
+
+impl ProcessRecord {
+    /// Reads the start time of `pid` from `proc_root/<pid>/stat`.
+    pub fn start_ticks(proc_root: &Path, pid: i32) -> Option<u64> {
+        let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses; the
+        // fields after its closing parenthesis are plain.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19)?.parse().ok()
+    }
+
+    /// Kills the recorded process group if its leader is still the process
+    /// that was recorded. Returns whether a signal was sent.
+    pub fn kill_if_same(&self, proc_root: &Path) -> bool {
+        if Self::start_ticks(proc_root, self.pid) != Some(self.start_ticks) {
+            return false;
+        }
+        killpg(Pid::from_raw(self.pid), Signal::SIGKILL).is_ok()
+    }
+
+    /// Whether the recorded process still exists (as itself).
+    pub fn is_alive(&self, proc_root: &Path) -> bool {
+        let stat = std::fs::read_to_string(proc_root.join(self.pid.to_string()).join("stat"))
+            .unwrap_or_default();
+        Self::start_ticks(proc_root, self.pid) == Some(self.start_ticks) && !stat.contains(") Z")
+    }
+}
+
 /// A supervised child process.
 #[derive(Debug)]
 pub struct Daemon {
     name: &'static str,
-    child: tokio::process::Child,
     pid: Option<Pid>,
+    start_ticks: Option<u64>,
     log: PathBuf,
-    exit: Option<ExitStatus>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    kill: Arc<Notify>,
 }
 
 /// Last `lines` lines of a log file, joined with " | ".
@@ -78,6 +124,34 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         "(nothing)".into()
     } else {
         tail
+    }
+}
+
+/// Owns the child: reaps it and publishes its exit; kills its group (while
+/// the leader is unreaped, so the group id cannot have been reused) when
+/// asked.
+async fn supervise(
+    mut child: tokio::process::Child,
+    pid: Option<Pid>,
+    exit: watch::Sender<Option<ExitStatus>>,
+    kill: Arc<Notify>,
+) {
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                // An error here means the child is gone without a status
+                // (already reaped elsewhere); report it as killed.
+                let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9));
+                exit.send_replace(Some(status));
+                return;
+            }
+            () = kill.notified() => {
+                if let Some(pid) = pid {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                let _ = child.start_kill();
+            }
+        }
     }
 }
 
@@ -127,12 +201,18 @@ impl Daemon {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .map(Pid::from_raw);
+        let start_ticks =
+            pid.and_then(|p| ProcessRecord::start_ticks(Path::new("/proc"), p.as_raw()));
+        let (tx, rx) = watch::channel(None);
+        let kill = Arc::new(Notify::new());
+        tokio::spawn(supervise(child, pid, tx, kill.clone()));
         Ok(Self {
             name,
-            child,
             pid,
+            start_ticks,
             log: log.to_path_buf(),
-            exit: None,
+            exit: rx,
+            kill,
         })
     }
 
@@ -146,54 +226,63 @@ impl Daemon {
         self.pid
     }
 
+    /// What a cleanup in another process needs to kill it safely.
+    pub fn record(&self) -> Option<ProcessRecord> {
+        Some(ProcessRecord {
+            name: self.name.to_string(),
+            pid: self.pid?.as_raw(),
+            start_ticks: self.start_ticks?,
+        })
+    }
+
     /// Its log file.
     pub fn log(&self) -> &Path {
         &self.log
     }
 
     /// The exit status if it has exited.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// A receiver that learns the exit status (`Some`) once it exits.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.exit.clone()
     }
 
     /// Waits for it to exit.
-    pub async fn wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.wait().await.ok();
-        }
-        self.exit
+    pub async fn wait(&self) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        let r = rx.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+        r
     }
 
     /// Waits up to `timeout` for it to exit.
-    pub async fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub async fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
         tokio::time::timeout(timeout, self.wait())
             .await
             .ok()
             .flatten()
     }
 
-    /// Kills its whole process group with SIGKILL and reaps it.
-    pub async fn kill(&mut self) {
+    /// Kills its whole process group with SIGKILL and waits until it is
+    /// reaped.
+    pub async fn kill(&self) {
         self.kill_group();
         self.wait().await;
     }
 
-    fn kill_group(&mut self) {
-        if self.try_wait().is_some() {
-            return;
+    fn kill_group(&self) {
+        if self.try_wait().is_none() {
+            // `notify_one` stores a permit, so a kill asked for before the
+            // supervisor first polls is not lost.
+            self.kill.notify_one();
         }
-        if let Some(pid) = self.pid {
-            let _ = killpg(pid, Signal::SIGKILL);
-        }
-        let _ = self.child.start_kill();
     }
 
     /// Waits until `socket` exists, failing early if the daemon exits.
     pub async fn wait_for_socket(
-        &mut self,
+        &self,
         socket: &Path,
         timeout: Duration,
     ) -> Result<(), DaemonError> {
@@ -224,13 +313,18 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill_group();
-        // Reap at once if it is already gone; otherwise tokio reaps the
-        // killed child in the background.
-        let _ = self.child.try_wait();
+        if self.try_wait().is_some() {
+            return;
+        }
+        self.kill.notify_one();
+        // Also signal the group directly: when the runtime is shutting down
+        // the supervisor may never run again. The leader is not reaped yet
+        // (no exit was published), so its group id is still its own.
+        if let Some(pid) = self.pid {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +378,7 @@ mod tests {
     async fn early_exit_reports_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("x.log");
-        let mut d = Daemon::spawn(
+        let d = Daemon::spawn(
             "x",
             Path::new("/bin/sh"),
             &["-c".into(), "echo bad option >&2; exit 2".into()],
@@ -300,6 +394,54 @@ mod tests {
             e.contains("x exited with exit status: 2") && e.contains("bad option"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_exit_watch_learns_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".into(), "exit 7".into()],
+            &dir.path().join("l"),
+        )
+        .unwrap();
+        let mut rx = d.exit_watch();
+        let status = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(7));
+        assert_eq!(d.try_wait().and_then(|s| s.code()), Some(7));
+    }
+
+    #[tokio::test]
+    async fn records_kill_only_the_recorded_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon::spawn(
+            "sleep",
+            Path::new("/bin/sleep"),
+            &["600".into()],
+            &dir.path().join("l"),
+        )
+        .unwrap();
+        let rec = d.record().unwrap();
+        let proc_root = Path::new("/proc");
+        assert!(rec.is_alive(proc_root));
+        // Another start time is another process that reuses the pid.
+        let other = ProcessRecord {
+            start_ticks: rec.start_ticks + 1,
+            ..rec.clone()
+        };
+        assert!(!other.kill_if_same(proc_root));
+        assert!(d.try_wait().is_none());
+        assert!(rec.kill_if_same(proc_root));
+        let status = d.wait_timeout(Duration::from_secs(10)).await.unwrap();
+        assert!(!status.success());
+        assert!(!rec.is_alive(proc_root));
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<ProcessRecord>(&json).unwrap(), rec);
     }
 
     #[tokio::test]

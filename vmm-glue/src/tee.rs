@@ -289,53 +289,11 @@ pub fn check_firmware(tee: &LaunchTee, path: &std::path::Path) -> Result<(), Tee
     }
 }
 
-/// Fixture hosts shared by the tests of this crate.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    pub(crate) fn cpuid_amd_snp(leaf: u32) -> (u32, u32, u32, u32) {
-        match leaf {
-            // "AuthenticAMD" in ebx, edx, ecx.
-            0 => (
-                0x10,
-                u32::from_le_bytes(*b"Auth"),
-                u32::from_le_bytes(*b"cAMD"),
-                u32::from_le_bytes(*b"enti"),
-            ),
-            0x8000_0000 => (0x8000_0028, 0, 0, 0),
-            // SME|SEV|SEV-ES|SNP in eax; cbitpos 51, reduction 1.
-            0x8000_001F => (0x1f, 51 | (1 << 6), 0, 0),
-            _ => (0, 0, 0, 0),
-        }
-    }
-
-    pub(crate) fn cpuid_intel(leaf: u32) -> (u32, u32, u32, u32) {
-        match leaf {
-            0 => (
-                0x20,
-                u32::from_le_bytes(*b"Genu"),
-                u32::from_le_bytes(*b"ntel"),
-                u32::from_le_bytes(*b"ineI"),
-            ),
-            _ => (0, 0, 0, 0),
-        }
-    }
-
-    pub(crate) fn host(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        for (p, content) in files {
-            let path = d.path().join(p);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        d
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{cpuid_amd_snp, cpuid_intel, host};
     use super::*;
     use crate::config::Config;
+    use crate::fixtures::host::{cpuid_amd_snp, cpuid_intel, host};
 
     const KVM: [(&str, &str); 2] = [("dev/kvm", ""), ("proc/cpuinfo", "flags\t: fpu svm vmx\n")];
 

@@ -1,8 +1,8 @@
 //! VFIO devices a pod asks for, resolved to PCI functions through sysfs.
 //!
-//! A request is a device node from the pod's OCI spec (`linux.devices`) or
-//! a CDI device name from a `cdi.k8s.io/*` annotation, resolved with the CDI
-//! specs of the node:
+//! A request is a device node path (from the pod's OCI spec) or a CDI device
+//! name (the shim reads them from the pod), resolved with the CDI specs of
+//! the node:
 //! - `/dev/vfio/<group>` (legacy container/group API): every function of
 //!   `/sys/kernel/iommu_groups/<group>/devices/`, except host and PCI
 //!   bridges (classes 0x0600, 0x0604), which stay with the host;
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::host::HostRoots;
+use crate::pci::PciBdf;
 
 /// Errors resolving VFIO devices.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +34,7 @@ pub enum VfioError {
     #[error("PCI device {bdf} (requested as {request}) {problem}")]
     Device {
         /// The function.
-        bdf: String,
+        bdf: PciBdf,
         /// The request it came from.
         request: String,
         /// What is wrong, and the fix.
@@ -75,7 +76,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PciFunction {
     /// Domain:bus:device.function.
-    pub bdf: String,
+    pub bdf: PciBdf,
     /// PCI vendor ID.
     pub vendor: u16,
     /// PCI device ID.
@@ -121,20 +122,8 @@ fn link_name(path: &Path) -> Option<String> {
     )
 }
 
-/// Whether a string looks like a PCI address `dddd:bb:dd.f`.
-pub fn is_bdf(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 12
-        && b[4] == b':'
-        && b[7] == b':'
-        && b[10] == b'.'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
-}
-
 /// Reads one PCI function from `/sys/bus/pci/devices/<bdf>`.
-pub fn read_function(host: &HostRoots, bdf: &str) -> Option<PciFunction> {
+pub fn read_function(host: &HostRoots, bdf: &PciBdf) -> Option<PciFunction> {
     let dir = host.sys.join("bus/pci/devices").join(bdf);
     let vendor = u16::try_from(read_hex(&dir.join("vendor"))?).ok()?;
     let device = u16::try_from(read_hex(&dir.join("device"))?).ok()?;
@@ -145,7 +134,7 @@ pub fn read_function(host: &HostRoots, bdf: &str) -> Option<PciFunction> {
         _ => Kind::Other,
     };
     Some(PciFunction {
-        bdf: bdf.to_string(),
+        bdf: bdf.clone(),
         vendor,
         device,
         class,
@@ -164,7 +153,7 @@ pub fn list_functions(host: &HostRoots) -> Vec<PciFunction> {
     let mut v: Vec<PciFunction> = std::fs::read_dir(host.sys.join("bus/pci/devices"))
         .map(|d| {
             d.flatten()
-                .filter_map(|e| read_function(host, &e.file_name().to_string_lossy()))
+                .filter_map(|e| read_function(host, &e.file_name().to_str()?.parse().ok()?))
                 .collect()
         })
         .unwrap_or_default();
@@ -213,8 +202,8 @@ pub fn resolve_path(
                 "{path} is an iommufd device but /dev/iommu does not exist; load the iommufd module or use the /dev/vfio/<group> node"
             )));
         }
-        let bdf = link_name(&host.sys.join("class/vfio-dev").join(name).join("device"))
-            .filter(|b| is_bdf(b))
+        let bdf: PciBdf = link_name(&host.sys.join("class/vfio-dev").join(name).join("device"))
+            .and_then(|b| b.parse().ok())
             .ok_or_else(|| {
                 req_err(format!(
                     "no PCI device behind {path} (/sys/class/vfio-dev/{name}/device is missing)"
@@ -248,10 +237,10 @@ pub fn resolve_path(
         .join("kernel/iommu_groups")
         .join(group.to_string())
         .join("devices");
-    let mut bdfs: Vec<String> = std::fs::read_dir(&dir)
+    let mut bdfs: Vec<PciBdf> = std::fs::read_dir(&dir)
         .map_err(|_| req_err(format!("IOMMU group {group} has no {}", dir.display())))?
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     bdfs.sort();
     let mut out = Vec::new();
@@ -442,22 +431,6 @@ impl CdiRegistry {
     }
 }
 
-/// CDI device names requested by `cdi.k8s.io/*` annotations
-/// (comma-separated fully qualified names).
-pub fn cdi_annotation_devices<'a>(
-    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Vec<String> {
-    let mut out: Vec<String> = annotations
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("cdi.k8s.io/"))
-        .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_string()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// The VFIO device nodes behind device paths and CDI names, each with the
 /// request it came from (`path`, or `name (path)`).
 pub fn request_nodes(
@@ -491,10 +464,18 @@ pub fn resolve(
     cdi_names: &[String],
     cdi_dirs: &[PathBuf],
 ) -> Result<Vec<VfioDevice>, VfioError> {
-    let requests = request_nodes(paths, cdi_names, cdi_dirs)?;
+    resolve_requests(host, &request_nodes(paths, cdi_names, cdi_dirs)?)
+}
+
+/// Resolves VFIO device nodes (each with the request it came from, as
+/// [`request_nodes`] returns them) to PCI functions, each once.
+pub fn resolve_requests(
+    host: &HostRoots,
+    requests: &[(String, String)],
+) -> Result<Vec<VfioDevice>, VfioError> {
     let mut out: Vec<VfioDevice> = Vec::new();
     for (path, request) in requests {
-        for d in resolve_path(host, &path, &request)? {
+        for d in resolve_path(host, path, request)? {
             if !out.iter().any(|o| o.function.bdf == d.function.bdf) {
                 out.push(d);
             }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 use cocoon_vmm::check::{self, Severity};
-use cocoon_vmm::config::Config;
 use cocoon_vmm::host::HostRoots;
 
 use super::Cli;
@@ -21,17 +20,16 @@ pub(crate) struct CheckArgs {
 }
 
 pub(crate) fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     let host = args
         .host_root
         .as_deref()
         .map_or_else(HostRoots::default, HostRoots::under);
-    let findings = check::run(
-        &config,
-        &host,
-        &cocoon_vmm::tee::host_cpuid,
-        check::kvm_vm_types(&host),
-    );
+    let vm_types = match &args.host_root {
+        Some(_) => check::recorded_vm_types(&host),
+        None => check::kvm_vm_types(),
+    };
+    let findings = check::run(&config, &host, &cocoon_vmm::tee::host_cpuid, vm_types);
     let status = check::exit_status(&findings);
     if args.json {
         println!(

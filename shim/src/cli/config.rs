@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::node::NodeConfig;
 use anyhow::Context;
 use clap::Subcommand;
-use cocoon_vmm::config::Config;
 
 use super::Cli;
 
@@ -25,7 +25,7 @@ pub(crate) enum ConfigCommand {
 pub(crate) fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<i32> {
     match cmd {
         ConfigCommand::Check { file, json } => {
-            let result = Config::from_file(file).and_then(|c| c.check_files().map(|()| c));
+            let result = NodeConfig::from_file(file).and_then(|c| c.vm.check_files().map(|()| c));
             match (result, json) {
                 (Ok(_), false) => {
                     println!("{}: ok", file.display());
@@ -48,8 +48,8 @@ pub(crate) fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<i32> {
             }
         }
         ConfigCommand::Show => {
-            let c = Config::load(cli.config.as_deref())?;
-            println!("# effective configuration from {}", c.origin);
+            let c = NodeConfig::load(cli.config.as_deref())?;
+            println!("# effective configuration from {}", c.vm.origin);
             print!("{}", c.to_toml());
             Ok(0)
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
-use cocoon_vmm::config::{Config, Tee};
+use cocoon_vmm::config::Tee;
 use cocoon_vmm::host::HostRoots;
 use cocoon_vmm::measure::{self, snp, tdx, Kind, MeasureError};
 
@@ -193,7 +193,7 @@ pub(crate) fn run(cli: &Cli, args: &MeasureArgs) -> anyhow::Result<i32> {
 }
 
 fn run_sandbox(cli: &Cli, id: &str) -> anyhow::Result<i32> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     let state = &config.runtime.state_dir;
     // A pod's VM lives in `<pod dir>/vm`; `cocoon run` uses `<id>`.
     let candidates = [
@@ -226,7 +226,7 @@ fn run_sandbox(cli: &Cli, id: &str) -> anyhow::Result<i32> {
 }
 
 fn run_config(cli: &Cli, args: &MeasureArgs) -> anyhow::Result<i32> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     let kind = match config.qemu.tee {
         Tee::None => Kind::None,
         Tee::Snp => Kind::Snp,
@@ -263,96 +263,115 @@ fn input(what: &str, p: &Path) -> Result<Vec<u8>, MeasureError> {
     measure::read_input(what, p)
 }
 
+/// Kernel, initrd and firmware pages hashed in parallel; the firmware
+/// digest then seeds the launch digest (unless `--snp-ovmf-hash` gives it).
+fn snp_hashes(
+    a: &SnpArgs,
+    fw: &[u8],
+    name: &str,
+) -> Result<(Option<snp::SevHashes>, Option<[u8; snp::LD_BYTES]>), MeasureError> {
+    std::thread::scope(|s| {
+        let fw_hash = (a.snp_ovmf_hash.is_none()).then(|| s.spawn(|| snp::ovmf_hash(fw, name)));
+        let initrd = a
+            .initrd
+            .as_ref()
+            .map(|i| s.spawn(|| measure::sha256_file("--initrd", i)));
+        let kernel = a
+            .kernel
+            .as_ref()
+            .map(|k| measure::sha256_file("--kernel", k));
+        let initrd = initrd.map(join).transpose()?;
+        let fw_hash = fw_hash.map(join).transpose()?;
+        let hashes = match kernel.transpose()? {
+            Some((k, _)) => {
+                let mut h = snp::SevHashes::new(&[], None, a.append.as_deref());
+                h.kernel = k;
+                if let Some((i, _)) = initrd {
+                    h.initrd = i;
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        Ok((hashes, fw_hash))
+    })
+}
+
+/// The `--snp-ovmf-hash` seed, if given.
+fn snp_seed(a: &SnpArgs) -> Result<Option<[u8; snp::LD_BYTES]>, MeasureError> {
+    let Some(h) = &a.snp_ovmf_hash else {
+        return Ok(None);
+    };
+    let mut s = [0u8; snp::LD_BYTES];
+    hex::decode_to_slice(h, &mut s).map_err(|_| MeasureError::Input {
+        what: "--snp-ovmf-hash".into(),
+        problem: format!("{h:?} is not 96 hex digits (a 48-byte digest from --mode snp:ovmf-hash)"),
+    })?;
+    Ok(Some(s))
+}
+
+/// `--mode snp`: the launch digest; prints it as JSON with `--json`
+/// (returns `None` then).
+fn snp_launch_digest(
+    a: &SnpArgs,
+    fw: &[u8],
+    name: &str,
+) -> anyhow::Result<Option<[u8; snp::LD_BYTES]>> {
+    if a.initrd.is_some() && a.kernel.is_none() {
+        bail!("--initrd needs --kernel");
+    }
+    if a.append.as_deref().is_some_and(|s| !s.is_empty()) && a.kernel.is_none() {
+        bail!("--append needs --kernel");
+    }
+    let Some(vcpus) = a.vcpus else {
+        bail!("--vcpus N is required in mode snp");
+    };
+    let vmm: snp::Vmm = a.vmm_type.parse()?;
+    let sig = vcpu_sig(a, vmm)?;
+    let info = measure::firmware_info(&a.ovmf, fw)?;
+    let (hashes, fw_hash) = snp_hashes(a, fw, name)?;
+    let seed = snp_seed(a)?.or(fw_hash);
+    let ld = snp::launch_digest(&snp::SnpInputs {
+        firmware: fw,
+        info: &info,
+        firmware_name: name,
+        vcpus,
+        vcpu_sig: sig,
+        vmm,
+        hashes,
+        guest_features: a.guest_features,
+        ovmf_hash: seed,
+    })?;
+    if !a.json {
+        return Ok(Some(ld));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "mode": "snp",
+            "launch_digest": hex::encode(ld),
+            "vcpus": vcpus,
+            "vcpu_sig": format!("{sig:#x}"),
+            "vmm_type": vmm,
+            "guest_features": format!("{:#x}", a.guest_features),
+            "ovmf": a.ovmf,
+            "kernel": a.kernel,
+            "initrd": a.initrd,
+            "append": a.append,
+        }))?
+    );
+    Ok(None)
+}
+
 fn run_snp(a: &SnpArgs) -> anyhow::Result<i32> {
     let fw = input("--ovmf", &a.ovmf)?;
     let name = a.ovmf.display().to_string();
     let ld = match a.mode {
         SnpMode::SnpOvmfHash => snp::ovmf_hash(&fw, &name)?,
-        SnpMode::Snp => {
-            if a.initrd.is_some() && a.kernel.is_none() {
-                bail!("--initrd needs --kernel");
-            }
-            if a.append.as_deref().is_some_and(|s| !s.is_empty()) && a.kernel.is_none() {
-                bail!("--append needs --kernel");
-            }
-            let Some(vcpus) = a.vcpus else {
-                bail!("--vcpus N is required in mode snp");
-            };
-            let vmm: snp::Vmm = a.vmm_type.parse()?;
-            let sig = vcpu_sig(a, vmm)?;
-            let info = measure::firmware_info(&a.ovmf, &fw)?;
-            // Kernel, initrd and firmware pages are hashed in parallel; the
-            // firmware digest then seeds the launch digest.
-            let (hashes, fw_hash) = std::thread::scope(|s| {
-                let fw_hash =
-                    (a.snp_ovmf_hash.is_none()).then(|| s.spawn(|| snp::ovmf_hash(&fw, &name)));
-                let initrd = a
-                    .initrd
-                    .as_ref()
-                    .map(|i| s.spawn(|| measure::sha256_file("--initrd", i)));
-                let kernel = a
-                    .kernel
-                    .as_ref()
-                    .map(|k| measure::sha256_file("--kernel", k));
-                let initrd = initrd.map(join).transpose()?;
-                let fw_hash = fw_hash.map(join).transpose()?;
-                let hashes = match kernel.transpose()? {
-                    Some((k, _)) => {
-                        let mut h = snp::SevHashes::new(&[], None, a.append.as_deref());
-                        h.kernel = k;
-                        if let Some((i, _)) = initrd {
-                            h.initrd = i;
-                        }
-                        Some(h)
-                    }
-                    None => None,
-                };
-                Ok::<_, MeasureError>((hashes, fw_hash))
-            })?;
-            let seed = match &a.snp_ovmf_hash {
-                Some(h) => {
-                    let mut s = [0u8; snp::LD_BYTES];
-                    hex::decode_to_slice(h, &mut s).map_err(|_| MeasureError::Input {
-                        what: "--snp-ovmf-hash".into(),
-                        problem: format!(
-                            "{h:?} is not 96 hex digits (a 48-byte digest from --mode snp:ovmf-hash)"
-                        ),
-                    })?;
-                    Some(s)
-                }
-                None => fw_hash,
-            };
-            let ld = snp::launch_digest(&snp::SnpInputs {
-                firmware: &fw,
-                info: &info,
-                firmware_name: &name,
-                vcpus,
-                vcpu_sig: sig,
-                vmm,
-                hashes,
-                guest_features: a.guest_features,
-                ovmf_hash: seed,
-            })?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "mode": "snp",
-                        "launch_digest": hex::encode(ld),
-                        "vcpus": vcpus,
-                        "vcpu_sig": format!("{sig:#x}"),
-                        "vmm_type": vmm,
-                        "guest_features": format!("{:#x}", a.guest_features),
-                        "ovmf": a.ovmf,
-                        "kernel": a.kernel,
-                        "initrd": a.initrd,
-                        "append": a.append,
-                    }))?
-                );
-                return Ok(0);
-            }
-            ld
-        }
+        SnpMode::Snp => match snp_launch_digest(a, &fw, &name)? {
+            Some(ld) => ld,
+            None => return Ok(0),
+        },
     };
     if a.json {
         println!(

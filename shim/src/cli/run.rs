@@ -3,19 +3,13 @@
 //! runs CMD, streams its stdio and exits with its exit status.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use cocoon_protocol::agent::{
-    CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, Process, ReadStreamRequest,
-    StartProcessRequest, StdioStream, User, WaitProcessRequest, WriteStdinRequest,
-};
-use cocoon_protocol::agent_ttrpc::AgentClient;
-use cocoon_vmm::agent::ctx;
-use cocoon_vmm::config::Config;
-use cocoon_vmm::host::HostRoots;
-use cocoon_vmm::vm::{Share, Vm, VmRequest};
+use cocoon_protocol::agent::{CreateContainerRequest, Process, StdioStream, User};
+use cocoon_protocol::client::{GuestClient, ProcessRef};
+use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, Share};
+use cocoon_vmm::vm::Vm;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Cli;
@@ -23,8 +17,6 @@ use super::Cli;
 const CONTAINER_ID: &str = "run";
 const SHARE_TAG: &str = "cocoon-rootfs";
 const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Timeout of control RPCs (not of reads, which block until data).
-const RPC_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -68,37 +60,26 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
     Ok((parse(u)?, parse(g)?))
 }
 
-fn status_message(e: &ttrpc::Error) -> (Option<ttrpc::Code>, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (Some(s.code()), s.message().to_string()),
-        other => (None, other.to_string()),
-    }
-}
-
 async fn pump(
-    agent: AgentClient,
+    guest: GuestClient,
     stream: StdioStream,
     mut out: impl AsyncWrite + Unpin,
 ) -> anyhow::Result<()> {
-    loop {
-        let mut req = ReadStreamRequest::new();
-        req.container_id = CONTAINER_ID.into();
-        req.stream = stream.into();
-        // No timeout: a read blocks until the command writes or exits.
-        let r = agent
-            .read_stream(ttrpc::context::Context::default(), &req)
-            .await
-            .context("reading the command's output")?;
-        if r.eof {
-            out.flush().await?;
-            return Ok(());
-        }
-        out.write_all(&r.data).await?;
+    let target = ProcessRef::init(CONTAINER_ID);
+    while let Some(data) = guest
+        .read(&target, stream)
+        .await
+        .context("reading the command's output")?
+    {
+        out.write_all(&data).await?;
         out.flush().await?;
     }
+    out.flush().await?;
+    Ok(())
 }
 
-async fn feed_stdin(agent: AgentClient) -> anyhow::Result<()> {
+async fn feed_stdin(guest: GuestClient) -> anyhow::Result<()> {
+    let target = ProcessRef::init(CONTAINER_ID);
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -106,34 +87,16 @@ async fn feed_stdin(agent: AgentClient) -> anyhow::Result<()> {
         if n == 0 {
             break;
         }
-        let mut req = WriteStdinRequest::new();
-        req.container_id = CONTAINER_ID.into();
-        req.data = buf[..n].to_vec();
-        if agent.write_stdin(ctx(RPC_TIMEOUT), &req).await.is_err() {
+        if guest.write_stdin(&target, buf[..n].to_vec()).await.is_err() {
             // The command closed its stdin or exited.
             return Ok(());
         }
     }
-    close_stdin(&agent).await;
+    let _ = guest.close_stdin(&target).await;
     Ok(())
 }
 
-async fn close_stdin(agent: &AgentClient) {
-    let mut req = CloseStdinRequest::new();
-    req.container_id = CONTAINER_ID.into();
-    let _ = agent.close_stdin(ctx(RPC_TIMEOUT), &req).await;
-}
-
-/// Creates, starts and waits for the command; returns its exit status.
-async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> {
-    let mut sb = CreateSandboxRequest::new();
-    sb.sandbox_id = CONTAINER_ID.into();
-    sb.shared_fs_tag = SHARE_TAG.into();
-    agent
-        .create_sandbox(ctx(RPC_TIMEOUT), &sb)
-        .await
-        .context("creating the sandbox in the guest")?;
-
+fn container_request(args: &RunArgs) -> anyhow::Result<CreateContainerRequest> {
     let (uid, gid) = parse_user(&args.user)?;
     let mut p = Process::new();
     p.args = args.command.clone();
@@ -151,9 +114,18 @@ async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> 
     req.rootfs = ".".into();
     req.hostname = args.hostname.clone();
     req.process = Some(p).into();
-    if let Err(e) = agent.create_container(ctx(RPC_TIMEOUT), &req).await {
-        let (code, msg) = status_message(&e);
-        let exit = if code == Some(ttrpc::Code::NOT_FOUND) {
+    Ok(req)
+}
+
+/// Creates, starts and waits for the command; returns its exit status.
+async fn run_command(guest: GuestClient, args: &RunArgs) -> anyhow::Result<i32> {
+    guest
+        .create_sandbox(CONTAINER_ID, "", SHARE_TAG)
+        .await
+        .context("creating the sandbox in the guest")?;
+    let req = container_request(args)?;
+    if let Err(e) = guest.create_container(&req).await {
+        let exit = if e.code == Some(ttrpc::Code::NOT_FOUND) {
             127
         } else {
             126
@@ -161,49 +133,42 @@ async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> 
         return Err(ExitWith(
             exit,
             format!(
-                "cannot run {:?} in {}: {msg}",
+                "cannot run {:?} in {}: {}",
                 args.command[0],
-                args.rootfs.display()
+                args.rootfs.display(),
+                e.message
             ),
         )
         .into());
     }
     let out = tokio::spawn(pump(
-        agent.clone(),
+        guest.clone(),
         StdioStream::STDOUT,
         tokio::io::stdout(),
     ));
     let err = tokio::spawn(pump(
-        agent.clone(),
+        guest.clone(),
         StdioStream::STDERR,
         tokio::io::stderr(),
     ));
-    let mut start = StartProcessRequest::new();
-    start.container_id = CONTAINER_ID.into();
-    if let Err(e) = agent.start_process(ctx(RPC_TIMEOUT), &start).await {
+    let target = ProcessRef::init(CONTAINER_ID);
+    if let Err(e) = guest.start(&target).await {
         return Err(ExitWith(
             126,
-            format!(
-                "cannot start {:?}: {}",
-                args.command[0],
-                status_message(&e).1
-            ),
+            format!("cannot start {:?}: {}", args.command[0], e.message),
         )
         .into());
     }
     let stdin_task = if args.interactive {
-        Some(tokio::spawn(feed_stdin(agent.clone())))
+        Some(tokio::spawn(feed_stdin(guest.clone())))
     } else {
-        close_stdin(&agent).await;
+        let _ = guest.close_stdin(&target).await;
         None
     };
-    let mut wait = WaitProcessRequest::new();
-    wait.container_id = CONTAINER_ID.into();
-    let status = agent
-        .wait_process(ttrpc::context::Context::default(), &wait)
+    let status = guest
+        .wait(&target)
         .await
-        .context("waiting for the command")?
-        .exit_status;
+        .context("waiting for the command")?;
     out.await??;
     err.await??;
     if let Some(t) = stdin_task {
@@ -214,7 +179,7 @@ async fn run_command(agent: AgentClient, args: &RunArgs) -> anyhow::Result<i32> 
 
 pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     let log = crate::logging::stderr(cli.log_level());
-    let config = Config::load(cli.config.as_deref())?;
+    let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     if !args.rootfs.is_dir() {
         bail!("--rootfs {}: not a directory; give a directory holding the container's root filesystem", args.rootfs.display());
     }
@@ -224,44 +189,36 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("--rootfs {}", args.rootfs.display()))?;
     let mut rnd = [0u8; 6];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut rnd)?;
-    let req = VmRequest {
+    let req = LaunchRequest {
         id: format!("run-{}", hex::encode(rnd)),
-        dir: None,
         shares: vec![Share {
             tag: SHARE_TAG.into(),
             dir: rootfs,
         }],
-        devices: Vec::new(),
-        cdi_devices: Vec::new(),
+        ..LaunchRequest::default()
     };
-    let mut vm = Vm::launch(&config, &HostRoots::default(), &req, &log).await?;
+    let plan = LaunchPlan::build_blocking(&config, &HostView::detect(), &req).await?;
+    let vm = Vm::launch(plan, &log).await?;
     if args.timing {
         eprintln!(
             "cocoon: agent ready after {} ms",
             vm.boot_time().as_millis()
         );
     }
-    let agent = vm.agent().clone();
+    let guest = vm.guest().clone();
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
-        r = run_command(agent, args) => r,
-        status = vm_exit(&mut vm) => Err(anyhow::anyhow!("the VM stopped unexpectedly ({status})")),
+        r = run_command(guest, args) => r,
+        status = vm.wait() => Err(anyhow::anyhow!(
+            "the VM stopped unexpectedly ({})",
+            status.map_or_else(|| "unknown status".into(), |s| s.to_string())
+        )),
         _ = sigint.recv() => Ok(130),
         _ = sigterm.recv() => Ok(143),
     };
     vm.shutdown().await;
     result
-}
-
-async fn vm_exit(vm: &mut Vm) -> String {
-    // Polls instead of awaiting, so `vm` stays usable by the other branch.
-    loop {
-        if let Some(s) = vm.exited() {
-            return s.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[cfg(test)]

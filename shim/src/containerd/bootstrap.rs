@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::args::Args;
-use super::spec;
+use super::request;
 
 /// Where containerd's shims put their sockets (fixed in containerd 1.6+).
 pub const SOCKET_ROOT: &str = "/run/containerd/s";
@@ -34,8 +34,8 @@ pub fn socket_path(containerd_address: &str, namespace: &str, group: &str) -> Pa
 /// Runs `start` in the current directory (the bundle); returns the address.
 pub fn start(args: &Args) -> anyhow::Result<String> {
     let bundle = std::env::current_dir()?;
-    let spec = spec::load(&bundle)?;
-    let group = spec::group_id(&spec, &args.id);
+    let spec = request::load(&bundle)?;
+    let group = request::group_id(&spec, &args.id);
     let path = socket_path(&args.address, &args.namespace, &group);
     let address = format!("unix://{}", path.display());
     if UnixStream::connect(&path).is_ok() {

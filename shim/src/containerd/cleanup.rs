@@ -3,34 +3,14 @@
 //! remove its mounts and state, then print a `DeleteResponse`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use super::args::Args;
 use super::publisher::now;
 use super::record::Record;
 use super::rootfs;
-
-/// PIDs of live processes whose command line mentions `dir`.
-fn processes_using(dir: &Path) -> Vec<Pid> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| {
-            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains(&needle) && pid != std::process::id().cast_signed())
-                .then_some(Pid::from_raw(pid))
-        })
-        .collect()
-}
 
 /// Cleans up after the container in `bundle`.
 pub fn cleanup(bundle: &Path) {
@@ -38,22 +18,11 @@ pub fn cleanup(bundle: &Path) {
         return;
     };
     if rec.owns_vm {
-        // QEMU and the helpers name the pod directory on their command line.
-        let vm_dir = rec.pod_dir.join("vm");
-        for pid in processes_using(&vm_dir) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        let start = Instant::now();
-        while !processes_using(&vm_dir).is_empty() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = rootfs::unmount_all_under(&rec.pod_dir);
-        let _ = std::fs::remove_dir_all(&rec.pod_dir);
-    } else {
-        let _ = rootfs::unmount_rootfs(&rec.rootfs);
-        if let Some(parent) = rec.rootfs.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
+        // The VM recorded the process groups it started (QEMU, helpers).
+        cocoon_vmm::vm::kill_recorded(&rec.pod_dir.join("vm"));
+        drop(rootfs::DirGuard::adopt(rec.pod_dir));
+    } else if let Some(parent) = rec.rootfs.parent() {
+        drop(rootfs::DirGuard::adopt(parent.to_path_buf()));
     }
     let _ = std::fs::remove_file(bundle.join(super::record::FILE));
 }
@@ -70,4 +39,80 @@ pub fn delete(args: &Args) -> anyhow::Result<Vec<u8>> {
     r.exit_status = 137;
     r.exited_at = Some(now()).into();
     Ok(r.write_to_bytes()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    use cocoon_vmm::process::ProcessRecord;
+
+    #[test]
+    fn cleanup_kills_what_the_vm_recorded_and_removes_the_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod_dir = dir.path().join("state/pod1");
+        let vm_dir = pod_dir.join("vm");
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        std::fs::create_dir_all(pod_dir.join("shared/pod1/rootfs")).unwrap();
+        // A VM process (its own group) left by a dead shim, and an
+        // unrelated one that reuses a recorded pid's number later.
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let rec = ProcessRecord {
+            name: "qemu".into(),
+            pid,
+            start_ticks: ProcessRecord::start_ticks(Path::new("/proc"), pid).unwrap(),
+        };
+        let stale = ProcessRecord {
+            name: "virtiofsd".into(),
+            pid: i32::try_from(std::process::id()).unwrap(),
+            start_ticks: 1,
+        };
+        std::fs::write(
+            vm_dir.join(cocoon_vmm::vm::PROCESSES_FILE),
+            serde_json::to_vec(&vec![stale, rec]).unwrap(),
+        )
+        .unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        Record {
+            pod_dir: pod_dir.clone(),
+            rootfs: pod_dir.join("shared/pod1/rootfs"),
+            owns_vm: true,
+        }
+        .write(&bundle)
+        .unwrap();
+        cleanup(&bundle);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the recorded process was not killed");
+        assert!(!pod_dir.exists());
+        assert!(!bundle.join(super::super::record::FILE).exists());
+        // A second cleanup (containerd may retry) is harmless.
+        cleanup(&bundle);
+    }
+
+    #[test]
+    fn cleanup_of_a_pod_container_removes_only_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("pod/shared");
+        std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
+        std::fs::create_dir_all(shared.join("c2/rootfs")).unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        Record {
+            pod_dir: dir.path().join("pod"),
+            rootfs: shared.join("c1/rootfs"),
+            owns_vm: false,
+        }
+        .write(&bundle)
+        .unwrap();
+        cleanup(&bundle);
+        assert!(!shared.join("c1").exists());
+        assert!(shared.join("c2/rootfs").exists());
+    }
 }

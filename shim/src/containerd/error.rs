@@ -52,24 +52,17 @@ pub enum ShimError {
     /// The call cannot apply to a VM-based container.
     #[error("{0} is not supported by Cocoon: {1}")]
     Unsupported(&'static str, &'static str),
-    /// Launching or stopping the VM failed.
+    /// The pod's VM is gone.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Planning, launching or controlling the VM failed.
     #[error(transparent)]
     Vm(#[from] cocoon_vmm::vm::VmError),
-    /// The agent returned an error.
-    #[error("{op}: {message}")]
-    Agent {
-        /// What the shim asked.
-        op: &'static str,
-        /// The agent's message.
-        message: String,
-        /// The agent's status code, if any.
-        code: Option<Code>,
-    },
-    /// QMP failed.
+    /// The agent returned an error, or could not be reached.
     #[error(transparent)]
-    Qmp(#[from] cocoon_vmm::qemu::qmp::QmpError),
+    Guest(#[from] cocoon_protocol::client::GuestError),
     /// Host I/O failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io {
         /// What the shim was doing.
         op: String,
@@ -87,53 +80,55 @@ impl ShimError {
         }
     }
 
-    pub(crate) fn agent(op: &'static str, e: ttrpc::Error) -> Self {
-        match e {
-            ttrpc::Error::RpcStatus(s) => Self::Agent {
-                op,
-                message: s.message().to_string(),
-                code: Some(s.code()),
-            },
-            other => Self::Agent {
-                op,
-                message: other.to_string(),
-                code: None,
-            },
-        }
-    }
-
-    fn code(&self) -> Code {
+    /// The ttrpc code containerd sees: what the caller can do about it.
+    pub fn code(&self) -> Code {
         match self {
-            Self::Config(_)
-            | Self::Spec { .. }
+            Self::Spec { .. }
             | Self::Invalid { .. }
             | Self::AnnotationNotAllowed { .. }
             | Self::Options(_)
             | Self::Rootfs(_) => Code::INVALID_ARGUMENT,
+            Self::Config(_) | Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::NotFound(_) => Code::NOT_FOUND,
             Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Unsupported(..) => Code::UNIMPLEMENTED,
-            Self::Agent { code: Some(c), .. } => *c,
-            Self::Vm(_) | Self::Agent { code: None, .. } | Self::Qmp(_) | Self::Io { .. } => {
-                Code::INTERNAL
-            }
+            Self::Unavailable(_) => Code::UNAVAILABLE,
+            Self::Vm(e) => vm_code(e),
+            // No answer at all: the guest (or the connection) is gone.
+            Self::Guest(e) => e.code.unwrap_or(Code::UNAVAILABLE),
+            Self::Io { .. } => Code::INTERNAL,
         }
     }
 
-    /// The message with every cause, for the status text containerd shows.
+    /// The message with every cause, `: `-separated (each error's Display
+    /// names only its own step, never its source).
     pub fn full_message(&self) -> String {
         let mut msg = self.to_string();
         let mut src = std::error::Error::source(self);
         while let Some(s) = src {
-            let text = s.to_string();
-            if !msg.contains(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
             src = s.source();
         }
         msg
+    }
+}
+
+/// Codes of VM errors: problems of the host or the node configuration are
+/// preconditions; a guest that stopped answering is unavailable.
+fn vm_code(e: &cocoon_vmm::vm::VmError) -> Code {
+    use cocoon_vmm::agent::AgentError;
+    use cocoon_vmm::vm::VmError;
+    match e {
+        VmError::Plan(_) | VmError::DryRun(_) | VmError::Agent(AgentError::Version(_)) => {
+            Code::FAILED_PRECONDITION
+        }
+        VmError::Exists(_) => Code::ALREADY_EXISTS,
+        VmError::QemuExited { .. }
+        | VmError::AgentTimeout { .. }
+        | VmError::Agent(_)
+        | VmError::Qmp(_) => Code::UNAVAILABLE,
+        VmError::StateDir { .. } | VmError::Daemon(_) => Code::INTERNAL,
     }
 }
 
@@ -152,19 +147,111 @@ pub type Result<T> = std::result::Result<T, ShimError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cocoon_protocol::client::GuestError;
+    use cocoon_vmm::launch::PlanError;
+    use cocoon_vmm::vm::VmError;
+
+    fn status(e: ShimError) -> Status {
+        let ttrpc::Error::RpcStatus(s) = ttrpc::Error::from(e) else {
+            panic!("not a status")
+        };
+        s
+    }
 
     #[test]
     fn codes_and_messages() {
-        let e: ttrpc::Error = ShimError::NotFound("container \"x\"".into()).into();
-        let ttrpc::Error::RpcStatus(s) = e else {
-            panic!()
-        };
+        let s = status(ShimError::NotFound("container \"x\"".into()));
         assert_eq!(s.code(), Code::NOT_FOUND);
         assert_eq!(s.message(), "container \"x\" not found");
         let e = ShimError::io("open fifo /x", std::io::Error::from_raw_os_error(2));
         assert_eq!(
             e.full_message(),
             "open fifo /x: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn codes_say_what_the_caller_can_do() {
+        let cases: Vec<(ShimError, Code)> = vec![
+            (
+                VmError::Plan(PlanError::KvmUnavailable).into(),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                VmError::Plan(PlanError::TooManyFunctions(17)).into(),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                VmError::DryRun("x".into()).into(),
+                Code::FAILED_PRECONDITION,
+            ),
+            (VmError::Exists("/d".into()).into(), Code::ALREADY_EXISTS),
+            (
+                VmError::AgentTimeout {
+                    secs: 1,
+                    last_attempt: "x".into(),
+                    console: String::new(),
+                }
+                .into(),
+                Code::UNAVAILABLE,
+            ),
+            (
+                VmError::Agent(cocoon_vmm::agent::AgentError::Version(
+                    cocoon_protocol::VersionMismatch { ours: 1, theirs: 2 },
+                ))
+                .into(),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                GuestError {
+                    op: "start",
+                    code: Some(Code::NOT_FOUND),
+                    message: "no such file".into(),
+                }
+                .into(),
+                Code::NOT_FOUND,
+            ),
+            (
+                GuestError {
+                    op: "start",
+                    code: None,
+                    message: "closed".into(),
+                }
+                .into(),
+                Code::UNAVAILABLE,
+            ),
+            (
+                cocoon_vmm::config::Config::from_toml("bad = 1", "t")
+                    .unwrap_err()
+                    .into(),
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                ShimError::Invalid {
+                    field: "id".into(),
+                    problem: "is empty".into(),
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (ShimError::Unavailable("gone".into()), Code::UNAVAILABLE),
+        ];
+        for (e, code) in cases {
+            let msg = e.full_message();
+            assert_eq!(status(e).code(), code, "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_chain_is_printed_once() {
+        let e: ShimError = VmError::Daemon(cocoon_vmm::process::DaemonError::Spawn {
+            name: "qemu",
+            program: "/q".into(),
+            source: std::io::Error::from_raw_os_error(2),
+        })
+        .into();
+        assert_eq!(
+            e.full_message(),
+            "cannot start qemu (/q): No such file or directory (os error 2)"
         );
     }
 }

@@ -6,8 +6,9 @@
 //! - [`server`]: the Task API server.
 //! - [`task`]: the Task RPCs, one file per verb.
 //! - [`pod`]: the pod's VM; [`process`]: containers and processes.
-//! - [`spec`], [`options`]: what containerd hands over (OCI spec,
-//!   runtime options); [`rootfs`]: mounting container root filesystems.
+//! - [`request`]: a Create request parsed once (OCI spec, annotations,
+//!   devices); [`options`]: containerd's runtime options; [`rootfs`]:
+//!   mounting container root filesystems, the cleanup guard.
 //! - [`io`]: fifo ↔ agent stdio; [`publisher`]: task events.
 //! - [`record`]: what `delete` needs, kept in the bundle.
 
@@ -22,9 +23,9 @@ pub mod podresources;
 pub mod process;
 pub mod publisher;
 pub mod record;
+pub mod request;
 pub mod rootfs;
 pub mod server;
-pub mod spec;
 pub mod task;
 
 use std::io::Write;

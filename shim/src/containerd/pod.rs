@@ -3,23 +3,46 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use cocoon_protocol::agent::CreateSandboxRequest;
-use cocoon_protocol::agent_ttrpc::AgentClient;
-use cocoon_vmm::agent::ctx;
-use cocoon_vmm::config::Config;
-use cocoon_vmm::host::HostRoots;
-use cocoon_vmm::qemu::qmp::Qmp;
-use cocoon_vmm::vm::{Share, Vm, VmRequest};
+use cocoon_protocol::client::GuestClient;
+use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, Share};
+use cocoon_vmm::vm::Vm;
 use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex};
 
 use super::error::{Result, ShimError};
-use super::rootfs;
+use super::request::ResolvedDevices;
+use super::rootfs::DirGuard;
+use crate::node::NodeConfig;
 
 /// virtio-fs tag of the pod's shared directory.
 pub const SHARE_TAG: &str = "cocoon-shared";
+
+/// A pod's state directory before its VM runs: `<state_dir>/<dir name>`
+/// with `shared/` (exported to the guest) in it; removed with everything
+/// mounted below it unless a [`Pod`] takes it over.
+#[derive(Debug)]
+pub struct PodDir {
+    guard: DirGuard,
+    /// `<dir>/shared`.
+    pub shared: PathBuf,
+}
+
+impl PodDir {
+    /// Creates the directory of pod `id` under `state_dir`.
+    pub fn create(state_dir: &Path, id: &str) -> Result<Self> {
+        let guard = DirGuard::create(&state_dir.join(dir_name(id)))?;
+        let shared = guard.path().join("shared");
+        std::fs::create_dir(&shared)
+            .map_err(|e| ShimError::io(format!("create {}", shared.display()), e))?;
+        Ok(Self { guard, shared })
+    }
+
+    /// The pod's state directory.
+    pub fn path(&self) -> &Path {
+        self.guard.path()
+    }
+}
 
 /// A running pod VM.
 pub struct Pod {
@@ -30,16 +53,15 @@ pub struct Pod {
     /// `<dir>/shared`, exported to the guest.
     pub shared: PathBuf,
     /// The node configuration it was launched with.
-    pub config: Config,
-    /// Agent client.
-    pub agent: AgentClient,
-    /// QMP client.
-    pub qmp: Qmp,
+    pub config: NodeConfig,
+    /// The agent.
+    pub guest: GuestClient,
     /// VFIO device nodes passed through at launch (what later containers
     /// of the pod may use).
     pub device_nodes: Vec<String>,
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
+    dir_guard: std::sync::Mutex<Option<DirGuard>>,
     log: Logger,
 }
 
@@ -49,18 +71,6 @@ impl std::fmt::Debug for Pod {
             .field("id", &self.id)
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// Removes a pod directory on failure paths.
-struct DirGuard(Option<PathBuf>);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = rootfs::unmount_all_under(&d.join("shared"));
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 
@@ -86,91 +96,67 @@ pub fn dir_name(id: &str) -> String {
 }
 
 impl Pod {
-    /// Creates the pod directory and hands `prepare` the shared directory
-    /// (to mount the first container's rootfs), then launches the VM.
-    /// Everything is undone if any step fails.
+    /// Plans and launches the VM of pod `id` over `dir` (whose share holds
+    /// the first container's rootfs already), then creates the sandbox in
+    /// the guest. On failure everything, `dir` included, is undone.
     pub async fn launch(
         id: &str,
-        config: Config,
         hostname: &str,
-        devices: crate::containerd::spec::Devices,
-        prepare: impl FnOnce(&Path) -> Result<()>,
+        config: NodeConfig,
+        dir: PodDir,
+        devices: ResolvedDevices,
         log: &Logger,
     ) -> Result<Arc<Self>> {
-        let dir = config.runtime.state_dir.join(dir_name(id));
-        std::fs::create_dir_all(&config.runtime.state_dir).map_err(|e| {
-            ShimError::io(format!("create {}", config.runtime.state_dir.display()), e)
-        })?;
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(ShimError::AlreadyExists(format!(
-                    "pod state directory {}",
-                    dir.display()
-                )))
-            }
-            Err(e) => return Err(ShimError::io(format!("create {}", dir.display()), e)),
-        }
-        let mut guard = DirGuard(Some(dir.clone()));
-        let shared = dir.join("shared");
-        std::fs::create_dir(&shared)
-            .map_err(|e| ShimError::io(format!("create {}", shared.display()), e))?;
-        prepare(&shared)?;
-        let req = VmRequest {
+        let req = LaunchRequest {
             id: id.to_string(),
-            dir: Some(dir.join("vm")),
+            dir: Some(dir.path().join("vm")),
             shares: vec![Share {
                 tag: SHARE_TAG.into(),
-                dir: shared.clone(),
+                dir: dir.shared.clone(),
             }],
-            devices: devices.vfio_paths.clone(),
-            cdi_devices: devices.cdi.clone(),
+            devices: devices.functions,
+            vsock_cid: None,
         };
-        let vm = Vm::launch(&config, &HostRoots::default(), &req, log).await?;
-        let agent = vm.agent().clone();
-        let mut sb = CreateSandboxRequest::new();
-        sb.sandbox_id = id.to_string();
-        sb.hostname = hostname.to_string();
-        sb.shared_fs_tag = SHARE_TAG.into();
-        agent
-            .create_sandbox(ctx(Duration::from_secs(30)), &sb)
+        let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
             .await
-            .map_err(|e| ShimError::agent("create the sandbox in the guest", e))?;
-        let qmp = vm.qmp().clone();
+            .map_err(cocoon_vmm::vm::VmError::from)?;
+        let vm = Vm::launch(plan, log).await?;
+        let guest = vm.guest().clone();
+        guest.create_sandbox(id, hostname, SHARE_TAG).await?;
         info!(log, "pod VM ready"; "pod" => id, "boot_ms" => u64::try_from(vm.boot_time().as_millis()).unwrap_or(u64::MAX));
-        guard.0 = None;
-        let config_dirs = config.gpu.cdi_spec_dirs.clone();
+        let exit = vm.exit_watch();
         let pod = Arc::new(Self {
             id: id.to_string(),
-            dir,
-            shared,
+            dir: dir.path().to_path_buf(),
+            shared: dir.shared.clone(),
             config,
-            agent,
-            qmp,
-            device_nodes: devices.nodes(&config_dirs).unwrap_or_default(),
+            guest,
+            device_nodes: devices.nodes,
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
+            dir_guard: std::sync::Mutex::new(Some(dir.guard)),
             log: log.clone(),
         });
-        tokio::spawn(Self::monitor(Arc::downgrade(&pod)));
+        tokio::spawn(Self::monitor(Arc::downgrade(&pod), exit));
         Ok(pod)
     }
 
-    /// Watches QEMU; when it exits on its own, marks the pod dead.
-    async fn monitor(pod: std::sync::Weak<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Some(pod) = pod.upgrade() else { return };
-            let mut vm = pod.vm.lock().await;
-            let Some(v) = vm.as_mut() else { return };
-            if let Some(status) = v.exited() {
-                warn!(pod.log, "VM exited unexpectedly"; "status" => status.to_string());
-                // Dropping the VM stops the helpers and removes its directory.
-                vm.take();
-                pod.dead.send_replace(true);
-                return;
-            }
-        }
+    /// Learns from the VM's exit watch that QEMU exited; if the pod did not
+    /// stop it, marks the pod dead and drops the VM.
+    async fn monitor(
+        pod: std::sync::Weak<Self>,
+        mut exit: watch::Receiver<Option<std::process::ExitStatus>>,
+    ) {
+        let status = exit.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+        let Some(pod) = pod.upgrade() else { return };
+        let Some(vm) = pod.vm.lock().await.take() else {
+            // Stopped by `shutdown`.
+            return;
+        };
+        warn!(pod.log, "VM exited unexpectedly"; "status" => status.map(|s| s.to_string()));
+        // Dropping the VM stops the helpers and removes its directory.
+        drop(vm);
+        pod.dead.send_replace(true);
     }
 
     /// Resolves once the VM died on its own.
@@ -184,6 +170,22 @@ impl Pod {
         *self.dead.borrow()
     }
 
+    /// Pauses the VM.
+    pub async fn pause(&self) -> Result<()> {
+        match self.vm.lock().await.as_ref() {
+            Some(vm) => Ok(vm.pause().await?),
+            None => Err(ShimError::Unavailable("the pod's VM is gone".into())),
+        }
+    }
+
+    /// Resumes the VM.
+    pub async fn resume(&self) -> Result<()> {
+        match self.vm.lock().await.as_ref() {
+            Some(vm) => Ok(vm.resume().await?),
+            None => Err(ShimError::Unavailable("the pod's VM is gone".into())),
+        }
+    }
+
     /// Stops the VM and removes the pod directory (unmounting whatever is
     /// still mounted in it).
     pub async fn shutdown(&self) {
@@ -192,10 +194,12 @@ impl Pod {
             vm.shutdown().await;
         }
         self.dead.send_replace(true);
-        if let Err(e) = rootfs::unmount_all_under(&self.shared) {
-            warn!(self.log, "unmounting leftovers"; "error" => e.to_string());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let guard = self
+            .dir_guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(guard);
         info!(self.log, "pod stopped"; "pod" => &self.id);
     }
 }
@@ -212,5 +216,16 @@ mod tests {
         assert!(a.len() <= 24 && b.len() <= 24);
         assert_ne!(a, b);
         assert_ne!(dir_name("../x"), "../x");
+    }
+
+    #[test]
+    fn a_pod_dir_is_removed_with_its_share_unless_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let d = PodDir::create(state.path(), "p1").unwrap();
+        assert!(d.shared.is_dir());
+        let path = d.path().to_path_buf();
+        assert!(PodDir::create(state.path(), "p1").is_err());
+        drop(d);
+        assert!(!path.exists());
     }
 }

@@ -10,8 +10,9 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::io::Target;
-use super::spec::Kind;
+use cocoon_protocol::client::ProcessRef;
+
+use super::request::Kind;
 
 /// How a process ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +40,7 @@ pub struct StdioPaths {
 #[derive(Debug)]
 pub struct Proc {
     /// Agent ids.
-    pub target: Target,
+    pub target: ProcessRef,
     /// Guest PID.
     pub pid: u32,
     /// stdio.
@@ -54,7 +55,7 @@ pub struct Proc {
 
 impl Proc {
     /// A created (not yet started) process.
-    pub fn new(target: Target, pid: u32, stdio: StdioPaths) -> Self {
+    pub fn new(target: ProcessRef, pid: u32, stdio: StdioPaths) -> Self {
         Self {
             target,
             pid,

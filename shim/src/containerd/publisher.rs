@@ -135,3 +135,87 @@ impl Publisher {
         let _ = self.tx.send(ev).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim::events::ForwardRequest;
+    use containerd_shim_protos::shim_async::{create_events, Events};
+    use ttrpc::r#async::TtrpcContext;
+
+    /// A stand-in for containerd's events service.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<ForwardRequest>>);
+
+    #[async_trait::async_trait]
+    impl Events for Recorder {
+        async fn forward(
+            &self,
+            _: &TtrpcContext,
+            req: ForwardRequest,
+        ) -> ttrpc::Result<containerd_shim_protos::protobuf::well_known_types::empty::Empty>
+        {
+            self.0.lock().unwrap().push(req);
+            Ok(Default::default())
+        }
+    }
+
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[tokio::test]
+    async fn events_reach_containerd_with_topic_namespace_and_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("events.sock");
+        let rec = Arc::new(Recorder::default());
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_events(rec.clone()));
+        server.start().await.unwrap();
+        // A bare path, as containerd passes it in TTRPC_ADDRESS.
+        let p = Publisher::start(Some(sock.display().to_string()), "k8s.io".into(), logger());
+        let mut start = TaskStart::new();
+        start.container_id = "c1".into();
+        start.pid = 42;
+        p.publish(Event::Start(start)).await;
+        let mut exit = TaskExit::new();
+        exit.container_id = "c1".into();
+        exit.exit_status = 3;
+        p.publish(Event::Exit(exit)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rec.0.lock().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "events never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = rec.0.lock().unwrap().clone();
+        let env = got[0].envelope.as_ref().unwrap();
+        assert_eq!(env.topic, "/tasks/start");
+        assert_eq!(env.namespace, "k8s.io");
+        let any = env.event.as_ref().unwrap();
+        assert_eq!(any.type_url, "containerd.events.TaskStart");
+        let back = TaskStart::parse_from_bytes(&any.value).unwrap();
+        assert_eq!((back.container_id.as_str(), back.pid), ("c1", 42));
+        let env = got[1].envelope.as_ref().unwrap();
+        assert_eq!(env.topic, "/tasks/exit");
+        let back = TaskExit::parse_from_bytes(&env.event.value).unwrap();
+        assert_eq!(back.exit_status, 3);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_containerd_events_are_dropped_without_blocking() {
+        let p = Publisher::start(None, "default".into(), logger());
+        for _ in 0..2000 {
+            let mut ev = TaskStart::new();
+            ev.container_id = "c".into();
+            tokio::time::timeout(Duration::from_secs(5), p.publish(Event::Start(ev)))
+                .await
+                .expect("publishing blocked");
+        }
+    }
+}

@@ -155,6 +155,85 @@ pub fn shared_paths(shared: &Path, container_id: &str) -> (PathBuf, String) {
     )
 }
 
+/// The shim's one cleanup guard: a directory that everything mounted below
+/// it is unmounted from and that is removed when the guard is dropped —
+/// a pod's state directory, or a container's directory in the share.
+#[derive(Debug)]
+pub struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    /// Creates `dir` (which must not exist; its parent is created) and
+    /// guards it.
+    pub fn create(dir: &Path) -> Result<Self> {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => Ok(Self(Some(dir.to_path_buf()))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(
+                ShimError::AlreadyExists(format!("state directory {}", dir.display())),
+            ),
+            Err(e) => Err(ShimError::io(format!("create {}", dir.display()), e)),
+        }
+    }
+
+    /// Guards an existing directory (or one about to be created).
+    pub fn adopt(dir: PathBuf) -> Self {
+        Self(Some(dir))
+    }
+
+    /// The guarded directory.
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Keeps the directory: the guard no longer removes it.
+    pub fn release(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = unmount_all_under(&d);
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A container's rootfs mounted into the pod's share, guarded: dropping it
+/// unmounts the rootfs and removes `<shared>/<id>`.
+#[derive(Debug)]
+pub struct SharedRootfs {
+    /// Host mount point (`<shared>/<id>/rootfs`).
+    pub target: PathBuf,
+    /// The path the guest sees, relative to the share.
+    pub guest_path: String,
+    guard: DirGuard,
+}
+
+impl SharedRootfs {
+    /// Mounts the container's rootfs at `<shared>/<id>/rootfs`.
+    pub fn mount(shared: &Path, id: &str, src: &super::request::RootfsSource) -> Result<Self> {
+        let (target, guest_path) = shared_paths(shared, id);
+        let guard = DirGuard::adopt(shared.join(id));
+        mount_rootfs(&src.mounts, &src.bundle_rootfs, &target)?;
+        Ok(Self {
+            target,
+            guest_path,
+            guard,
+        })
+    }
+
+    /// Keeps the mount (the container now owns it); returns the mount point.
+    pub fn keep(self) -> PathBuf {
+        let _ = self.guard.release();
+        self.target
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +248,36 @@ mod tests {
         ]);
         assert!(f.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
         assert_eq!(d, vec!["lowerdir=/a:/b", "index=off"]);
+    }
+
+    #[test]
+    fn guards_remove_their_directory_unless_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("state/pod");
+        let g = DirGuard::create(&d).unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+        assert!(matches!(
+            DirGuard::create(&d),
+            Err(ShimError::AlreadyExists(_))
+        ));
+        drop(g);
+        assert!(!d.exists());
+        let g = DirGuard::create(&d).unwrap();
+        assert_eq!(g.release(), d);
+        assert!(d.exists());
+    }
+
+    #[test]
+    fn a_failed_rootfs_mount_leaves_no_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::new();
+        m.type_ = "erofs".into();
+        let src = super::super::request::RootfsSource {
+            mounts: vec![m],
+            bundle_rootfs: dir.path().join("b"),
+        };
+        assert!(SharedRootfs::mount(dir.path(), "c1", &src).is_err());
+        assert!(!dir.path().join("c1").exists());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::config::{Config, Expected};
+use crate::firmware::FirmwareInfo;
 use crate::tee::Cpuid;
 
 /// Errors computing or checking a measurement.
@@ -334,6 +335,179 @@ pub fn qemu_patches_kernel(qemu: &Path) -> Result<bool, MeasureError> {
     }
 }
 
+/// The files and values a launch measures, read once.
+struct LaunchInputs<'a> {
+    config: &'a Config,
+    cmdline: String,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+    kernel_sha256: [u8; 32],
+    initrd_sha256: [u8; 32],
+    firmware: Option<(&'a Path, Vec<u8>)>,
+    model: String,
+    /// The initdata document's file digest and its own-algorithm digest.
+    initdata: Option<(FileDigest, Vec<u8>)>,
+}
+
+impl<'a> LaunchInputs<'a> {
+    fn read(
+        config: &'a Config,
+        kind: Kind,
+        initdata: Option<(&Path, &[u8])>,
+    ) -> Result<Self, MeasureError> {
+        let q = &config.qemu;
+        let initdata = match initdata {
+            Some((p, d)) => Some((
+                file_digest(p, d),
+                initdata_digest(d, &p.display().to_string())?,
+            )),
+            None => None,
+        };
+        let kernel = read_input("hypervisor.qemu.kernel", &q.kernel)?;
+        let initrd = read_input("hypervisor.qemu.initrd", &q.initrd)?;
+        let firmware = match &q.firmware {
+            Some(p) => Some((p.as_path(), read_input("hypervisor.qemu.firmware", p)?)),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            cmdline: crate::qemu::argv::kernel_cmdline(q),
+            // Hashed once: the same SHA-256s go into the SEV hashes table.
+            kernel_sha256: Sha256::digest(&kernel).into(),
+            initrd_sha256: Sha256::digest(&initrd).into(),
+            kernel,
+            initrd,
+            firmware,
+            model: if kind == Kind::None {
+                q.cpu_model.clone().unwrap_or_default()
+            } else {
+                cpu_model(config)
+            },
+            initdata,
+        })
+    }
+
+    /// The reference values common to every kind (inputs only).
+    fn reference(&self, kind: Kind) -> Reference {
+        let q = &self.config.qemu;
+        Reference {
+            tee: match kind {
+                Kind::None => "none",
+                Kind::Snp => "snp",
+                Kind::Tdx => "tdx",
+            },
+            launch_digest: None,
+            mrtd: None,
+            rtmr0: None,
+            rtmr1: None,
+            rtmr2: None,
+            host_data: None,
+            mrconfigid: None,
+            inputs: Inputs {
+                firmware: self.firmware.as_ref().map(|(p, d)| file_digest(p, d)),
+                kernel: file_digest_of(&q.kernel, &self.kernel, self.kernel_sha256),
+                initrd: file_digest_of(&q.initrd, &self.initrd, self.initrd_sha256),
+                cmdline: self.cmdline.clone(),
+                vcpus: q.vcpus,
+                memory_mib: q.memory_mib,
+                cpu_model: self.model.clone(),
+                vcpu_sig: None,
+                guest_features: None,
+                snp_policy: None,
+                tdx_mrtd_order: None,
+                tdx_load_options: None,
+                tdx_kernel_setup_patch: None,
+                initdata: self.initdata.as_ref().map(|(f, _)| f.clone()),
+            },
+        }
+    }
+
+    /// The measured firmware, which a confidential launch needs.
+    fn firmware(&self, tee: &str) -> Result<(&Path, &[u8], FirmwareInfo), MeasureError> {
+        let (path, fw) = self.firmware.as_ref().ok_or_else(|| MeasureError::Input {
+            what: "hypervisor.qemu.firmware".into(),
+            problem: format!("is empty; a {tee} launch boots from firmware, which is measured"),
+        })?;
+        Ok((path, fw, firmware_info(path, fw)?))
+    }
+
+    fn snp(&self, r: &mut Reference, cpuid: &Cpuid) -> Result<(), MeasureError> {
+        let (q, m) = (&self.config.qemu, &self.config.measurement);
+        let (fw_path, fw, info) = self.firmware("SEV-SNP")?;
+        let sig = vcpu_sig(&self.model, cpuid)?;
+        let ld = snp::launch_digest(&snp::SnpInputs {
+            firmware: fw,
+            info: &info,
+            firmware_name: &fw_path.display().to_string(),
+            vcpus: q.vcpus,
+            vcpu_sig: sig,
+            vmm: snp::Vmm::Qemu,
+            hashes: Some(snp::SevHashes {
+                kernel: self.kernel_sha256,
+                initrd: self.initrd_sha256,
+                ..snp::SevHashes::new(&[], None, Some(&self.cmdline))
+            }),
+            guest_features: m.snp_guest_features,
+            ovmf_hash: None,
+        })?;
+        r.launch_digest = Some(ld);
+        r.host_data = self.initdata.as_ref().map(|(_, d)| hex::encode(fit(d, 32)));
+        r.inputs.vcpu_sig = Some(format!("{sig:#x}"));
+        r.inputs.guest_features = Some(format!("{:#x}", m.snp_guest_features));
+        r.inputs.snp_policy = Some(format!("{:#x}", q.snp_guest_policy));
+        Ok(())
+    }
+
+    /// The kernel's Authenticode digest as the firmware sees it (after
+    /// QEMU's setup-header patch when `patch`).
+    fn kernel_authenticode(&self, patch: bool) -> Result<[u8; 48], MeasureError> {
+        let q = &self.config.qemu;
+        let kname = q.kernel.display().to_string();
+        if !patch {
+            return tdx::authenticode_sha384(&self.kernel, &kname);
+        }
+        let mut k = self.kernel.clone();
+        tdx::qemu_patch_setup_header(
+            &mut k,
+            Some(self.initrd.len() as u64),
+            u64::from(q.memory_mib) << 20,
+        )
+        .map_err(|p| MeasureError::File {
+            path: kname.clone(),
+            problem: p.into(),
+        })?;
+        tdx::authenticode_sha384(&k, &kname)
+    }
+
+    fn tdx(&self, r: &mut Reference) -> Result<(), MeasureError> {
+        let (q, m) = (&self.config.qemu, &self.config.measurement);
+        let (fw_path, fw, info) = self.firmware("TDX")?;
+        r.mrtd = Some(tdx::mrtd(
+            fw,
+            &info,
+            &fw_path.display().to_string(),
+            m.tdx_mrtd_order,
+        )?);
+        let patch = match m.tdx_kernel_setup_patch {
+            Some(p) => p,
+            None => qemu_patches_kernel(&q.path)?,
+        };
+        let digest = self.kernel_authenticode(patch)?;
+        r.rtmr0 = Some("not computed: depends on QEMU's ACPI tables, the TD HOB and the firmware's variable store");
+        r.rtmr1 = Some(tdx::replay(&tdx::rtmr1_events(digest)));
+        let opts = tdx::load_options(&self.cmdline, true, m.tdx_load_options);
+        r.rtmr2 = Some(tdx::replay(&tdx::rtmr2_events(
+            opts.as_deref(),
+            Some(&self.initrd),
+        )));
+        r.mrconfigid = self.initdata.as_ref().map(|(_, d)| hex::encode(fit(d, 48)));
+        r.inputs.tdx_mrtd_order = Some(m.tdx_mrtd_order);
+        r.inputs.tdx_load_options = Some(m.tdx_load_options);
+        r.inputs.tdx_kernel_setup_patch = Some(patch);
+        Ok(())
+    }
+}
+
 /// Computes the reference values of a launch of `config` in `kind`.
 pub fn for_launch(
     config: &Config,
@@ -341,129 +515,12 @@ pub fn for_launch(
     initdata: Option<(&Path, &[u8])>,
     cpuid: &Cpuid,
 ) -> Result<Reference, MeasureError> {
-    let q = &config.qemu;
-    let m = &config.measurement;
-    let init_digest = match initdata {
-        Some((p, d)) => Some((
-            file_digest(p, d),
-            initdata_digest(d, &p.display().to_string())?,
-        )),
-        None => None,
-    };
-    let cmdline = crate::qemu::argv::kernel_cmdline(q);
-    let kernel = read_input("hypervisor.qemu.kernel", &q.kernel)?;
-    let initrd = read_input("hypervisor.qemu.initrd", &q.initrd)?;
-    let firmware = match &q.firmware {
-        Some(p) => Some((p, read_input("hypervisor.qemu.firmware", p)?)),
-        None => None,
-    };
-    let model = if kind == Kind::None {
-        q.cpu_model.clone().unwrap_or_default()
-    } else {
-        cpu_model(config)
-    };
-    // Hashed once: the same SHA-256s go into the SEV hashes table.
-    let kernel_sha256: [u8; 32] = Sha256::digest(&kernel).into();
-    let initrd_sha256: [u8; 32] = Sha256::digest(&initrd).into();
-    let mut r = Reference {
-        tee: match kind {
-            Kind::None => "none",
-            Kind::Snp => "snp",
-            Kind::Tdx => "tdx",
-        },
-        launch_digest: None,
-        mrtd: None,
-        rtmr0: None,
-        rtmr1: None,
-        rtmr2: None,
-        host_data: None,
-        mrconfigid: None,
-        inputs: Inputs {
-            firmware: firmware.as_ref().map(|(p, d)| file_digest(p, d)),
-            kernel: file_digest_of(&q.kernel, &kernel, kernel_sha256),
-            initrd: file_digest_of(&q.initrd, &initrd, initrd_sha256),
-            cmdline: cmdline.clone(),
-            vcpus: q.vcpus,
-            memory_mib: q.memory_mib,
-            cpu_model: model.clone(),
-            vcpu_sig: None,
-            guest_features: None,
-            snp_policy: None,
-            tdx_mrtd_order: None,
-            tdx_load_options: None,
-            tdx_kernel_setup_patch: None,
-            initdata: init_digest.as_ref().map(|(f, _)| f.clone()),
-        },
-    };
-    let no_firmware = |tee: &str| MeasureError::Input {
-        what: "hypervisor.qemu.firmware".into(),
-        problem: format!("is empty; a {tee} launch boots from firmware, which is measured"),
-    };
+    let inputs = LaunchInputs::read(config, kind, initdata)?;
+    let mut r = inputs.reference(kind);
     match kind {
         Kind::None => {}
-        Kind::Snp => {
-            let (fw_path, fw) = firmware.as_ref().ok_or_else(|| no_firmware("SEV-SNP"))?;
-            let name = fw_path.display().to_string();
-            let info = firmware_info(fw_path, fw)?;
-            let sig = vcpu_sig(&model, cpuid)?;
-            let ld = snp::launch_digest(&snp::SnpInputs {
-                firmware: fw,
-                info: &info,
-                firmware_name: &name,
-                vcpus: q.vcpus,
-                vcpu_sig: sig,
-                vmm: snp::Vmm::Qemu,
-                hashes: Some(snp::SevHashes {
-                    kernel: kernel_sha256,
-                    initrd: initrd_sha256,
-                    ..snp::SevHashes::new(&[], None, Some(&cmdline))
-                }),
-                guest_features: m.snp_guest_features,
-                ovmf_hash: None,
-            })?;
-            r.launch_digest = Some(ld);
-            r.host_data = init_digest.map(|(_, d)| hex::encode(fit(&d, 32)));
-            r.inputs.vcpu_sig = Some(format!("{sig:#x}"));
-            r.inputs.guest_features = Some(format!("{:#x}", m.snp_guest_features));
-            r.inputs.snp_policy = Some(format!("{:#x}", q.snp_guest_policy));
-        }
-        Kind::Tdx => {
-            let (fw_path, fw) = firmware.as_ref().ok_or_else(|| no_firmware("TDX"))?;
-            let name = fw_path.display().to_string();
-            let info = firmware_info(fw_path, fw)?;
-            r.mrtd = Some(tdx::mrtd(fw, &info, &name, m.tdx_mrtd_order)?);
-            let patch = match m.tdx_kernel_setup_patch {
-                Some(p) => p,
-                None => qemu_patches_kernel(&q.path)?,
-            };
-            let kname = q.kernel.display().to_string();
-            let digest = if patch {
-                let mut k = kernel.clone();
-                tdx::qemu_patch_setup_header(
-                    &mut k,
-                    Some(initrd.len() as u64),
-                    u64::from(q.memory_mib) << 20,
-                )
-                .map_err(|p| MeasureError::File {
-                    path: kname.clone(),
-                    problem: p.into(),
-                })?;
-                tdx::authenticode_sha384(&k, &kname)?
-            } else {
-                tdx::authenticode_sha384(&kernel, &kname)?
-            };
-            r.rtmr0 = Some("not computed: depends on QEMU's ACPI tables, the TD HOB and the firmware's variable store");
-            r.rtmr1 = Some(tdx::replay(&tdx::rtmr1_events(digest)));
-            let opts = tdx::load_options(&cmdline, true, m.tdx_load_options);
-            r.rtmr2 = Some(tdx::replay(&tdx::rtmr2_events(
-                opts.as_deref(),
-                Some(&initrd),
-            )));
-            r.mrconfigid = init_digest.map(|(_, d)| hex::encode(fit(&d, 48)));
-            r.inputs.tdx_mrtd_order = Some(m.tdx_mrtd_order);
-            r.inputs.tdx_load_options = Some(m.tdx_load_options);
-            r.inputs.tdx_kernel_setup_patch = Some(patch);
-        }
+        Kind::Snp => inputs.snp(&mut r, cpuid)?,
+        Kind::Tdx => inputs.tdx(&mut r)?,
     }
     Ok(r)
 }

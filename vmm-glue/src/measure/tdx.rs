@@ -18,29 +18,7 @@ use crate::firmware::{FirmwareInfo, TDVF_ATTR_MR_EXTEND, TDVF_ATTR_PAGE_AUG};
 pub const MR_BYTES: usize = 48;
 const PAGE: u64 = 4096;
 
-/// The order in which the host adds and extends firmware pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MrtdOrder {
-    /// PAGE.ADD then that page's 16 MR.EXTENDs, page by page: upstream KVM
-    /// (`KVM_TDX_INIT_MEM_REGION`, Linux 6.16+) with QEMU 10.1+, GCE.
-    PerPage,
-    /// All PAGE.ADDs of a section, then all its MR.EXTENDs: the QEMU 8.x
-    /// TDX trees (Canonical's and Intel's staging QEMU).
-    TwoPass,
-}
-
-/// How the firmware builds the kernel's LoadOptions, which the Linux EFI
-/// stub measures into RTMR[2].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoadOptions {
-    /// `initrd=initrd <cmdline>`: edk2 with PR #11115 (mid-2025; Debian's
-    /// ovmf-inteltdx 2026.08).
-    InitrdFirst,
-    /// `<cmdline> initrd=initrd`: earlier edk2 (for example 2024.x).
-    CmdlineFirst,
-}
+pub use crate::config::{LoadOptions, MrtdOrder};
 
 /// MRTD of a TDVF image.
 pub fn mrtd(

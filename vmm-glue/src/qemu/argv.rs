@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use crate::config::QemuConfig;
+use crate::pci::PciBdf;
 use crate::tee::LaunchTee;
 
 /// Kernel parameters Cocoon always passes: fail fast instead of rebooting,
@@ -82,7 +83,7 @@ pub struct FsShare {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VfioArg {
     /// Host PCI address.
-    pub bdf: String,
+    pub bdf: PciBdf,
     /// Opened through iommufd (a `/dev/vfio/devices/vfioN` cdev) rather
     /// than its legacy group.
     pub iommufd: bool,
@@ -208,16 +209,10 @@ impl VmArgs {
         }
     }
 
-    /// The argv after the binary name.
-    pub fn to_argv(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::new();
-        let mut push = |v: OsString| a.push(v);
-        for s in [
-            "-name",
-            &format!("{},debug-threads=on", self.name.replace(',', ",,")),
-        ] {
-            push(s.into());
-        }
+    /// Name, defaults off, machine with the TEE, CPU, memory.
+    fn machine(&self, a: &mut Vec<OsString>) {
+        a.push("-name".into());
+        a.push(format!("{},debug-threads=on", self.name.replace(',', ",,")).into());
         for s in [
             "-nodefaults",
             "-no-user-config",
@@ -225,15 +220,15 @@ impl VmArgs {
             "none",
             "-no-reboot",
         ] {
-            push(s.into());
+            a.push(s.into());
         }
-        push("-machine".into());
+        a.push("-machine".into());
         let cgs = match &self.tee {
             LaunchTee::None => "",
             LaunchTee::Snp { .. } => ",confidential-guest-support=snp,kernel_irqchip=split",
             LaunchTee::Tdx { .. } => ",confidential-guest-support=tdx,kernel_irqchip=split",
         };
-        push(
+        a.push(
             format!(
                 "{},accel={},memory-backend=mem0{cgs}",
                 self.machine_type,
@@ -242,44 +237,51 @@ impl VmArgs {
             .into(),
         );
         if let Some(object) = self.tee_object() {
-            push("-object".into());
-            push(object);
+            a.push("-object".into());
+            a.push(object);
         }
-        push("-cpu".into());
-        push(self.cpu_model.clone().into());
-        push("-smp".into());
-        push(self.vcpus.to_string().into());
-        push("-m".into());
-        push(format!("{}M", self.memory_mib).into());
+        a.push("-cpu".into());
+        a.push(self.cpu_model.clone().into());
+        a.push("-smp".into());
+        a.push(self.vcpus.to_string().into());
+        a.push("-m".into());
+        a.push(format!("{}M", self.memory_mib).into());
         // vhost-user devices (virtiofsd, vhost-device-vsock) map guest RAM,
         // so it must be a shareable memfd.
-        push("-object".into());
-        push(
+        a.push("-object".into());
+        a.push(
             format!(
                 "memory-backend-memfd,id=mem0,size={}M,share=on",
                 self.memory_mib
             )
             .into(),
         );
+    }
+
+    /// Firmware, kernel, initrd, command line.
+    fn boot(&self, a: &mut Vec<OsString>) {
         if let Some(fw) = &self.firmware {
-            push("-bios".into());
-            push(fw.clone().into_os_string());
+            a.push("-bios".into());
+            a.push(fw.clone().into_os_string());
         }
-        push("-kernel".into());
-        push(self.kernel.clone().into_os_string());
-        push("-initrd".into());
-        push(self.initrd.clone().into_os_string());
-        push("-append".into());
-        push(self.cmdline.clone().into());
-        // VFIO: one pcie-root-port per device on pcie.0 (chassis/slot unique),
-        // the device cold-plugged behind it before the guest boots.
+        a.push("-kernel".into());
+        a.push(self.kernel.clone().into_os_string());
+        a.push("-initrd".into());
+        a.push(self.initrd.clone().into_os_string());
+        a.push("-append".into());
+        a.push(self.cmdline.clone().into());
+    }
+
+    /// VFIO: one pcie-root-port per device on pcie.0 (chassis/slot unique),
+    /// the device cold-plugged behind it before the guest boots.
+    fn pci(&self, a: &mut Vec<OsString>) {
         let ports = self
             .pci
             .root_ports
             .max(u32::try_from(self.pci.vfio.len()).unwrap_or(u32::MAX));
         for i in 0..ports {
-            push("-device".into());
-            push(
+            a.push("-device".into());
+            a.push(
                 format!(
                     "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={i},multifunction=off",
                     i + 1
@@ -288,43 +290,47 @@ impl VmArgs {
             );
         }
         if self.pci.vfio.iter().any(|d| d.iommufd) {
-            push("-object".into());
-            push("iommufd,id=iommufd0".into());
+            a.push("-object".into());
+            a.push("iommufd,id=iommufd0".into());
         }
         for (i, d) in self.pci.vfio.iter().enumerate() {
-            push("-device".into());
+            a.push("-device".into());
             let iommufd = if d.iommufd { ",iommufd=iommufd0" } else { "" };
-            push(format!("vfio-pci,host={},bus=rp{i},id=vfio{i}{iommufd}", d.bdf).into());
+            a.push(format!("vfio-pci,host={},bus=rp{i},id=vfio{i}{iommufd}", d.bdf).into());
         }
         if self.pci.mmio64_mb > 0 {
             // OVMF sizes its 64-bit aperture from this fw_cfg file; the q35
             // host bridge's hole must be as large.
-            push("-fw_cfg".into());
-            push(format!("name=opt/ovmf/X-PciMmio64Mb,string={}", self.pci.mmio64_mb).into());
-            push("-global".into());
-            push(format!("q35-pcihost.pci-hole64-size={}M", self.pci.mmio64_mb).into());
+            a.push("-fw_cfg".into());
+            a.push(format!("name=opt/ovmf/X-PciMmio64Mb,string={}", self.pci.mmio64_mb).into());
+            a.push("-global".into());
+            a.push(format!("q35-pcihost.pci-hole64-size={}M", self.pci.mmio64_mb).into());
         }
+    }
+
+    /// The agent's vsock device and the virtio-fs shares.
+    fn vsock_and_shares(&self, a: &mut Vec<OsString>) {
         match &self.vsock {
             VsockDevice::Vhost { cid } => {
-                push("-device".into());
-                push(format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}").into());
+                a.push("-device".into());
+                a.push(format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}").into());
             }
             VsockDevice::VhostUser { socket } => {
-                push("-chardev".into());
-                push(path_opt("socket,id=vsock0,path=", socket, ""));
-                push("-device".into());
-                push("vhost-user-vsock-pci,chardev=vsock0,id=vsock0".into());
+                a.push("-chardev".into());
+                a.push(path_opt("socket,id=vsock0,path=", socket, ""));
+                a.push("-device".into());
+                a.push("vhost-user-vsock-pci,chardev=vsock0,id=vsock0".into());
             }
         }
         for (i, share) in self.shares.iter().enumerate() {
-            push("-chardev".into());
-            push(path_opt(
+            a.push("-chardev".into());
+            a.push(path_opt(
                 &format!("socket,id=fs{i},path="),
                 &share.socket,
                 "",
             ));
-            push("-device".into());
-            push(
+            a.push("-device".into());
+            a.push(
                 format!(
                     "vhost-user-fs-pci,chardev=fs{i},tag={},queue-size=1024",
                     share.tag.replace(',', ",,")
@@ -332,20 +338,34 @@ impl VmArgs {
                 .into(),
             );
         }
+    }
+
+    /// Serial console and QMP.
+    fn control(&self, a: &mut Vec<OsString>) {
         match &self.console_log {
             Some(log) => {
-                push("-chardev".into());
-                push(path_opt("file,id=console0,path=", log, ""));
-                push("-serial".into());
-                push("chardev:console0".into());
+                a.push("-chardev".into());
+                a.push(path_opt("file,id=console0,path=", log, ""));
+                a.push("-serial".into());
+                a.push("chardev:console0".into());
             }
             None => {
-                push("-serial".into());
-                push("none".into());
+                a.push("-serial".into());
+                a.push("none".into());
             }
         }
-        push("-qmp".into());
-        push(path_opt("unix:", &self.qmp_socket, ",server=on,wait=off"));
+        a.push("-qmp".into());
+        a.push(path_opt("unix:", &self.qmp_socket, ",server=on,wait=off"));
+    }
+
+    /// The argv after the binary name.
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        self.machine(&mut a);
+        self.boot(&mut a);
+        self.pci(&mut a);
+        self.vsock_and_shares(&mut a);
+        self.control(&mut a);
         a
     }
 }
@@ -387,11 +407,11 @@ mod tests {
         a.pci = PciArgs {
             vfio: vec![
                 VfioArg {
-                    bdf: "0000:41:00.0".into(),
+                    bdf: "0000:41:00.0".parse().unwrap(),
                     iommufd: false,
                 },
                 VfioArg {
-                    bdf: "0000:c1:00.0".into(),
+                    bdf: "0000:c1:00.0".parse().unwrap(),
                     iommufd: true,
                 },
             ],

@@ -2,71 +2,44 @@
 //! every container gets its rootfs mounted into the pod's share and its init
 //! process created (not started) in the guest.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cocoon_protocol::agent::{CreateContainerRequest, StdioStream};
-use cocoon_vmm::agent::ctx;
-use cocoon_vmm::config::Config;
+use cocoon_protocol::client::ProcessRef;
 use containerd_shim_protos::api::{CreateTaskRequest, CreateTaskResponse};
 use containerd_shim_protos::events::task::TaskCreate;
 use slog::info;
 
 use super::super::error::{Result, ShimError};
-use super::super::io::{self, Target};
-use super::super::pod::Pod;
-use super::super::process::{Container, Proc, StdioPaths};
+use super::super::io;
+use super::super::options;
+use super::super::pod::{Pod, PodDir};
+use super::super::process::{Container, Proc};
 use super::super::publisher::Event;
 use super::super::record::Record;
-use super::super::spec::{self, Kind};
-use super::super::{options, rootfs};
+use super::super::request::{check_annotations, ContainerRequest, Kind};
+use super::super::rootfs::SharedRootfs;
 use super::Service;
+use crate::node::NodeConfig;
 
 pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
     let started = std::time::Instant::now();
-    if req.id.is_empty() {
-        return Err(ShimError::Invalid {
-            field: "id".into(),
-            problem: "is empty".into(),
-        });
-    }
+    let creq = ContainerRequest::parse(req)?;
     if svc
         .containers
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&req.id)
+        .contains_key(&creq.id)
     {
-        return Err(ShimError::AlreadyExists(format!("container {:?}", req.id)));
+        return Err(ShimError::AlreadyExists(format!("container {:?}", creq.id)));
     }
-    let bundle = PathBuf::from(&req.bundle);
-    let spec = spec::load(&bundle)?;
-    let kind = spec::kind(&spec);
-    let process = spec::spec_process(&spec)?;
-    let hostname = spec.hostname().clone().unwrap_or_default();
-    let readonly = spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false);
-
     let mut pod_slot = svc.pod.lock().await;
-    let (pod, new_pod) = match (&kind, pod_slot.as_ref()) {
+    let (pod, rootfs, new_pod) = match (&creq.kind, pod_slot.as_ref()) {
         (Kind::PodContainer { .. }, Some(pod)) => {
-            spec::check_annotations(&spec, &pod.config)?;
-            let wanted = spec::devices(&spec).nodes(&pod.config.gpu.cdi_spec_dirs)?;
-            let missing: Vec<&String> = wanted
-                .iter()
-                .filter(|n| !pod.device_nodes.contains(n))
-                .collect();
-            if !missing.is_empty() {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "container asks for {missing:?}, which the pod's VM was not started with; devices are cold-plugged at pod start (hot-plug is not supported): put them on the pod, e.g. as a cdi.k8s.io/<name> pod annotation"
-                )));
-            }
-            let (target, _) = rootfs::shared_paths(&pod.shared, &req.id);
-            rootfs::mount_rootfs(&req.rootfs, &bundle.join("rootfs"), &target)?;
-            (pod.clone(), false)
+            check_joins(pod, &creq)?;
+            let rootfs = SharedRootfs::mount(&pod.shared, &creq.id, &creq.rootfs)?;
+            (pod.clone(), rootfs, false)
         }
         (Kind::PodContainer { sandbox_id }, None) => {
             return Err(ShimError::FailedPrecondition(format!(
@@ -80,124 +53,137 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
             )))
         }
         (_, None) => {
-            let path = options::config_path(req.options.as_ref())?;
-            *svc.config_path.lock().unwrap_or_else(|p| p.into_inner()) = path.clone();
-            let config = Config::load(path.as_deref())?;
-            spec::check_annotations(&spec, &config)?;
-            let id = req.id.clone();
-            let mounts = req.rootfs.clone();
-            let bundle_rootfs = bundle.join("rootfs");
-            let prepare = move |shared: &Path| {
-                let (target, _) = rootfs::shared_paths(shared, &id);
-                rootfs::mount_rootfs(&mounts, &bundle_rootfs, &target)
-            };
-            let mut devices = spec::devices(&spec);
-            if kind == Kind::PodSandbox {
-                devices
-                    .cdi
-                    .extend(kubelet_devices(&spec, &config, &svc.log).await?);
-                devices.cdi.sort();
-                devices.cdi.dedup();
-            }
-            let pod = Pod::launch(&req.id, config, &hostname, devices, prepare, &svc.log).await?;
-            (pod, true)
+            let (pod, rootfs) = launch_pod(svc, req, &creq).await?;
+            (pod, rootfs, true)
         }
     };
-    let result = create_in_pod(svc, req, &pod, &kind, process, &hostname, readonly).await;
-    match result {
-        Ok(c) => {
-            if new_pod {
-                *pod_slot = Some(pod.clone());
-            }
-            drop(pod_slot);
-            let pid = c.init.pid;
-            svc.containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(req.id.clone(), c);
-            let mut ev = TaskCreate::new();
-            ev.container_id = req.id.clone();
-            ev.bundle = req.bundle.clone();
-            ev.rootfs = req.rootfs.clone();
-            ev.pid = pid;
-            ev.io = Some(Default::default()).into();
-            if let Some(io) = ev.io.as_mut() {
-                io.stdin = req.stdin.clone();
-                io.stdout = req.stdout.clone();
-                io.stderr = req.stderr.clone();
-                io.terminal = req.terminal;
-            }
-            svc.publisher.publish(Event::Create(ev)).await;
-            let create_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            info!(svc.log, "container created"; "id" => &req.id, "pod" => &pod.id, "pid" => pid, "create_ms" => create_ms, "new_vm" => new_pod);
-            let mut r = CreateTaskResponse::new();
-            r.pid = pid;
-            Ok(r)
-        }
+    let c = match create_in_pod(svc, &creq, &pod, rootfs).await {
+        Ok(c) => c,
         Err(e) => {
-            let (target, _) = rootfs::shared_paths(&pod.shared, &req.id);
-            let _ = rootfs::unmount_rootfs(&target);
-            let _ = std::fs::remove_dir_all(pod.shared.join(&req.id));
             if new_pod {
                 pod.shutdown().await;
             }
-            Err(e)
+            return Err(e);
         }
+    };
+    if new_pod {
+        *pod_slot = Some(pod.clone());
     }
+    drop(pod_slot);
+    let pid = c.init.pid;
+    svc.containers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(creq.id.clone(), c);
+    svc.publisher
+        .publish(Event::Create(create_event(req, pid)))
+        .await;
+    let create_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    info!(svc.log, "container created"; "id" => &creq.id, "pod" => &pod.id, "pid" => pid, "create_ms" => create_ms, "new_vm" => new_pod);
+    let mut r = CreateTaskResponse::new();
+    r.pid = pid;
+    Ok(r)
+}
+
+fn create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
+    let mut ev = TaskCreate::new();
+    ev.container_id = req.id.clone();
+    ev.bundle = req.bundle.clone();
+    ev.rootfs = req.rootfs.clone();
+    ev.pid = pid;
+    let io = ev.io.mut_or_insert_default();
+    io.stdin = req.stdin.clone();
+    io.stdout = req.stdout.clone();
+    io.stderr = req.stderr.clone();
+    io.terminal = req.terminal;
+    ev
+}
+
+/// Checks that a container may join the running pod: its annotations are
+/// allowed, and it asks only for devices the VM was started with.
+fn check_joins(pod: &Pod, creq: &ContainerRequest) -> Result<()> {
+    check_annotations(&creq.annotations, &pod.config)?;
+    let wanted = creq.devices.nodes(&pod.config.vm)?;
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|n| !pod.device_nodes.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ShimError::FailedPrecondition(format!(
+        "container asks for {missing:?}, which the pod's VM was not started with; devices are cold-plugged at pod start (hot-plug is not supported): put them on the pod, e.g. as a cdi.k8s.io/<name> pod annotation"
+    )))
+}
+
+/// Loads the node config, resolves the pod's devices once, mounts the
+/// first rootfs into a new pod directory and launches the VM.
+async fn launch_pod(
+    svc: &Service,
+    req: &CreateTaskRequest,
+    creq: &ContainerRequest,
+) -> Result<(Arc<Pod>, SharedRootfs)> {
+    let path = options::config_path(req.options.as_ref())?;
+    *svc.config_path.lock().unwrap_or_else(|p| p.into_inner()) = path.clone();
+    let config = NodeConfig::load(path.as_deref())?;
+    check_annotations(&creq.annotations, &config)?;
+    let mut devices = creq.devices.clone();
+    if creq.kind == Kind::PodSandbox {
+        devices.add_cdi(kubelet_devices(creq, &config, &svc.log).await?);
+    }
+    let resolved = devices.resolve(&config.vm)?;
+    let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
+    let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs)?;
+    let pod = Pod::launch(&creq.id, &creq.hostname, config, dir, resolved, &svc.log).await?;
+    Ok((pod, rootfs))
 }
 
 async fn create_in_pod(
     svc: &Service,
-    req: &CreateTaskRequest,
+    creq: &ContainerRequest,
     pod: &Arc<Pod>,
-    kind: &Kind,
-    mut process: cocoon_protocol::agent::Process,
-    hostname: &str,
-    readonly: bool,
+    rootfs: SharedRootfs,
 ) -> Result<Arc<Container>> {
-    let (target, rel) = rootfs::shared_paths(&pod.shared, &req.id);
-    process.terminal = req.terminal;
-    let mut creq = CreateContainerRequest::new();
-    creq.container_id = req.id.clone();
-    creq.rootfs = rel;
-    creq.hostname = hostname.to_string();
-    creq.readonly_rootfs = readonly;
-    creq.process = Some(process).into();
-    let pid = pod
-        .agent
-        .create_container(ctx(Duration::from_secs(60)), &creq)
-        .await
-        .map_err(|e| ShimError::agent("create the container in the guest", e))?
-        .pid;
-    let stdio = StdioPaths {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
+    let mut areq = CreateContainerRequest::new();
+    areq.container_id = creq.id.clone();
+    areq.rootfs = rootfs.guest_path.clone();
+    areq.hostname = creq.hostname.clone();
+    areq.readonly_rootfs = creq.readonly_rootfs;
+    areq.process = Some(creq.process.clone()).into();
+    let pid = pod.guest.create_container(&areq).await?;
+    let init = Arc::new(Proc::new(
+        ProcessRef::init(&creq.id),
+        pid,
+        creq.stdio.clone(),
+    ));
+    let attached = async {
+        attach_io(svc, pod, &init).await?;
+        let record = Record {
+            pod_dir: pod.dir.clone(),
+            rootfs: rootfs.target.clone(),
+            owns_vm: creq.kind.owns_vm(),
+        };
+        record.write(&creq.bundle).map_err(|e| {
+            ShimError::io(
+                format!(
+                    "write {}",
+                    creq.bundle.join(super::super::record::FILE).display()
+                ),
+                e,
+            )
+        })
     };
-    let t = Target {
-        container_id: req.id.clone(),
-        exec_id: String::new(),
-    };
-    let proc_ = Arc::new(Proc::new(t, pid, stdio));
-    attach_io(svc, pod, &proc_).await?;
-    let record = Record {
-        pod_dir: pod.dir.clone(),
-        rootfs: target.clone(),
-        owns_vm: !matches!(kind, Kind::PodContainer { .. }),
-    };
-    record.write(Path::new(&req.bundle)).map_err(|e| {
-        ShimError::io(
-            format!("write {}/{}", req.bundle, super::super::record::FILE),
-            e,
-        )
-    })?;
+    if let Err(e) = attached.await {
+        init.abort_io();
+        let _ = pod.guest.remove_container(&creq.id).await;
+        return Err(e);
+    }
     Ok(Arc::new(Container {
-        id: req.id.clone(),
-        bundle: PathBuf::from(&req.bundle),
-        kind: kind.clone(),
-        rootfs: target,
-        init: proc_,
+        id: creq.id.clone(),
+        bundle: creq.bundle.clone(),
+        kind: creq.kind.clone(),
+        rootfs: rootfs.keep(),
+        init,
         execs: Default::default(),
     }))
 }
@@ -205,36 +191,30 @@ async fn create_in_pod(
 /// Connects a process's fifos to its agent streams.
 pub(super) async fn attach_io(svc: &Service, pod: &Pod, p: &Proc) -> Result<()> {
     let mut tasks = Vec::new();
-    if !p.stdio.stdout.is_empty() {
-        tasks.push(
-            io::spawn_output(
-                pod.agent.clone(),
-                p.target.clone(),
-                StdioStream::STDOUT,
-                Path::new(&p.stdio.stdout),
-                svc.log.clone(),
-            )
-            .await?,
-        );
-    }
-    if !p.stdio.stderr.is_empty() && !p.stdio.terminal {
-        tasks.push(
-            io::spawn_output(
-                pod.agent.clone(),
-                p.target.clone(),
-                StdioStream::STDERR,
-                Path::new(&p.stdio.stderr),
-                svc.log.clone(),
-            )
-            .await?,
-        );
+    let outputs = [
+        (StdioStream::STDOUT, &p.stdio.stdout, true),
+        (StdioStream::STDERR, &p.stdio.stderr, !p.stdio.terminal),
+    ];
+    for (stream, path, wanted) in outputs {
+        if wanted && !path.is_empty() {
+            tasks.push(
+                io::spawn_output(
+                    pod.guest.clone(),
+                    p.target.clone(),
+                    stream,
+                    Path::new(path),
+                    svc.log.clone(),
+                )
+                .await?,
+            );
+        }
     }
     *p.io_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
     if p.stdio.stdin.is_empty() {
-        io::close_stdin(&pod.agent, &p.target).await;
+        let _ = pod.guest.close_stdin(&p.target).await;
     } else {
         let t = io::spawn_input(
-            pod.agent.clone(),
+            pod.guest.clone(),
             p.target.clone(),
             Path::new(&p.stdio.stdin),
         )
@@ -247,24 +227,21 @@ pub(super) async fn attach_io(svc: &Service, pod: &Pod, p: &Proc) -> Result<()> 
 /// Devices the kubelet's device plugins allocated to the pod, as CDI
 /// names, when `runtime.pod_resources_socket` is set and exists.
 async fn kubelet_devices(
-    spec: &oci_spec::runtime::Spec,
-    config: &Config,
+    creq: &ContainerRequest,
+    config: &NodeConfig,
     log: &slog::Logger,
 ) -> Result<Vec<String>> {
-    let Some(sock) = &config.runtime.pod_resources_socket else {
+    let Some(sock) = &config.policy.pod_resources_socket else {
         return Ok(Vec::new());
     };
     if !sock.exists() {
         slog::warn!(log, "runtime.pod_resources_socket does not exist; devices come from the pod spec only"; "socket" => sock.display().to_string());
         return Ok(Vec::new());
     }
-    let ann = spec.annotations().clone().unwrap_or_default();
-    let (Some(name), Some(namespace)) = (
-        ann.get("io.kubernetes.cri.sandbox-name"),
-        ann.get("io.kubernetes.cri.sandbox-namespace"),
-    ) else {
+    let Some(pod) = &creq.pod else {
         return Ok(Vec::new());
     };
+    let (namespace, name) = (&pod.namespace, &pod.name);
     let names = crate::containerd::podresources::pod_devices(sock, namespace, name, std::time::Duration::from_secs(10))
         .await
         .map_err(|e| ShimError::FailedPrecondition(format!(

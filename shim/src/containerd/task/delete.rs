@@ -2,18 +2,14 @@
 //! rootfs mount and directory); deleting the container that owns the VM
 //! (the pod sandbox, or a single container) stops the VM.
 
-use std::time::Duration;
-
-use cocoon_protocol::agent::{RemoveContainerRequest, RemoveProcessRequest};
-use cocoon_vmm::agent::ctx;
 use containerd_shim_protos::api::{DeleteRequest, DeleteResponse, Status};
 use containerd_shim_protos::events::task::TaskDelete;
 use slog::{info, warn};
 
 use super::super::error::{Result, ShimError};
 use super::super::publisher::Event;
+use super::super::request::Kind;
 use super::super::rootfs;
-use super::super::spec::Kind;
 use super::Service;
 
 pub(super) async fn delete(svc: &Service, req: &DeleteRequest) -> Result<DeleteResponse> {
@@ -35,13 +31,7 @@ pub(super) async fn delete(svc: &Service, req: &DeleteRequest) -> Result<DeleteR
     p.abort_io();
     if !req.exec_id.is_empty() {
         if !pod.is_dead() {
-            let mut r = RemoveProcessRequest::new();
-            r.container_id = req.id.clone();
-            r.exec_id = req.exec_id.clone();
-            let _ = pod
-                .agent
-                .remove_process(ctx(Duration::from_secs(10)), &r)
-                .await;
+            let _ = pod.guest.remove_process(&p.target).await;
         }
         c.execs
             .lock()
@@ -52,13 +42,7 @@ pub(super) async fn delete(svc: &Service, req: &DeleteRequest) -> Result<DeleteR
             e.abort_io();
         }
         if !pod.is_dead() {
-            let mut r = RemoveContainerRequest::new();
-            r.container_id = req.id.clone();
-            if let Err(e) = pod
-                .agent
-                .remove_container(ctx(Duration::from_secs(10)), &r)
-                .await
-            {
+            if let Err(e) = pod.guest.remove_container(&req.id).await {
                 warn!(svc.log, "removing the container in the guest"; "id" => &req.id, "error" => e.to_string());
             }
         }

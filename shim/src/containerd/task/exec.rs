@@ -1,20 +1,17 @@
 //! `Exec`: adds a process to a running container (created, not started).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cocoon_protocol::agent::ExecProcessRequest as AgentExec;
-use cocoon_vmm::agent::ctx;
+use cocoon_protocol::client::ProcessRef;
 use containerd_shim_protos::api::{ExecProcessRequest, Status};
 use containerd_shim_protos::events::task::TaskExecAdded;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use oci_spec::runtime::Process;
 
 use super::super::error::{Result, ShimError};
-use super::super::io::Target;
 use super::super::process::{Proc, StdioPaths};
 use super::super::publisher::Event;
-use super::super::spec;
+use super::super::request;
 use super::create::attach_io;
 use super::Service;
 
@@ -46,24 +43,16 @@ pub(super) async fn exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empt
         field: "spec".into(),
         problem: format!("not an OCI process: {e}"),
     })?;
-    let mut process = spec::process(&oci)?;
+    let mut process = request::process(&oci)?;
     process.terminal = req.terminal;
     let pod = svc.current_pod().await?;
-    let mut areq = AgentExec::new();
-    areq.container_id = req.id.clone();
-    areq.exec_id = req.exec_id.clone();
-    areq.process = Some(process).into();
-    let pid = pod
-        .agent
-        .exec_process(ctx(Duration::from_secs(30)), &areq)
-        .await
-        .map_err(|e| ShimError::agent("create the exec process in the guest", e))?
-        .pid;
+    let target = ProcessRef {
+        container_id: req.id.clone(),
+        exec_id: req.exec_id.clone(),
+    };
+    let pid = pod.guest.exec(&target, process).await?;
     let p = Arc::new(Proc::new(
-        Target {
-            container_id: req.id.clone(),
-            exec_id: req.exec_id.clone(),
-        },
+        target,
         pid,
         StdioPaths {
             stdin: req.stdin.clone(),

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_protocol::agent::{StartProcessRequest, WaitProcessRequest};
-use cocoon_vmm::agent::ctx;
 use containerd_shim_protos::api::*;
 use containerd_shim_protos::events::task::{
     TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
@@ -31,13 +29,7 @@ pub(super) async fn start(svc: &Service, req: &StartRequest) -> Result<StartResp
         )));
     }
     let pod = svc.current_pod().await?;
-    let mut sreq = StartProcessRequest::new();
-    sreq.container_id = req.id.clone();
-    sreq.exec_id = req.exec_id.clone();
-    pod.agent
-        .start_process(ctx(Duration::from_secs(30)), &sreq)
-        .await
-        .map_err(|e| ShimError::agent("start the process in the guest", e))?;
+    pod.guest.start(&p.target).await?;
     p.set_status(Status::RUNNING);
     spawn_waiter(pod, p.clone(), svc.publisher.clone(), svc.log.clone());
     if req.exec_id.is_empty() {
@@ -61,12 +53,9 @@ pub(super) async fn start(svc: &Service, req: &StartRequest) -> Result<StartResp
 /// records the exit and publishes `TaskExit`.
 fn spawn_waiter(pod: Arc<Pod>, p: Arc<Proc>, publisher: Publisher, log: slog::Logger) {
     tokio::spawn(async move {
-        let mut wreq = WaitProcessRequest::new();
-        wreq.container_id = p.target.container_id.clone();
-        wreq.exec_id = p.target.exec_id.clone();
         let status = tokio::select! {
-            r = pod.agent.wait_process(ttrpc::context::Context::default(), &wreq) => match r {
-                Ok(r) => u32::try_from(r.exit_status).unwrap_or(VM_DIED_STATUS),
+            r = pod.guest.wait(&p.target) => match r {
+                Ok(code) => u32::try_from(code).unwrap_or(VM_DIED_STATUS),
                 Err(_) => VM_DIED_STATUS,
             },
             () = pod.died() => VM_DIED_STATUS,
@@ -117,7 +106,7 @@ pub(super) async fn wait(svc: &Service, req: &WaitRequest) -> Result<WaitRespons
 pub(super) async fn pause(svc: &Service, req: &PauseRequest) -> Result<Empty> {
     let c = svc.container(&req.id)?;
     let pod = svc.current_pod().await?;
-    pod.qmp.stop().await?;
+    pod.pause().await?;
     for p in c.procs() {
         if p.status() == Status::RUNNING {
             p.set_status(Status::PAUSED);
@@ -132,7 +121,7 @@ pub(super) async fn pause(svc: &Service, req: &PauseRequest) -> Result<Empty> {
 pub(super) async fn resume(svc: &Service, req: &ResumeRequest) -> Result<Empty> {
     let c = svc.container(&req.id)?;
     let pod = svc.current_pod().await?;
-    pod.qmp.cont().await?;
+    pod.resume().await?;
     for p in c.procs() {
         if p.status() == Status::PAUSED {
             p.set_status(Status::RUNNING);

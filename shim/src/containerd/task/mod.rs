@@ -8,6 +8,8 @@ mod kill;
 mod lifecycle;
 mod query;
 mod stdio;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

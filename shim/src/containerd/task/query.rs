@@ -1,9 +1,5 @@
 //! `State`, `Pids`, `Connect`, `Stats`.
 
-use std::time::Duration;
-
-use cocoon_protocol::agent::ListProcessesRequest;
-use cocoon_vmm::agent::ctx;
 use containerd_shim_protos::api::*;
 
 use super::super::error::{Result, ShimError};
@@ -31,14 +27,7 @@ pub(super) async fn state(svc: &Service, req: &StateRequest) -> Result<StateResp
 pub(super) async fn pids(svc: &Service, req: &PidsRequest) -> Result<PidsResponse> {
     let _ = svc.container(&req.id)?;
     let pod = svc.current_pod().await?;
-    let mut l = ListProcessesRequest::new();
-    l.container_id = req.id.clone();
-    let pids = pod
-        .agent
-        .list_processes(ctx(Duration::from_secs(10)), &l)
-        .await
-        .map_err(|e| ShimError::agent("list processes in the guest", e))?
-        .pids;
+    let pids = pod.guest.list_processes(&req.id).await?;
     let mut r = PidsResponse::new();
     r.processes = pids
         .into_iter()
@@ -69,13 +58,7 @@ pub(super) async fn stats(svc: &Service, req: &StatsRequest) -> Result<StatsResp
     use containerd_shim_protos::protobuf::Message;
     let _ = svc.container(&req.id)?;
     let pod = svc.current_pod().await?;
-    let mut sreq = cocoon_protocol::agent::StatsRequest::new();
-    sreq.container_id = req.id.clone();
-    let s = pod
-        .agent
-        .stats(ctx(Duration::from_secs(10)), &sreq)
-        .await
-        .map_err(|e| ShimError::agent("read usage in the guest", e))?;
+    let s = pod.guest.stats(&req.id).await?;
     let mut m = Metrics::new();
     let mut usage = CPUUsage::new();
     usage.user = s.cpu_user_ns;

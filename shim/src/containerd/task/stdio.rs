@@ -2,13 +2,10 @@
 
 use std::time::Duration;
 
-use cocoon_protocol::agent::ResizeTtyRequest;
-use cocoon_vmm::agent::ctx;
 use containerd_shim_protos::api::{CloseIORequest, ResizePtyRequest};
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 
 use super::super::error::{Result, ShimError};
-use super::super::io;
 use super::Service;
 
 pub(super) async fn resize_pty(svc: &Service, req: &ResizePtyRequest) -> Result<Empty> {
@@ -20,15 +17,7 @@ pub(super) async fn resize_pty(svc: &Service, req: &ResizePtyRequest) -> Result<
         )));
     }
     let pod = svc.current_pod().await?;
-    let mut r = ResizeTtyRequest::new();
-    r.container_id = req.id.clone();
-    r.exec_id = req.exec_id.clone();
-    r.rows = req.height;
-    r.cols = req.width;
-    pod.agent
-        .resize_tty(ctx(Duration::from_secs(10)), &r)
-        .await
-        .map_err(|e| ShimError::agent("resize the terminal in the guest", e))?;
+    pod.guest.resize(&p.target, req.height, req.width).await?;
     Ok(Empty::new())
 }
 
@@ -51,7 +40,7 @@ pub(super) async fn close_io(svc: &Service, req: &CloseIORequest) -> Result<Empt
             }
         }
         let pod = svc.current_pod().await?;
-        io::close_stdin(&pod.agent, &p.target).await;
+        let _ = pod.guest.close_stdin(&p.target).await;
     }
     Ok(Empty::new())
 }

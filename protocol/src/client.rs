@@ -1,0 +1,327 @@
+//! [`GuestClient`]: the typed client of the agent API that the shim and
+//! `cocoon run` share. Each call has a named timeout ([`timeouts`]); calls
+//! that block until the guest has something to say (reads, waits) have
+//! none. Errors keep the agent's status code.
+
+use std::time::Duration;
+
+use ttrpc::context::Context;
+use ttrpc::Code;
+
+use crate::agent::*;
+use crate::agent_ttrpc::AgentClient;
+
+/// How long each kind of call may take.
+pub mod timeouts {
+    use std::time::Duration;
+
+    /// `Version`, the first call after connecting.
+    pub const VERSION: Duration = Duration::from_secs(10);
+    /// `CreateSandbox`: mounts the shared filesystem.
+    pub const CREATE_SANDBOX: Duration = Duration::from_secs(30);
+    /// `CreateContainer`: namespaces and the rootfs over virtio-fs, which
+    /// can be slow on a loaded emulated guest.
+    pub const CREATE_CONTAINER: Duration = Duration::from_secs(60);
+    /// `StartProcess` and `ExecProcess`.
+    pub const START: Duration = Duration::from_secs(30);
+    /// Signals, removals, resizes, listings, stats.
+    pub const CONTROL: Duration = Duration::from_secs(10);
+    /// `WriteStdin` and `CloseStdin` (a full pipe in the guest may hold a
+    /// write until the process reads).
+    pub const STDIN: Duration = Duration::from_secs(40);
+    /// `Shutdown`: the agent only has to start powering off.
+    pub const SHUTDOWN: Duration = Duration::from_secs(2);
+}
+
+/// A failed agent call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct GuestError {
+    /// What was asked of the guest ("start the process in the guest").
+    pub op: &'static str,
+    /// The agent's status code; `None` when the call never got an answer
+    /// (connection lost, timeout).
+    pub code: Option<Code>,
+    /// The agent's message, or the transport error.
+    pub message: String,
+}
+
+impl GuestError {
+    fn new(op: &'static str, e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => Self {
+                op,
+                code: Some(s.code()),
+                message: s.message().to_string(),
+            },
+            other => Self {
+                op,
+                code: None,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Result of a guest call.
+pub type GuestResult<T> = Result<T, GuestError>;
+
+fn ctx(timeout: Duration) -> Context {
+    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Which process of a container a call is about (`exec_id` empty: the
+/// container's init).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ProcessRef {
+    /// Container id.
+    pub container_id: String,
+    /// Exec id; empty for the init process.
+    pub exec_id: String,
+}
+
+impl ProcessRef {
+    /// The init process of `container_id`.
+    pub fn init(container_id: &str) -> Self {
+        Self {
+            container_id: container_id.to_string(),
+            exec_id: String::new(),
+        }
+    }
+}
+
+/// The agent API with named timeouts. Cheap to clone (one connection).
+#[derive(Clone)]
+pub struct GuestClient {
+    inner: AgentClient,
+}
+
+impl std::fmt::Debug for GuestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestClient").finish_non_exhaustive()
+    }
+}
+
+impl GuestClient {
+    /// Wraps a connected ttrpc client.
+    pub fn new(inner: AgentClient) -> Self {
+        Self { inner }
+    }
+
+    /// `Version`: the agent's protocol version and kernel release.
+    pub async fn version(&self) -> GuestResult<VersionResponse> {
+        let mut req = VersionRequest::new();
+        req.protocol_version = crate::PROTOCOL_VERSION;
+        self.inner
+            .version(ctx(timeouts::VERSION), &req)
+            .await
+            .map_err(|e| GuestError::new("ask the agent its version", e))
+    }
+
+    /// `CreateSandbox`: mounts the share tagged `shared_fs_tag`.
+    pub async fn create_sandbox(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+        shared_fs_tag: &str,
+    ) -> GuestResult<()> {
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = sandbox_id.to_string();
+        req.hostname = hostname.to_string();
+        req.shared_fs_tag = shared_fs_tag.to_string();
+        self.inner
+            .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("create the sandbox in the guest", e))
+    }
+
+    /// `CreateContainer`: returns the guest PID of its init process
+    /// (created, not started).
+    pub async fn create_container(&self, req: &CreateContainerRequest) -> GuestResult<u32> {
+        self.inner
+            .create_container(ctx(timeouts::CREATE_CONTAINER), req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| GuestError::new("create the container in the guest", e))
+    }
+
+    /// `StartProcess`.
+    pub async fn start(&self, p: &ProcessRef) -> GuestResult<u32> {
+        let mut req = StartProcessRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        self.inner
+            .start_process(ctx(timeouts::START), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| GuestError::new("start the process in the guest", e))
+    }
+
+    /// `ExecProcess`: creates (not starts) an exec process.
+    pub async fn exec(&self, p: &ProcessRef, process: Process) -> GuestResult<u32> {
+        let mut req = ExecProcessRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        req.process = Some(process).into();
+        self.inner
+            .exec_process(ctx(timeouts::START), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| GuestError::new("create the exec process in the guest", e))
+    }
+
+    /// `SignalProcess` (to every process of the container with `all`).
+    pub async fn signal(&self, p: &ProcessRef, signal: u32, all: bool) -> GuestResult<()> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        req.signal = signal;
+        req.all = all;
+        self.inner
+            .signal_process(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("signal the process in the guest", e))
+    }
+
+    /// `WaitProcess`: blocks (no timeout) until the process exits; its exit
+    /// code, 128+N when killed by signal N.
+    pub async fn wait(&self, p: &ProcessRef) -> GuestResult<i32> {
+        let mut req = WaitProcessRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        self.inner
+            .wait_process(Context::default(), &req)
+            .await
+            .map(|r| r.exit_status)
+            .map_err(|e| GuestError::new("wait for the process in the guest", e))
+    }
+
+    /// `RemoveProcess` (an exec's bookkeeping).
+    pub async fn remove_process(&self, p: &ProcessRef) -> GuestResult<()> {
+        let mut req = RemoveProcessRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        self.inner
+            .remove_process(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("remove the process in the guest", e))
+    }
+
+    /// `RemoveContainer`.
+    pub async fn remove_container(&self, container_id: &str) -> GuestResult<()> {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .remove_container(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("remove the container in the guest", e))
+    }
+
+    /// `ReadStream`: blocks (no timeout) until output or end of stream;
+    /// `None` at the end.
+    pub async fn read(&self, p: &ProcessRef, stream: StdioStream) -> GuestResult<Option<Vec<u8>>> {
+        let mut req = ReadStreamRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        req.stream = stream.into();
+        let r = self
+            .inner
+            .read_stream(Context::default(), &req)
+            .await
+            .map_err(|e| GuestError::new("read the process's output", e))?;
+        Ok((!r.eof).then_some(r.data))
+    }
+
+    /// `WriteStdin`.
+    pub async fn write_stdin(&self, p: &ProcessRef, data: Vec<u8>) -> GuestResult<u32> {
+        let mut req = WriteStdinRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        req.data = data;
+        self.inner
+            .write_stdin(ctx(timeouts::STDIN), &req)
+            .await
+            .map(|r| r.written)
+            .map_err(|e| GuestError::new("write to the process's stdin", e))
+    }
+
+    /// `CloseStdin`.
+    pub async fn close_stdin(&self, p: &ProcessRef) -> GuestResult<()> {
+        let mut req = CloseStdinRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        self.inner
+            .close_stdin(ctx(timeouts::STDIN), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("close the process's stdin", e))
+    }
+
+    /// `ResizeTty`.
+    pub async fn resize(&self, p: &ProcessRef, rows: u32, cols: u32) -> GuestResult<()> {
+        let mut req = ResizeTtyRequest::new();
+        req.container_id.clone_from(&p.container_id);
+        req.exec_id.clone_from(&p.exec_id);
+        req.rows = rows;
+        req.cols = cols;
+        self.inner
+            .resize_tty(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("resize the terminal in the guest", e))
+    }
+
+    /// `ListProcesses`: guest PIDs of the container.
+    pub async fn list_processes(&self, container_id: &str) -> GuestResult<Vec<u32>> {
+        let mut req = ListProcessesRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .list_processes(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(|r| r.pids)
+            .map_err(|e| GuestError::new("list the container's processes in the guest", e))
+    }
+
+    /// `Stats`.
+    pub async fn stats(&self, container_id: &str) -> GuestResult<StatsResponse> {
+        let mut req = StatsRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .stats(ctx(timeouts::CONTROL), &req)
+            .await
+            .map_err(|e| GuestError::new("read the container's stats in the guest", e))
+    }
+
+    /// `Shutdown`: asks the guest to power off.
+    pub async fn shutdown(&self) -> GuestResult<()> {
+        self.inner
+            .shutdown(ctx(timeouts::SHUTDOWN), &ShutdownRequest::new())
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("ask the guest to power off", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_the_code_and_name_the_call() {
+        let mut s = ttrpc::proto::Status::new();
+        s.set_code(Code::NOT_FOUND);
+        s.set_message("container \"x\" not found".into());
+        let e = GuestError::new("start the process in the guest", ttrpc::Error::RpcStatus(s));
+        assert_eq!(e.code, Some(Code::NOT_FOUND));
+        assert_eq!(
+            e.to_string(),
+            "start the process in the guest: container \"x\" not found"
+        );
+        let e = GuestError::new("x", ttrpc::Error::LocalClosed);
+        assert_eq!(e.code, None);
+    }
+}
