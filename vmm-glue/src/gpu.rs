@@ -14,8 +14,7 @@ use crate::host::HostRoots;
 use crate::pci::PciBdf;
 use crate::vfio::{Kind, PciFunction};
 
-/// NVIDIA's PCI vendor ID.
-pub const NVIDIA: u16 = 0x10de;
+pub use crate::pci::NVIDIA;
 
 /// Hopper CC mode register in BAR0.
 pub const HOPPER_CC_REG: u64 = 0x0011_82cc;

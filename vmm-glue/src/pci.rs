@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// NVIDIA's PCI vendor ID.
+pub const NVIDIA: u16 = 0x10de;
+
 /// A PCI address `dddd:bb:dd.f` (domain, bus, device, function), kept in
 /// sysfs's lower-case spelling.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

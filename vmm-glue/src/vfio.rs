@@ -130,7 +130,7 @@ pub fn read_function(host: &HostRoots, bdf: &PciBdf) -> Option<PciFunction> {
     let class = read_hex(&dir.join("class"))?;
     let kind = match (vendor, class >> 8) {
         (_, 0x0300 | 0x0302) => Kind::Gpu,
-        (crate::gpu::NVIDIA, 0x0680) => Kind::NvSwitch,
+        (crate::pci::NVIDIA, 0x0680) => Kind::NvSwitch,
         _ => Kind::Other,
     };
     Some(PciFunction {
