@@ -103,6 +103,10 @@ echo "cocoon: median ${mco} ms  (${cocoon_t[*]})"
 echo "ratio cocoon/runc: $(python3 -c "print(round($mco/$mr,1))")"
 boots=$(grep '"msg":"pod VM ready"' "$ctd/containerd.log" | grep -o '"boot_ms":[0-9]*' | cut -d: -f2 | tail -n "$runs")
 creates=$(grep '"msg":"container created"' "$ctd/containerd.log" | grep -o '"create_ms":[0-9]*' | cut -d: -f2 | tail -n "$runs")
+plans=$(grep '"msg":"pod VM ready"' "$ctd/containerd.log" | grep -o '"plan_ms":[0-9]*' | cut -d: -f2 | tail -n "$runs")
+if [ -n "$plans" ]; then
+    echo "launch plan (measurement, TEE, devices, argv; part of boot): median $(median $plans) ms  ($(echo $plans))"
+fi
 if [ -n "$boots" ] && [ -n "$creates" ]; then
     inside=$(paste <(echo "$creates") <(echo "$boots") | awk '{print $1-$2}')
     echo "shim Create without VM boot (rootfs mount, agent create): median $(median $inside) ms  ($(echo $inside))"

@@ -118,17 +118,20 @@ impl GuestClient {
             .map_err(|e| GuestError::new("ask the agent its version", e))
     }
 
-    /// `CreateSandbox`: mounts the share tagged `shared_fs_tag`.
+    /// `CreateSandbox`: mounts the share tagged `shared_fs_tag` and hands
+    /// over the pod's initdata document (empty: none).
     pub async fn create_sandbox(
         &self,
         sandbox_id: &str,
         hostname: &str,
         shared_fs_tag: &str,
+        initdata: Vec<u8>,
     ) -> GuestResult<()> {
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = sandbox_id.to_string();
         req.hostname = hostname.to_string();
         req.shared_fs_tag = shared_fs_tag.to_string();
+        req.initdata = initdata;
         self.inner
             .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req)
             .await

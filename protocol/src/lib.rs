@@ -55,7 +55,7 @@ pub use protobuf;
 pub use ttrpc;
 
 /// Version of this API. Bump on every incompatible change to `agent.proto`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// AF_VSOCK port the agent serves on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -108,7 +108,7 @@ mod tests {
     fn mismatch_message_names_both_versions_and_the_fix() {
         let msg = check_version(7).unwrap_err().to_string();
         assert!(
-            msg.contains("version 1") && msg.contains("version 7"),
+            msg.contains("version 2") && msg.contains("version 7"),
             "{msg}"
         );
         assert!(msg.contains("make guest"), "{msg}");

@@ -18,10 +18,16 @@
 mod container;
 mod error;
 mod init;
+mod initdata;
+// The KBS client is wired to sealed secrets next; until then only its
+// tests (against a real trustee KBS) use it.
+#[allow(dead_code)]
+mod kbs;
 mod reaper;
 mod service;
 mod spawn;
 mod stdio;
+mod tsm;
 
 use std::path::PathBuf;
 use std::sync::Arc;

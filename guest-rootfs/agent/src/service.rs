@@ -22,6 +22,9 @@ pub const SHARED_DIR: &str = "/run/cocoon/shared";
 #[derive(Debug, Default)]
 struct State {
     sandbox_id: Option<String>,
+    /// Whether a sandbox was ever created: initdata is accepted once for
+    /// the VM's life, also after DestroySandbox.
+    initdata_taken: bool,
     shared_mounted: bool,
     containers: HashMap<String, Arc<Container>>,
 }
@@ -127,13 +130,37 @@ impl AgentService {
         self.container(container_id)?.process(exec_id)
     }
 
-    async fn do_create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
+    async fn do_create_sandbox(&self, mut req: CreateSandboxRequest) -> Result<()> {
         required("sandbox_id", &req.sandbox_id)?;
         if self.state().sandbox_id.is_some() {
             return Err(Error::AlreadyExists {
                 kind: "sandbox",
                 id: req.sandbox_id,
             });
+        }
+        if std::mem::replace(&mut self.state().initdata_taken, true) && !req.initdata.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "initdata was delivered already; it is accepted once per VM".into(),
+            ));
+        }
+        if !req.initdata.is_empty() {
+            let doc = std::mem::take(&mut req.initdata);
+            let verified = blocking(move || {
+                crate::initdata::accept(
+                    &doc,
+                    &crate::initdata::GuestRoots::default(),
+                    std::path::Path::new(crate::initdata::PATH),
+                )
+            })
+            .await?;
+            match verified {
+                crate::initdata::Verified::Unverified => eprintln!(
+                    "cocoon-agent: initdata accepted UNVERIFIED: no TEE (tee = \"none\"), nothing to compare its digest with"
+                ),
+                crate::initdata::Verified::Matched(what) => {
+                    eprintln!("cocoon-agent: initdata verified against {what}");
+                }
+            }
         }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;

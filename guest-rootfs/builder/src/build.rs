@@ -8,8 +8,16 @@ use sha2::{Digest, Sha256};
 use crate::initrd::{Entry, Initrd, InitrdError};
 use crate::modules::{ModuleDb, ModulesError};
 
-/// Modules every guest loads: the virtio vsock transport the agent serves on.
-pub const DEFAULT_MODULES: &[&str] = &["vmw_vsock_virtio_transport"];
+/// Modules every guest loads: the virtio vsock transport the agent serves
+/// on, and the TEE report interfaces the agent reads HOST_DATA / MRCONFIGID
+/// and attestation evidence from (configfs-tsm, the SEV-SNP and TDX guest
+/// drivers; each binds only on its own hardware).
+pub const DEFAULT_MODULES: &[&str] = &[
+    "vmw_vsock_virtio_transport",
+    "tsm",
+    "sev_guest",
+    "tdx_guest",
+];
 
 /// Where the agent finds its module list (must match the agent).
 pub const LOAD_ORDER_PATH: &str = "lib/modules/load-order";

@@ -120,7 +120,7 @@ fn container_request(args: &RunArgs) -> anyhow::Result<CreateContainerRequest> {
 /// Creates, starts and waits for the command; returns its exit status.
 async fn run_command(guest: GuestClient, args: &RunArgs) -> anyhow::Result<i32> {
     guest
-        .create_sandbox(CONTAINER_ID, "", SHARE_TAG)
+        .create_sandbox(CONTAINER_ID, "", SHARE_TAG, Vec::new())
         .await
         .context("creating the sandbox in the guest")?;
     let req = container_request(args)?;

@@ -9,6 +9,7 @@
 //! - [`request`]: a Create request parsed once (OCI spec, annotations,
 //!   devices); [`options`]: containerd's runtime options; [`rootfs`]:
 //!   mounting container root filesystems, the cleanup guard.
+//! - [`initdata`]: the pod's initdata document from Kata's annotation.
 //! - [`io`]: fifo ↔ agent stdio; [`publisher`]: task events.
 //! - [`record`]: what `delete` needs, kept in the bundle.
 
@@ -16,6 +17,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod cleanup;
 pub mod error;
+pub mod initdata;
 pub mod io;
 pub mod options;
 pub mod pod;

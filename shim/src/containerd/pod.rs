@@ -95,18 +95,31 @@ pub fn dir_name(id: &str) -> String {
     format!("{prefix}-{}", &hash[..11])
 }
 
+/// What a pod's VM is launched with, besides the node config.
+#[derive(Debug)]
+pub struct PodLaunch<'a> {
+    /// Sandbox id.
+    pub id: &'a str,
+    /// Guest hostname.
+    pub hostname: &'a str,
+    /// PCI functions to pass through, and their device nodes.
+    pub devices: ResolvedDevices,
+    /// The pod's initdata document, measured into the launch.
+    pub initdata: Option<Vec<u8>>,
+}
+
 impl Pod {
-    /// Plans and launches the VM of pod `id` over `dir` (whose share holds
+    /// Plans and launches the VM of the pod over `dir` (whose share holds
     /// the first container's rootfs already), then creates the sandbox in
-    /// the guest. On failure everything, `dir` included, is undone.
+    /// the guest, handing it the initdata. On failure everything, `dir`
+    /// included, is undone.
     pub async fn launch(
-        id: &str,
-        hostname: &str,
+        p: PodLaunch<'_>,
         config: NodeConfig,
         dir: PodDir,
-        devices: ResolvedDevices,
         log: &Logger,
     ) -> Result<Arc<Self>> {
+        let (id, hostname, devices) = (p.id, p.hostname, p.devices);
         let req = LaunchRequest {
             id: id.to_string(),
             dir: Some(dir.path().join("vm")),
@@ -116,14 +129,22 @@ impl Pod {
             }],
             devices: devices.functions,
             vsock_cid: None,
+            initdata: p.initdata.clone(),
         };
+        let started = std::time::Instant::now();
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
             .await
             .map_err(cocoon_vmm::vm::VmError::from)?;
+        let plan_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let vm = Vm::launch(plan, log).await?;
+        let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let guest = vm.guest().clone();
-        guest.create_sandbox(id, hostname, SHARE_TAG).await?;
-        info!(log, "pod VM ready"; "pod" => id, "boot_ms" => u64::try_from(vm.boot_time().as_millis()).unwrap_or(u64::MAX));
+        guest
+            .create_sandbox(id, hostname, SHARE_TAG, p.initdata.unwrap_or_default())
+            .await?;
+        // boot_ms: planning (measurement, TEE, devices) to agent ready.
+        info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
+              "boot_ms" => boot_ms);
         let exit = vm.exit_watch();
         let pod = Arc::new(Self {
             id: id.to_string(),

@@ -280,6 +280,14 @@ pub struct ContainerRequest {
 }
 
 impl ContainerRequest {
+    /// The pod's initdata document (exact bytes), from Kata's annotation.
+    pub fn initdata(&self) -> Result<Option<Vec<u8>>> {
+        self.annotations
+            .get(KATA_INITDATA)
+            .map(|v| super::initdata::from_annotation(v))
+            .transpose()
+    }
+
     /// Reads the bundle's spec and parses everything the shim needs.
     pub fn parse(req: &CreateTaskRequest) -> Result<Self> {
         if req.id.is_empty() {

@@ -56,6 +56,9 @@ pub struct LaunchRequest {
     pub devices: Vec<VfioDevice>,
     /// Guest CID for kernel vhost-vsock; random when `None`.
     pub vsock_cid: Option<u32>,
+    /// The pod's initdata document (exact bytes): its digest goes into
+    /// HOST_DATA (SEV-SNP) / MRCONFIGID (TDX) and the reference values.
+    pub initdata: Option<Vec<u8>>,
 }
 
 /// The host as a launch sees it: where host facts are read, the CPUID
@@ -221,10 +224,36 @@ fn measure_kind(tee: &LaunchTee) -> MeasureKind {
 }
 
 /// Computes the reference values and checks them against the pins.
-fn measure(config: &Config, host: &HostView, kind: MeasureKind) -> Result<Reference, PlanError> {
-    let r = crate::measure::for_launch(config, kind, None, &host.cpuid)?;
+fn measure(
+    config: &Config,
+    host: &HostView,
+    kind: MeasureKind,
+    initdata: Option<&[u8]>,
+) -> Result<Reference, PlanError> {
+    let doc = initdata.map(|d| (Path::new("initdata"), d));
+    let r = crate::measure::for_launch(config, kind, doc, &host.cpuid)?;
     crate::measure::check_pinned(config, &r)?;
     Ok(r)
+}
+
+/// Puts the initdata digest, as the reference values fitted it, into the
+/// TEE's launch parameter.
+fn bind_initdata(tee: &mut LaunchTee, r: &Reference) {
+    match tee {
+        LaunchTee::None => {}
+        LaunchTee::Snp { host_data, .. } => {
+            *host_data = r.host_data.as_deref().and_then(|h| {
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(h, &mut b).ok().map(|()| b)
+            });
+        }
+        LaunchTee::Tdx { mrconfigid, .. } => {
+            *mrconfigid = r.mrconfigid.as_deref().and_then(|h| {
+                let mut b = [0u8; 48];
+                hex::decode_to_slice(h, &mut b).ok().map(|()| b)
+            });
+        }
+    }
 }
 
 /// The reference values and the TEE. A launch whose TEE is configured is
@@ -233,6 +262,7 @@ fn measure(config: &Config, host: &HostView, kind: MeasureKind) -> Result<Refere
 fn measure_and_resolve_tee(
     config: &Config,
     host: &HostView,
+    initdata: Option<&[u8]>,
 ) -> Result<(Reference, LaunchTee), PlanError> {
     let configured = match config.qemu.tee {
         Tee::None => Some(MeasureKind::None),
@@ -241,13 +271,14 @@ fn measure_and_resolve_tee(
         Tee::Auto => None,
     };
     let early = configured
-        .map(|kind| measure(config, host, kind))
+        .map(|kind| measure(config, host, kind, initdata))
         .transpose()?;
-    let tee = crate::tee::resolve(&config.qemu, &HostTee::detect(&host.roots, &host.cpuid))?;
+    let mut tee = crate::tee::resolve(&config.qemu, &HostTee::detect(&host.roots, &host.cpuid))?;
     let reference = match early {
         Some(r) => r,
-        None => measure(config, host, measure_kind(&tee))?,
+        None => measure(config, host, measure_kind(&tee), initdata)?,
     };
+    bind_initdata(&mut tee, &reference);
     Ok((reference, tee))
 }
 
@@ -430,7 +461,7 @@ impl LaunchPlan {
     /// A [`PlanError`] naming the key, file or device to fix.
     pub fn build(config: &Config, host: &HostView, req: &LaunchRequest) -> Result<Self, PlanError> {
         config.check_files()?;
-        let (measurement, tee) = measure_and_resolve_tee(config, host)?;
+        let (measurement, tee) = measure_and_resolve_tee(config, host, req.initdata.as_deref())?;
         check_qemu_knows(config, host, &tee)?;
         let (pci, devices) = plan_devices(config, &req.devices, &tee)?;
         if let Some(fw) = &config.qemu.firmware {

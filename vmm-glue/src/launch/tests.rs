@@ -60,6 +60,7 @@ impl Fixture {
             }],
             devices: Vec::new(),
             vsock_cid: Some(1234),
+            initdata: None,
         }
     }
 
@@ -284,4 +285,52 @@ fn planning_errors_name_the_problem() {
         matches!(e, PlanError::Tee(_) | PlanError::Measure(_)),
         "{e}"
     );
+}
+
+#[test]
+fn initdata_is_measured_into_host_data() {
+    use base64::Engine;
+    use sha2::Digest;
+    let f = Fixture::new(SNP_HOST);
+    let fw = crate::measure::snp::tests::sev_crate_fixture("ovmf_AmdSev_suffix.bin");
+    let config = f.config(
+        &format!(
+            "firmware = \"{}\"\ntee = \"snp\"\naccel = \"kvm\"\ncpu_model = \"EPYC-v4\"",
+            fw.display()
+        ),
+        "",
+    );
+    let doc = b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n".to_vec();
+    let mut req = f.request();
+    req.initdata = Some(doc.clone());
+    let host = f.host(cpuid_amd_snp, &["sev-snp-guest"]);
+    let plan = LaunchPlan::build(&config, &host, &req).unwrap();
+    let digest = sha2::Sha384::digest(&doc);
+    // HOST_DATA is the digest fitted to 32 bytes, in the argv and the
+    // reference values; the launch digest does not depend on it.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&digest[..32]);
+    assert!(
+        plan.qemu_command_line()
+            .contains(&format!(",host-data={b64}")),
+        "{}",
+        plan.qemu_command_line()
+    );
+    assert_eq!(
+        plan.measurement.host_data.as_deref(),
+        Some(hex::encode(&digest[..32]).as_str())
+    );
+    assert_eq!(
+        plan.measurement.initdata_digest.as_deref(),
+        Some(hex::encode(digest).as_str())
+    );
+    let without = LaunchPlan::build(&config, &host, &f.request()).unwrap();
+    assert_eq!(
+        without.measurement.launch_digest,
+        plan.measurement.launch_digest
+    );
+    assert!(!without.qemu_command_line().contains("host-data"));
+    // A document the measurement code refuses stops the plan.
+    req.initdata = Some(b"version = \"9\"\nalgorithm = \"sha384\"\n".to_vec());
+    let e = LaunchPlan::build(&config, &host, &req).unwrap_err();
+    assert!(matches!(e, PlanError::Measure(_)), "{e}");
 }

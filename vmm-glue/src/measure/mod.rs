@@ -120,6 +120,10 @@ pub struct Reference {
     /// TDX MRCONFIGID: the initdata digest fitted to 48 bytes (hex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mrconfigid: Option<String>,
+    /// The initdata document's digest in its own algorithm (hex), before
+    /// it is fitted to HOST_DATA / MRCONFIGID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initdata_digest: Option<String>,
     /// What went in.
     pub inputs: Inputs,
 }
@@ -403,6 +407,7 @@ impl<'a> LaunchInputs<'a> {
             rtmr2: None,
             host_data: None,
             mrconfigid: None,
+            initdata_digest: self.initdata.as_ref().map(|(_, d)| hex::encode(d)),
             inputs: Inputs {
                 firmware: self.firmware.as_ref().map(|(p, d)| file_digest(p, d)),
                 kernel: file_digest_of(&q.kernel, &self.kernel, self.kernel_sha256),

@@ -14,7 +14,7 @@ use slog::info;
 use super::super::error::{Result, ShimError};
 use super::super::io;
 use super::super::options;
-use super::super::pod::{Pod, PodDir};
+use super::super::pod::{Pod, PodDir, PodLaunch};
 use super::super::process::{Container, Proc};
 use super::super::publisher::Event;
 use super::super::record::Record;
@@ -131,10 +131,17 @@ async fn launch_pod(
     if creq.kind == Kind::PodSandbox {
         devices.add_cdi(kubelet_devices(creq, &config, &svc.log).await?);
     }
+    let initdata = creq.initdata()?;
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs)?;
-    let pod = Pod::launch(&creq.id, &creq.hostname, config, dir, resolved, &svc.log).await?;
+    let launch = PodLaunch {
+        id: &creq.id,
+        hostname: &creq.hostname,
+        devices: resolved,
+        initdata,
+    };
+    let pod = Pod::launch(launch, config, dir, &svc.log).await?;
     Ok((pod, rootfs))
 }
 
