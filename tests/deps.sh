@@ -169,6 +169,30 @@ if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
     fi
 fi
 
+# --- trustee's KBS (optional, for the attestation tests) ---------------------
+# A real Key Broker Service from Confidential Containers' trustee, for tests
+# and the demo only: $COCOON_KBS_BIN if set, else the prebuilt binary next
+# to this checkout (../shared/vendor/trustee-kbs/kbs.xz) where it exists.
+# Without one, the KBS tests are skipped with a printed reason.
+KBS_DIR=$ROOT/build/kbs
+KBS_XZ=$ROOT/../shared/vendor/trustee-kbs/kbs.xz
+if [ -n "${COCOON_KBS_BIN:-}" ] && [ -x "$COCOON_KBS_BIN" ]; then
+    if ! cmp -s "$COCOON_KBS_BIN" "$KBS_DIR/kbs" 2>/dev/null; then
+        mkdir -p "$KBS_DIR" && install -m 0755 "$COCOON_KBS_BIN" "$KBS_DIR/kbs"
+        say "installed the KBS from \$COCOON_KBS_BIN into $KBS_DIR"
+        changed=1
+    fi
+elif [ ! -x "$KBS_DIR/kbs" ]; then
+    if [ -f "$KBS_XZ" ]; then
+        mkdir -p "$KBS_DIR"
+        xz -dc "$KBS_XZ" > "$KBS_DIR/kbs.tmp" && chmod 0755 "$KBS_DIR/kbs.tmp" && mv "$KBS_DIR/kbs.tmp" "$KBS_DIR/kbs"
+        say "unpacked trustee's kbs into $KBS_DIR"
+        changed=1
+    else
+        say "no trustee KBS: set COCOON_KBS_BIN to a kbs binary (build it from confidential-containers/trustee: cargo build --release -p kbs --bin kbs --no-default-features --features coco-as-builtin); the KBS tests will be skipped"
+    fi
+fi
+
 if [ $changed -eq 0 ]; then
     say "everything already installed; nothing to do"
 else

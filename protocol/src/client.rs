@@ -18,7 +18,7 @@ pub mod timeouts {
     /// `Version`, the first call after connecting.
     pub const VERSION: Duration = Duration::from_secs(10);
     /// `CreateSandbox`: mounts the shared filesystem.
-    pub const CREATE_SANDBOX: Duration = Duration::from_secs(30);
+    pub const CREATE_SANDBOX: Duration = Duration::from_secs(60);
     /// `CreateContainer`: namespaces and the rootfs over virtio-fs, which
     /// can be slow on a loaded emulated guest.
     pub const CREATE_CONTAINER: Duration = Duration::from_secs(60);
@@ -118,20 +118,9 @@ impl GuestClient {
             .map_err(|e| GuestError::new("ask the agent its version", e))
     }
 
-    /// `CreateSandbox`: mounts the share tagged `shared_fs_tag` and hands
-    /// over the pod's initdata document (empty: none).
-    pub async fn create_sandbox(
-        &self,
-        sandbox_id: &str,
-        hostname: &str,
-        shared_fs_tag: &str,
-        initdata: Vec<u8>,
-    ) -> GuestResult<()> {
-        let mut req = CreateSandboxRequest::new();
-        req.sandbox_id = sandbox_id.to_string();
-        req.hostname = hostname.to_string();
-        req.shared_fs_tag = shared_fs_tag.to_string();
-        req.initdata = initdata;
+    /// `CreateSandbox`: mounts the share tagged `shared_fs_tag`, hands over
+    /// the pod's initdata document (empty: none) and the secrets to fetch.
+    pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> GuestResult<()> {
         self.inner
             .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req)
             .await

@@ -3,6 +3,7 @@
 //! - [`agent`]: protobuf messages generated from `proto/agent.proto`.
 //! - [`agent_ttrpc`]: the async ttrpc client ([`agent_ttrpc::AgentClient`]) and
 //!   service trait ([`agent_ttrpc::Agent`]).
+//! - [`resource`]: KBS resource URIs (`kbs:///repo/type/tag`).
 //! - [`client`]: [`client::GuestClient`], the typed client with named
 //!   timeouts that the shim and `cocoon run` use.
 //!
@@ -50,6 +51,7 @@ pub mod agent_ttrpc {
 }
 
 pub mod client;
+pub mod resource;
 
 pub use protobuf;
 pub use ttrpc;
@@ -59,6 +61,10 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// AF_VSOCK port the agent serves on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Host vsock port the guest dials to reach the KBS through the shim's
+/// byte relay (the host is CID 2).
+pub const KBS_RELAY_PORT: u32 = 1025;
 
 /// The error of a peer speaking another protocol version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -127,6 +127,12 @@ pub enum Error {
     /// The sandbox was not created yet.
     #[error("the sandbox is not created yet; call CreateSandbox first")]
     NoSandbox,
+    /// The pod's initdata does not allow the request.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A service the agent needs (the KBS) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -150,6 +156,8 @@ impl Error {
             Self::ContainerNotFound(_) | Self::ProcessNotFound { .. } => Code::NOT_FOUND,
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::FailedPrecondition(_) | Self::NoSandbox => Code::FAILED_PRECONDITION,
+            Self::PermissionDenied(_) => Code::PERMISSION_DENIED,
+            Self::Unavailable(_) => Code::UNAVAILABLE,
             Self::ExecutableNotFound(_) => Code::NOT_FOUND,
             Self::Spawn { .. } | Self::Sys { .. } => Code::INTERNAL,
         }

@@ -19,11 +19,9 @@ mod container;
 mod error;
 mod init;
 mod initdata;
-// The KBS client is wired to sealed secrets next; until then only its
-// tests (against a real trustee KBS) use it.
-#[allow(dead_code)]
 mod kbs;
 mod reaper;
+mod secrets;
 mod service;
 mod spawn;
 mod stdio;

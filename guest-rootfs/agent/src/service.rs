@@ -103,6 +103,35 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|_| Error::sys("blocking task panicked", nix::errno::Errno::EIO))?
 }
 
+/// Fetches the pod's secrets from the KBS its (verified) initdata names.
+async fn fetch_secrets(
+    initdata: &[u8],
+    wanted: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let policy = if initdata.is_empty() {
+        None
+    } else {
+        Some(crate::secrets::policy(initdata)?)
+    };
+    let checked = crate::secrets::check(policy.as_ref(), wanted)?;
+    let policy = policy.unwrap_or_default();
+    let text = String::from_utf8_lossy(initdata).into_owned();
+    let tee = crate::initdata::GuestRoots::default().tee();
+    crate::secrets::fetch(
+        &policy,
+        &text,
+        &checked,
+        &tee,
+        std::path::Path::new(crate::secrets::STORE),
+    )
+    .await?;
+    eprintln!(
+        "cocoon-agent: fetched {} secret(s) from the KBS",
+        checked.len()
+    );
+    Ok(())
+}
+
 impl AgentService {
     /// A service rooted at `shared_dir`.
     pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf, poweroff: bool) -> Self {
@@ -143,8 +172,9 @@ impl AgentService {
                 "initdata was delivered already; it is accepted once per VM".into(),
             ));
         }
-        if !req.initdata.is_empty() {
-            let doc = std::mem::take(&mut req.initdata);
+        let initdata = std::mem::take(&mut req.initdata);
+        if !initdata.is_empty() {
+            let doc = initdata.clone();
             let verified = blocking(move || {
                 crate::initdata::accept(
                     &doc,
@@ -161,6 +191,11 @@ impl AgentService {
                     eprintln!("cocoon-agent: initdata verified against {what}");
                 }
             }
+        }
+        if !req.secrets.is_empty() {
+            let wanted: std::collections::BTreeMap<String, String> =
+                std::mem::take(&mut req.secrets).into_iter().collect();
+            fetch_secrets(&initdata, &wanted).await?;
         }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
@@ -229,8 +264,26 @@ impl AgentService {
         let hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
         let readonly = req.readonly_rootfs;
         let spec2 = spec.clone();
+        let cid = id.clone();
         let spawned = blocking(move || {
-            spawn::spawn_container(&reaper, &rootfs, hostname.as_deref(), readonly, &spec2)
+            let mut binds = Vec::new();
+            if let Some(dir) = crate::secrets::for_container(
+                std::path::Path::new(crate::secrets::STORE),
+                std::path::Path::new(crate::secrets::PER_CONTAINER),
+                &cid,
+                spec2.uid,
+                spec2.gid,
+            )? {
+                binds.push((dir, crate::secrets::IN_CONTAINER));
+            }
+            spawn::spawn_container(
+                &reaper,
+                &rootfs,
+                hostname.as_deref(),
+                readonly,
+                &spec2,
+                &binds,
+            )
         })
         .await?;
         let init = Arc::new(Process::new(&spec.args[0], spawned)?);

@@ -245,9 +245,13 @@ fn run_config(cli: &Cli, args: &MeasureArgs) -> anyhow::Result<i32> {
             }
         }
     };
+    // A pod without initdata of its own gets the node's (with a KBS).
     let initdata = match &args.initdata {
         Some(p) => Some((p.as_path(), measure::read_input("--initdata", p)?)),
-        None => None,
+        None => config
+            .attestation
+            .node_initdata()
+            .map(|d| (Path::new("initdata"), d)),
     };
     let r = measure::for_launch(
         &config,

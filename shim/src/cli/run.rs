@@ -119,8 +119,11 @@ fn container_request(args: &RunArgs) -> anyhow::Result<CreateContainerRequest> {
 
 /// Creates, starts and waits for the command; returns its exit status.
 async fn run_command(guest: GuestClient, args: &RunArgs) -> anyhow::Result<i32> {
+    let mut sb = cocoon_protocol::agent::CreateSandboxRequest::new();
+    sb.sandbox_id = CONTAINER_ID.into();
+    sb.shared_fs_tag = SHARE_TAG.into();
     guest
-        .create_sandbox(CONTAINER_ID, "", SHARE_TAG, Vec::new())
+        .create_sandbox(sb)
         .await
         .context("creating the sandbox in the guest")?;
     let req = container_request(args)?;

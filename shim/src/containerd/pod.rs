@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cocoon_protocol::agent::CreateSandboxRequest;
 use cocoon_protocol::client::GuestClient;
-use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, Share};
+use cocoon_vmm::launch::{GuestRelay, HostView, LaunchPlan, LaunchRequest, Share};
 use cocoon_vmm::vm::Vm;
 use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex};
@@ -106,6 +107,8 @@ pub struct PodLaunch<'a> {
     pub devices: ResolvedDevices,
     /// The pod's initdata document, measured into the launch.
     pub initdata: Option<Vec<u8>>,
+    /// Secrets to fetch in the guest: file name → resource URI.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl Pod {
@@ -130,6 +133,17 @@ impl Pod {
             devices: devices.functions,
             vsock_cid: None,
             initdata: p.initdata.clone(),
+            // The guest reaches the node's KBS through a byte relay.
+            relays: config
+                .vm
+                .attestation
+                .kbs
+                .iter()
+                .map(|k| GuestRelay {
+                    port: cocoon_protocol::KBS_RELAY_PORT,
+                    target: k.authority.clone(),
+                })
+                .collect(),
         };
         let started = std::time::Instant::now();
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
@@ -139,9 +153,13 @@ impl Pod {
         let vm = Vm::launch(plan, log).await?;
         let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let guest = vm.guest().clone();
-        guest
-            .create_sandbox(id, hostname, SHARE_TAG, p.initdata.unwrap_or_default())
-            .await?;
+        let mut sb = CreateSandboxRequest::new();
+        sb.sandbox_id = id.to_string();
+        sb.hostname = hostname.to_string();
+        sb.shared_fs_tag = SHARE_TAG.into();
+        sb.initdata = p.initdata.unwrap_or_default();
+        sb.secrets = p.secrets.into_iter().collect();
+        guest.create_sandbox(sb).await?;
         // boot_ms: planning (measurement, TEE, devices) to agent ready.
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
               "boot_ms" => boot_ms);

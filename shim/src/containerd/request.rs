@@ -33,6 +33,21 @@ pub const KATA_INITDATA: &str = "io.katacontainers.config.hypervisor.cc_init_dat
 /// Prefix of CDI device annotations: whoever writes them picks host
 /// devices, so they are honoured only when the node allows them.
 pub const CDI_PREFIX: &str = "cdi.k8s.io/";
+/// `io.cocoon.secret.<name>=kbs:///<repo>/<type>/<tag>`: a secret the guest
+/// fetches from the KBS and places at `/run/secrets/cocoon/<name>`.
+pub const SECRET_PREFIX: &str = "io.cocoon.secret.";
+
+/// Whether `name` is a DNS label (RFC 1123): 1-63 of `a-z 0-9 -`, not
+/// starting or ending with `-`.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// Where a container belongs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +301,32 @@ impl ContainerRequest {
             .get(KATA_INITDATA)
             .map(|v| super::initdata::from_annotation(v))
             .transpose()
+    }
+
+    /// The secrets the pod asks for (file name → resource URI), from
+    /// `io.cocoon.secret.<name>` annotations.
+    pub fn secrets(&self) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &self.annotations {
+            let Some(name) = key.strip_prefix(SECRET_PREFIX) else {
+                continue;
+            };
+            let invalid = |problem: String| ShimError::Invalid {
+                field: format!("annotation {key}"),
+                problem,
+            };
+            if !is_dns_label(name) {
+                return Err(invalid(format!(
+                    "{name:?} is not a file name Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
+                )));
+            }
+            let uri: cocoon_protocol::resource::ResourceUri = value
+                .trim()
+                .parse()
+                .map_err(|e: cocoon_protocol::resource::BadUri| invalid(e.to_string()))?;
+            out.insert(name.to_string(), uri.to_string());
+        }
+        Ok(out)
     }
 
     /// Reads the bundle's spec and parses everything the shim needs.

@@ -6,9 +6,11 @@
 //!
 //! - [`qemu`]: `[hypervisor.qemu]`; [`agent`]: `[agent]`;
 //!   [`runtime`]: `[runtime]` (the shim owns some of its keys);
-//!   [`measurement`]: `[measurement]`; [`gpu`]: `[gpu]`.
+//!   [`measurement`]: `[measurement]`; [`gpu`]: `[gpu]`;
+//!   [`attestation`]: `[attestation]`.
 
 pub mod agent;
+pub mod attestation;
 pub mod gpu;
 pub mod measurement;
 pub mod qemu;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, RawAgent, Transport};
+pub use attestation::{AttestationConfig, KbsAddress, RawAttestation};
 pub use gpu::{CcMode, CcPolicy, GpuConfig, OnMismatch, RawCcMode, RawGpu};
 pub use measurement::{
     Expected, LoadOptions, MeasurementConfig, MrtdOrder, RawExpected, RawMeasurement, SetupPatch,
@@ -162,6 +165,7 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     pub measurement: RawMeasurement,
     pub gpu: RawGpu,
+    pub attestation: RawAttestation,
 }
 
 /// The validated node configuration.
@@ -181,6 +185,8 @@ pub struct Config {
     pub measurement: MeasurementConfig,
     /// `[gpu]`.
     pub gpu: GpuConfig,
+    /// `[attestation]`.
+    pub attestation: AttestationConfig,
 }
 
 impl RawConfig {
@@ -214,6 +220,7 @@ impl RawConfig {
         let runtime = self.runtime.validate(&invalid)?;
         let measurement = self.measurement.validate(qemu.tee, &invalid)?;
         let gpu = self.gpu.validate(qemu.tee, &invalid)?;
+        let attestation = self.attestation.validate(&invalid)?;
         Ok(Config {
             origin: origin.to_string(),
             raw: self,
@@ -222,6 +229,7 @@ impl RawConfig {
             runtime,
             measurement,
             gpu,
+            attestation,
         })
     }
 }

@@ -8,7 +8,8 @@ pub mod plan;
 
 pub use helpers::HelperSpec;
 pub use plan::{
-    resolve, HostView, LaunchPlan, LaunchRequest, PlanError, PlannedDevice, Resolved, Share,
+    resolve, GuestRelay, HostView, LaunchPlan, LaunchRequest, PlanError, PlannedDevice, Resolved,
+    Share,
 };
 
 #[cfg(test)]

@@ -59,6 +59,18 @@ pub struct LaunchRequest {
     /// The pod's initdata document (exact bytes): its digest goes into
     /// HOST_DATA (SEV-SNP) / MRCONFIGID (TDX) and the reference values.
     pub initdata: Option<Vec<u8>>,
+    /// Host vsock ports the guest may dial, each relayed to a fixed host
+    /// address.
+    pub relays: Vec<GuestRelay>,
+}
+
+/// A host vsock port the guest may dial, relayed to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRelay {
+    /// Host vsock port.
+    pub port: u32,
+    /// `host:port` the streams are connected to.
+    pub target: String,
 }
 
 /// The host as a launch sees it: where host facts are read, the CPUID
@@ -130,6 +142,9 @@ pub enum PlanError {
     /// A shared directory is not a directory.
     #[error("shared directory {0} is not a directory")]
     NotADirectory(PathBuf),
+    /// Guest-to-host relays need the hybrid vsock of vhost-device-vsock.
+    #[error("the pod's KBS relay needs `agent.transport` = \"vhost-user-vsock\" (the kernel vhost-vsock relay is not implemented yet); set it, or leave `attestation.kbs_url` empty")]
+    RelayNeedsHybridVsock,
     /// The measuring task panicked or was cancelled.
     #[error("the planning task failed: {0}")]
     Task(String),
@@ -179,6 +194,8 @@ pub struct LaunchPlan {
     pub console_log: Option<PathBuf>,
     /// Where the agent answers.
     pub agent: AgentAddr,
+    /// Guest-to-host byte relays, started before QEMU.
+    pub relays: Vec<crate::vm::relay::PlannedRelay>,
     /// Launch → agent-ready budget.
     pub dial_timeout: Duration,
     /// Things the admin should know (logged at launch).
@@ -389,6 +406,7 @@ struct Wiring {
     shares: Vec<FsShare>,
     vsock: VsockDevice,
     agent: AgentAddr,
+    relays: Vec<crate::vm::relay::PlannedRelay>,
 }
 
 fn plan_wiring(
@@ -414,6 +432,7 @@ fn plan_wiring(
             tag: s.tag.clone(),
         });
     }
+    let mut relays = Vec::new();
     let (vsock, agent) = match transport {
         Transport::VhostUserVsock | Transport::Auto => {
             let vhu = socket_path(dir, "vsock.sock")?;
@@ -427,6 +446,12 @@ fn plan_wiring(
                 &hybrid,
                 dir.join("vsock.log"),
             ));
+            for r in &req.relays {
+                relays.push(crate::vm::relay::PlannedRelay {
+                    socket: socket_path(dir, &format!("agent.sock_{}", r.port))?,
+                    target: r.target.clone(),
+                });
+            }
             (
                 VsockDevice::VhostUser { socket: vhu },
                 AgentAddr::Hybrid {
@@ -436,6 +461,9 @@ fn plan_wiring(
             )
         }
         Transport::VhostVsock => {
+            if !req.relays.is_empty() {
+                return Err(PlanError::RelayNeedsHybridVsock);
+            }
             let cid = req.vsock_cid.unwrap_or_else(random_cid);
             (
                 VsockDevice::Vhost { cid },
@@ -451,6 +479,7 @@ fn plan_wiring(
         shares,
         vsock,
         agent,
+        relays,
     })
 }
 
@@ -521,6 +550,7 @@ impl LaunchPlan {
             qmp_socket,
             console_log,
             agent: wiring.agent,
+            relays: wiring.relays,
             dial_timeout: config.agent.dial_timeout,
             warnings,
             dry_run: q.dry_run,
@@ -575,6 +605,9 @@ impl LaunchPlan {
         }
         for h in &self.helpers {
             out.push_str(&format!("helper: {}\n", h.command_line()));
+        }
+        for r in &self.relays {
+            out.push_str(&format!("relay: {} -> {}\n", r.socket.display(), r.target));
         }
         out.push_str(&format!("qemu: {}\n", self.qemu_command_line()));
         for w in &self.warnings {

@@ -61,6 +61,7 @@ impl Fixture {
             devices: Vec::new(),
             vsock_cid: Some(1234),
             initdata: None,
+            relays: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! `delete` after a shim died) kills exactly those with [`kill_recorded`].
 
 mod boot;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -99,7 +100,9 @@ impl Drop for RunDir {
 /// A running VM with a connected agent. Dropping it kills everything and
 /// removes its state directory; [`Vm::shutdown`] does it gracefully.
 pub struct Vm {
-    // Field order is drop order: processes first, then the directory.
+    // Field order is drop order: relays and processes first, then the
+    // directory.
+    _relays: Vec<relay::Relay>,
     guest: GuestClient,
     qemu: Daemon,
     helpers: Vec<Daemon>,
@@ -199,6 +202,13 @@ impl Vm {
         }
         let run_dir = create_run_dir(&plan.dir)?;
         write_state(plan.dir.join(MEASUREMENT_FILE), &plan.measurement)?;
+        let mut relays = Vec::new();
+        for r in &plan.relays {
+            relays.push(relay::start(r, &log).map_err(|source| VmError::StateDir {
+                path: r.socket.clone(),
+                source,
+            })?);
+        }
         let mut helpers = Vec::new();
         let mut records = Vec::new();
         for h in &plan.helpers {
@@ -219,6 +229,7 @@ impl Vm {
         let boot_time = started.elapsed();
         info!(log, "agent ready"; "boot_ms" => u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX), "kernel" => &kernel_release);
         Ok(Self {
+            _relays: relays,
             guest,
             qemu,
             helpers,

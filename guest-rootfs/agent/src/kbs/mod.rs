@@ -5,8 +5,9 @@
 //! answers as JWE to that key, decrypted here. Plaintext exists only in
 //! guest memory.
 //!
-//! - [`uri`]: resource URIs; [`evidence`]: report-data binding and the
-//!   sample TEE's evidence; [`jwe`]: the JWE answers.
+//! - [`evidence`]: report-data binding and the sample TEE's evidence;
+//!   [`jwe`]: the JWE answers. Resource URIs are
+//!   [`cocoon_protocol::resource`]'s.
 //!
 //! The connection is whatever [`Connect`] gives (a vsock stream to the
 //! host's relay in the guest, TCP in tests); TLS, when the KBS URL is
@@ -14,7 +15,6 @@
 
 pub mod evidence;
 pub mod jwe;
-pub mod uri;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +28,7 @@ use p256::SecretKey;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use uri::ResourceUri;
+pub use cocoon_protocol::resource::ResourceUri;
 
 /// The KBS protocol version this client speaks.
 pub const PROTOCOL_VERSION: &str = "0.4.0";

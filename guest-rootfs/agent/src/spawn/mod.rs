@@ -441,6 +441,7 @@ pub fn spawn_container(
     hostname: Option<&str>,
     readonly: bool,
     p: &ProcessSpec,
+    binds: &[(std::path::PathBuf, &str)],
 ) -> Result<Spawned> {
     validate(p)?;
     if !rootfs.is_dir() {
@@ -449,7 +450,26 @@ pub fn spawn_container(
             problem: format!("{} is not a directory in the guest", rootfs.display()),
         });
     }
-    let (mounts, symlinks) = container_mounts(rootfs)?;
+    let (mut mounts, symlinks) = container_mounts(rootfs)?;
+    for (source, target) in binds {
+        // Guest-memory directories bound into the container (secrets); the
+        // mount point is made here, its content never reaches the share.
+        let at = rootfs.join(target);
+        std::fs::create_dir_all(&at).map_err(|e| {
+            Error::sys(
+                format!("mkdir {}", at.display()),
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+        mounts.push(MountOp {
+            source: cpath("secrets", source)?,
+            target: cpath("rootfs", &at)?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+            target_is_file: false,
+        });
+    }
     let ns = NsSetup::New {
         rootfs: cpath("rootfs", rootfs)?,
         mounts,

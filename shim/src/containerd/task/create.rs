@@ -131,7 +131,12 @@ async fn launch_pod(
     if creq.kind == Kind::PodSandbox {
         devices.add_cdi(kubelet_devices(creq, &config, &svc.log).await?);
     }
-    let initdata = creq.initdata()?;
+    // The pod's own initdata, else the node's (when a KBS is configured).
+    let initdata = match creq.initdata()? {
+        Some(doc) => Some(doc),
+        None => config.vm.attestation.node_initdata(),
+    };
+    let secrets = creq.secrets()?;
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs)?;
@@ -140,6 +145,7 @@ async fn launch_pod(
         hostname: &creq.hostname,
         devices: resolved,
         initdata,
+        secrets,
     };
     let pod = Pod::launch(launch, config, dir, &svc.log).await?;
     Ok((pod, rootfs))

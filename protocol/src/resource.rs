@@ -1,4 +1,5 @@
-//! Resource URIs of Confidential Containers: `kbs:///<repository>/<type>/<tag>`
+//! Resource URIs of Confidential Containers, parsed the same way by the
+//! shim (early errors) and the agent (which decides): `kbs:///<repository>/<type>/<tag>`
 //! (the authority, naming the KBS, is empty: the guest's KBS comes from
 //! measured initdata, never from the URI).
 

@@ -1,0 +1,351 @@
+//! The pod's secrets: fetched from the KBS named in the (verified) initdata,
+//! only when the initdata allows their resource URI, kept in guest memory,
+//! and placed at `/run/secrets/cocoon/<name>` in each container, owned by
+//! the container's user, mode 0400. The host names which secrets a pod
+//! wants; it cannot choose the KBS or a resource the initdata does not
+//! allow.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cocoon_protocol::resource::ResourceUri;
+
+use crate::error::{Error, Result};
+use crate::initdata::GuestTee;
+use crate::kbs::{self, Client, Connect, Connecting, KbsError, Stream};
+
+/// Where fetched secrets are kept (guest tmpfs).
+pub const STORE: &str = "/run/cocoon/secrets";
+/// Where each container's copies are kept (guest tmpfs).
+pub const PER_CONTAINER: &str = "/run/cocoon/containers";
+/// Where containers see them.
+pub const IN_CONTAINER: &str = "run/secrets/cocoon";
+
+/// What the pod's initdata says about the KBS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPolicy {
+    /// `aa.toml` `[token_configs.kbs] url`.
+    pub kbs_url: Option<String>,
+    /// `cocoon-policy.toml` `allowed_resources` (a trailing `*` matches
+    /// the rest).
+    pub allowed_resources: Vec<String>,
+}
+
+fn bad(problem: String) -> Error {
+    Error::InvalidArgument {
+        field: "initdata",
+        problem,
+    }
+}
+
+/// Reads the KBS URL and the allowed resources from an initdata document.
+pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        data: BTreeMap<String, String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Aa {
+        token_configs: Option<TokenConfigs>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenConfigs {
+        kbs: Option<KbsConfig>,
+    }
+    #[derive(serde::Deserialize)]
+    struct KbsConfig {
+        url: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cocoon {
+        #[serde(default)]
+        allowed_resources: Vec<String>,
+    }
+    let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
+    let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+    let kbs_url = match doc.data.get("aa.toml") {
+        Some(aa) => {
+            let aa: Aa =
+                toml::from_str(aa).map_err(|e| bad(format!("aa.toml: {}", e.message())))?;
+            aa.token_configs.and_then(|t| t.kbs).map(|k| k.url)
+        }
+        None => None,
+    };
+    let allowed_resources = match doc.data.get("cocoon-policy.toml") {
+        Some(p) => {
+            toml::from_str::<Cocoon>(p)
+                .map_err(|e| bad(format!("cocoon-policy.toml: {}", e.message())))?
+                .allowed_resources
+        }
+        None => Vec::new(),
+    };
+    Ok(PodPolicy {
+        kbs_url,
+        allowed_resources,
+    })
+}
+
+/// Whether `pattern` (a URI, or a prefix ending in `*`) allows `uri`.
+fn matches(pattern: &str, uri: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => uri.starts_with(prefix),
+        None => pattern == uri,
+    }
+}
+
+/// `host:port` of an `http://` KBS URL (the Host header; the connection
+/// itself goes through the host's relay).
+fn kbs_host(url: &str) -> Result<String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "the initdata's KBS URL {url:?} is not http://; TLS to the KBS is not supported yet"
+        ))
+    })?;
+    Ok(rest.trim_end_matches('/').to_string())
+}
+
+/// Checks every requested secret against the policy before anything is
+/// fetched: names, URIs, allowed resources, a KBS.
+pub fn check(
+    policy: Option<&PodPolicy>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<Vec<(String, ResourceUri)>> {
+    let mut out = Vec::new();
+    for (name, uri) in secrets {
+        if !is_dns_label(name) {
+            return Err(Error::InvalidArgument {
+                field: "secrets",
+                problem: format!("{name:?} is not a DNS label"),
+            });
+        }
+        let parsed: ResourceUri =
+            uri.parse().map_err(
+                |e: cocoon_protocol::resource::BadUri| Error::InvalidArgument {
+                    field: "secrets",
+                    problem: e.to_string(),
+                },
+            )?;
+        let Some(p) = policy else {
+            return Err(Error::PermissionDenied(format!(
+                "secret {name:?} ({uri}): the pod has no initdata, so no KBS and no resource is allowed"
+            )));
+        };
+        let canonical = parsed.to_string();
+        if !p.allowed_resources.iter().any(|a| matches(a, &canonical)) {
+            return Err(Error::PermissionDenied(format!(
+                "secret {name:?}: {canonical} is not in the initdata's allowed_resources {:?}",
+                p.allowed_resources
+            )));
+        }
+        if p.kbs_url.is_none() {
+            return Err(Error::PermissionDenied(format!(
+                "secret {name:?}: the initdata names no KBS ([token_configs.kbs] url in aa.toml)"
+            )));
+        }
+        out.push((name.clone(), parsed));
+    }
+    Ok(out)
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Dials the host's KBS relay over vsock (the host is CID 2).
+struct HostRelay;
+
+impl Connect for HostRelay {
+    fn connect(&self) -> Connecting<'_> {
+        Box::pin(async {
+            let addr = tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_HOST,
+                cocoon_protocol::KBS_RELAY_PORT,
+            );
+            let s = tokio_vsock::VsockStream::connect(addr).await?;
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+    }
+}
+
+fn evidence_for(tee: &GuestTee) -> Box<kbs::EvidenceFn> {
+    match tee {
+        GuestTee::None => Box::new(|rd: &[u8; 48]| Ok(kbs::evidence::sample(rd))),
+        other => {
+            let name = kbs::evidence::tee_name(other);
+            Box::new(move |_: &[u8; 48]| {
+                Err(KbsError::Evidence(format!(
+                    "{name} evidence for the KBS is not implemented yet"
+                )))
+            })
+        }
+    }
+}
+
+fn kbs_error(e: KbsError) -> Error {
+    match e {
+        KbsError::Unreachable { .. } | KbsError::Http { .. } => Error::Unavailable(e.to_string()),
+        other => Error::FailedPrecondition(other.to_string()),
+    }
+}
+
+fn io_err(op: &str, p: &Path, e: &std::io::Error) -> Error {
+    Error::sys(
+        format!("{op} {}", p.display()),
+        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    )
+}
+
+/// Attests once and fetches every secret into `store` (mode 0400).
+pub async fn fetch(
+    policy: &PodPolicy,
+    initdata: &str,
+    wanted: &[(String, ResourceUri)],
+    tee: &GuestTee,
+    store: &Path,
+) -> Result<()> {
+    let url = policy.kbs_url.as_deref().unwrap_or_default();
+    let client = Client::new(HostRelay, &kbs_host(url)?);
+    let evidence = evidence_for(tee);
+    let session = client
+        .attest(kbs::evidence::tee_name(tee), &*evidence, Some(initdata))
+        .await
+        .map_err(kbs_error)?;
+    std::fs::create_dir_all(store).map_err(|e| io_err("mkdir", store, &e))?;
+    for (name, uri) in wanted {
+        let data = client.resource(&session, uri).await.map_err(kbs_error)?;
+        write_private(&store.join(name), &data, None)?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(|e| io_err("create", path, &e))?;
+    f.write_all(data).map_err(|e| io_err("write", path, &e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown", path, &e))?;
+    }
+    Ok(())
+}
+
+/// Copies the pod's secrets for container `id`, owned by its user, and
+/// returns the directory to bind at [`IN_CONTAINER`] (`None`: no secrets).
+pub fn for_container(
+    store: &Path,
+    base: &Path,
+    id: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Ok(None);
+    };
+    let dir = base.join(id).join("secrets");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, &e))?;
+    for e in entries.flatten() {
+        let data = std::fs::read(e.path()).map_err(|err| io_err("read", &e.path(), &err))?;
+        write_private(&dir.join(e.file_name()), &data, Some((uid, gid)))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+        .map_err(|e| io_err("chmod", &dir, &e))?;
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| io_err("chown", &dir, &e))?;
+    Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://10.0.0.5:8080\"\n'''\n\"cocoon-policy.toml\" = '''\nallowed_resources = [\"kbs:///default/key/*\", \"kbs:///other/x/y\"]\n'''\n";
+
+    fn want(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_policy_comes_from_initdata() {
+        let p = policy(DOC.as_bytes()).unwrap();
+        assert_eq!(p.kbs_url.as_deref(), Some("http://10.0.0.5:8080"));
+        assert_eq!(p.allowed_resources.len(), 2);
+        assert_eq!(
+            kbs_host(p.kbs_url.as_deref().unwrap()).unwrap(),
+            "10.0.0.5:8080"
+        );
+        let ok = check(
+            Some(&p),
+            &want(&[
+                ("demo", "kbs:///default/key/demo"),
+                ("y", "kbs:///other/x/y"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        for (w, needle) in [
+            (
+                want(&[("demo", "kbs:///default/cert/demo")]),
+                "not in the initdata's allowed_resources",
+            ),
+            (
+                want(&[("demo", "kbs:///other/x/z")]),
+                "not in the initdata's allowed_resources",
+            ),
+            (want(&[("Demo", "kbs:///default/key/demo")]), "DNS label"),
+            (
+                want(&[("demo", "kbs:///default/key/../x")]),
+                "not a KBS resource URI",
+            ),
+        ] {
+            let e = check(Some(&p), &w).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        let e = check(None, &want(&[("demo", "kbs:///default/key/demo")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no initdata"), "{e}");
+        let no_kbs = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'allowed_resources = [\"kbs:///a/b/c\"]'\n").unwrap();
+        let e = check(Some(&no_kbs), &want(&[("c", "kbs:///a/b/c")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no KBS"), "{e}");
+        assert!(kbs_host("https://kbs:443").is_err());
+        assert!(policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'exec = true'\n").is_err());
+    }
+
+    #[test]
+    fn containers_get_private_copies() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        write_private(&store.join("demo"), b"s3cret", None).unwrap();
+        let dir = for_container(&store, &d.path().join("c"), "c1", 1000, 1000)
+            .unwrap()
+            .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir.join("demo")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1000, 0o400));
+        assert_eq!(std::fs::read(dir.join("demo")).unwrap(), b"s3cret");
+        assert!(for_container(&d.path().join("none"), d.path(), "c2", 0, 0)
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! A real trustee KBS on loopback for tests: started from `COCOON_KBS_BIN`
+//! or `build/kbs/kbs` (`make deps`), with an Ed25519 admin key, a
+//! resource policy and resources set through its admin API (curl), killed
+//! on drop. Shared by the agent's KBS client tests and the pod tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use base64::Engine;
+
+/// The KBS binary: `$COCOON_KBS_BIN`, else `build/kbs/kbs` of the checkout
+/// holding `manifest_dir`.
+pub fn kbs_binary(manifest_dir: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("COCOON_KBS_BIN") {
+        return Some(p.into());
+    }
+    manifest_dir
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .map(|root| root.join("build/kbs/kbs"))
+        .filter(|p| p.exists())
+}
+
+/// A trustee KBS on loopback with an admin key, killed on drop.
+pub struct Kbs {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Kbs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// Base64url without padding.
+pub fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// An admin JWT (EdDSA, role admin) signed with `key`, as the KBS's
+/// bearer-JWT admin authentication expects.
+fn admin_token(key: &Path, dir: &Path) -> String {
+    let header = b64url(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let payload = b64url(
+        br#"{"iss":"issuer","role":"admin","aud":["kbs"],"iat":1700000000,"exp":4102444800}"#,
+    );
+    let msg = dir.join("jwt-input");
+    std::fs::write(&msg, format!("{header}.{payload}")).unwrap();
+    let sig = run(Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+        .arg(key)
+        .arg("-in")
+        .arg(&msg));
+    format!("{header}.{payload}.{}", b64url(&sig))
+}
+
+impl Kbs {
+    /// Starts the KBS and waits until it listens.
+    pub fn start(bin: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = d.join("admin.key");
+        let key_pem = run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519"]));
+        std::fs::write(&key, key_pem).unwrap();
+        run(Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(d.join("admin.pub")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            r#"[http_server]
+sockets = ["{addr}"]
+insecure_http = true
+
+[attestation_token]
+insecure_header_jwk = true
+
+[attestation_service]
+type = "coco_as_builtin"
+
+[attestation_service.attestation_token_broker]
+duration_min = 5
+
+[attestation_service.rvps_config]
+type = "BuiltIn"
+
+[storage_backend]
+storage_type = "LocalFs"
+
+[storage_backend.backends.local_fs]
+dir_path = "{repo}"
+
+[admin]
+authorization_mode = "AuthenticatedAuthorization"
+
+[admin.authentication.bearer_jwt]
+identity_providers = [{{ issuer = "issuer", audience = "kbs", public_key_uri = "{pubkey}" }}]
+
+[admin.authorization.regex_acl]
+acls = [{{ role = "admin", allowed_endpoints = "^/kbs/.+$" }}]
+
+[[plugins]]
+name = "resource"
+storage_backend_type = "kvstorage"
+"#,
+            repo = d.join("repo").display(),
+            pubkey = d.join("admin.pub").display(),
+        );
+        std::fs::write(d.join("kbs.toml"), config).unwrap();
+        let child = Command::new(bin)
+            .arg("--config-file")
+            .arg(d.join("kbs.toml"))
+            .current_dir(d)
+            .stdout(std::fs::File::create(d.join("kbs.log")).unwrap())
+            .stderr(std::fs::File::create(d.join("kbs.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let token = admin_token(&key, d);
+        let kbs = Self {
+            child,
+            addr,
+            token,
+            dir,
+        };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&kbs.addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the KBS did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kbs
+    }
+
+    /// `POST path` with the admin token.
+    pub fn admin_post(&self, path: &str, content_type: &str, body: &[u8]) {
+        let file = self.dir.path().join("body");
+        std::fs::write(&file, body).unwrap();
+        let out = run(Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .arg(format!("http://{}{path}", self.addr))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg("-H")
+            .arg(format!("Content-Type: {content_type}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display())));
+        assert_eq!(String::from_utf8_lossy(&out), "200", "POST {path}");
+    }
+
+    /// Lets the sample TEE have resources (development only) and stores one.
+    pub fn allow_sample_and_store(&self, path: &str, secret: &[u8]) {
+        let rego = "package policy\n\ndefault allow = false\n\nallow if {\n\tdata.plugin == \"resource\"\n}\n";
+        let body = serde_json::json!({ "policy": b64url(rego.as_bytes()) }).to_string();
+        self.admin_post(
+            "/kbs/v0/resource-policy",
+            "application/json",
+            body.as_bytes(),
+        );
+        self.admin_post(
+            &format!("/kbs/v0/resource/{path}"),
+            "application/octet-stream",
+            secret,
+        );
+    }
+}
