@@ -140,6 +140,44 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
     }
     assert!(ctd.ctr(&["c", "rm", "i1"]).unwrap().status.success());
 
+    // A pod whose initdata policy refuses exec: the agent says no, with
+    // the rule, whatever the host asks.
+    let closed = format!("{DOC}\"cocoon-policy.toml\" = 'exec = false'\n");
+    let annotation = format!("{KATA_INITDATA}={}", encode(closed.as_bytes()));
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--annotation",
+            &annotation,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "i2",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    wait_running(&ctd, "i2");
+    let o = ctd
+        .ctr(&["task", "exec", "--exec-id", "e1", "i2", "true"])
+        .unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("exec is refused by the pod's policy"), "{err}");
+    assert!(ctd
+        .ctr(&["task", "kill", "-s", "KILL", "i2"])
+        .unwrap()
+        .status
+        .success());
+    let start = Instant::now();
+    while !ctd.ctr(&["task", "rm", "i2"]).unwrap().status.success() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ctd.ctr(&["c", "rm", "i2"]).unwrap().status.success());
+
     // Bad documents: one clear error each, nothing left.
     let mut bomb = DOC.as_bytes().to_vec();
     bomb.extend(std::iter::repeat_n(b'#', 1 << 20));

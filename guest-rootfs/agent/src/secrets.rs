@@ -29,6 +29,25 @@ pub struct PodPolicy {
     /// `cocoon-policy.toml` `allowed_resources` (a trailing `*` matches
     /// the rest).
     pub allowed_resources: Vec<String>,
+    /// `cocoon-policy.toml` `exec`: whether the host may run new processes
+    /// in the pod's containers (unset: yes without a TEE, no in one).
+    pub exec: Option<bool>,
+}
+
+impl PodPolicy {
+    /// Refuses `ExecProcess` unless the policy (or, unset, the guest's TEE
+    /// default) allows it.
+    pub fn check_exec(&self, tee: &GuestTee) -> Result<()> {
+        match (self.exec, tee) {
+            (Some(true), _) | (None, GuestTee::None) => Ok(()),
+            (Some(false), _) => Err(Error::PermissionDenied(
+                "exec is refused by the pod's policy (cocoon-policy.toml in its initdata: exec = false)".into(),
+            )),
+            (None, _) => Err(Error::PermissionDenied(
+                "exec is refused in a confidential pod by default; its initdata's cocoon-policy.toml may allow it with exec = true".into(),
+            )),
+        }
+    }
 }
 
 fn bad(problem: String) -> Error {
@@ -62,6 +81,7 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
     struct Cocoon {
         #[serde(default)]
         allowed_resources: Vec<String>,
+        exec: Option<bool>,
     }
     let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
     let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
@@ -73,17 +93,18 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
         }
         None => None,
     };
-    let allowed_resources = match doc.data.get("cocoon-policy.toml") {
-        Some(p) => {
-            toml::from_str::<Cocoon>(p)
-                .map_err(|e| bad(format!("cocoon-policy.toml: {}", e.message())))?
-                .allowed_resources
-        }
-        None => Vec::new(),
+    let cocoon = match doc.data.get("cocoon-policy.toml") {
+        Some(p) => toml::from_str::<Cocoon>(p)
+            .map_err(|e| bad(format!("cocoon-policy.toml: {}", e.message())))?,
+        None => Cocoon {
+            allowed_resources: Vec::new(),
+            exec: None,
+        },
     };
     Ok(PodPolicy {
         kbs_url,
-        allowed_resources,
+        allowed_resources: cocoon.allowed_resources,
+        exec: cocoon.exec,
     })
 }
 
@@ -328,7 +349,32 @@ mod tests {
             .to_string();
         assert!(e.contains("names no KBS"), "{e}");
         assert!(kbs_host("https://kbs:443").is_err());
-        assert!(policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'exec = true'\n").is_err());
+        assert!(policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'debug = true'\n").is_err());
+    }
+
+    #[test]
+    fn exec_follows_the_policy_and_the_tee() {
+        let open = PodPolicy::default();
+        open.check_exec(&GuestTee::None).unwrap();
+        let e = open.check_exec(&GuestTee::Snp).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("refused in a confidential pod by default"),
+            "{e}"
+        );
+        let closed = PodPolicy {
+            exec: Some(false),
+            ..PodPolicy::default()
+        };
+        let e = closed.check_exec(&GuestTee::None).unwrap_err().to_string();
+        assert!(e.contains("exec = false"), "{e}");
+        let allowed = PodPolicy {
+            exec: Some(true),
+            ..PodPolicy::default()
+        };
+        allowed.check_exec(&GuestTee::Tdx).unwrap();
+        let p = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'exec = false'\n").unwrap();
+        assert_eq!(p.exec, Some(false));
     }
 
     #[test]

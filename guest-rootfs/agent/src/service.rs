@@ -25,6 +25,8 @@ struct State {
     /// Whether a sandbox was ever created: initdata is accepted once for
     /// the VM's life, also after DestroySandbox.
     initdata_taken: bool,
+    /// The pod's policy from its verified initdata (default without).
+    policy: crate::secrets::PodPolicy,
     shared_mounted: bool,
     containers: HashMap<String, Arc<Container>>,
 }
@@ -192,6 +194,9 @@ impl AgentService {
                 }
             }
         }
+        if !initdata.is_empty() {
+            self.state().policy = crate::secrets::policy(&initdata)?;
+        }
         if !req.secrets.is_empty() {
             let wanted: std::collections::BTreeMap<String, String> =
                 std::mem::take(&mut req.secrets).into_iter().collect();
@@ -306,6 +311,8 @@ impl AgentService {
     }
 
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<u32> {
+        let policy = self.state().policy.clone();
+        policy.check_exec(&crate::initdata::GuestRoots::default().tee())?;
         let container = self.container(required("container_id", &req.container_id)?)?;
         let exec_id = required("exec_id", &req.exec_id)?.to_string();
         if container
