@@ -2,14 +2,18 @@
 # make demo: a private containerd (own state dir and socket), a locally built
 # busybox image, one task run through Cocoon, its output printed; then
 # everything is stopped again.
+# When trustee's KBS is available (build/kbs/kbs, from make deps), a second
+# task reads a secret the guest fetched from it, and the demo shows that no
+# host artefact holds the secret.
 #   tests/demo.sh NODE_CONFIG BIN_DIR
 set -euo pipefail
 config=$1 bin=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/cocoon-demo.XXXXXX)
-ctd_pid=""
+ctd_pid="" kbs_pid=""
 cleanup() {
     [ -n "$ctd_pid" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null || true
+    [ -n "$kbs_pid" ] && kill "$kbs_pid" 2>/dev/null && wait "$kbs_pid" 2>/dev/null || true
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$work"
 }
@@ -19,8 +23,64 @@ echo "== building a busybox image"
 "$root/tests/fixtures/make-busybox-rootfs.sh" "$work/rootfs"
 "$root/tests/fixtures/make-oci-image.sh" "$work/rootfs" cocoon.demo/busybox:1 "$work/image.tar"
 
-echo "== starting a private containerd in $work"
 sed "s#^state_dir = .*#state_dir = \"$work/cocoon\"#" "$config" >"$work/cocoon.toml"
+
+kbs_bin=$root/build/kbs/kbs
+secret=""
+if [ -x "$kbs_bin" ]; then
+    echo "== starting trustee's KBS on loopback (development settings: sample TEE allowed)"
+    k=$work/kbs && mkdir -p "$k/repo"
+    openssl genpkey -algorithm ed25519 -out "$k/admin.key" 2>/dev/null
+    openssl pkey -in "$k/admin.key" -pubout -out "$k/admin.pub"
+    b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+    jwt_head=$(printf '{"alg":"EdDSA","typ":"JWT"}' | b64url)
+    jwt_body=$(printf '{"iss":"issuer","role":"admin","aud":["kbs"],"iat":%s,"exp":%s}' "$(date +%s)" "$(( $(date +%s) + 3600 ))" | b64url)
+    printf '%s.%s' "$jwt_head" "$jwt_body" >"$k/jwt.in"
+    token="$jwt_head.$jwt_body.$(openssl pkeyutl -sign -inkey "$k/admin.key" -rawin -in "$k/jwt.in" | b64url)"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    cat >"$k/kbs.toml" <<EOF2
+[http_server]
+sockets = ["127.0.0.1:$port"]
+insecure_http = true
+[attestation_token]
+insecure_header_jwk = true
+[attestation_service]
+type = "coco_as_builtin"
+[attestation_service.attestation_token_broker]
+duration_min = 5
+[attestation_service.rvps_config]
+type = "BuiltIn"
+[storage_backend]
+storage_type = "LocalFs"
+[storage_backend.backends.local_fs]
+dir_path = "$k/repo"
+[admin]
+authorization_mode = "AuthenticatedAuthorization"
+[admin.authentication.bearer_jwt]
+identity_providers = [{ issuer = "issuer", audience = "kbs", public_key_uri = "$k/admin.pub" }]
+[admin.authorization.regex_acl]
+acls = [{ role = "admin", allowed_endpoints = "^/kbs/.+\$" }]
+[[plugins]]
+name = "resource"
+storage_backend_type = "kvstorage"
+EOF2
+    (cd "$k" && exec "$kbs_bin" --config-file "$k/kbs.toml") >"$k/kbs.log" 2>&1 &
+    kbs_pid=$!
+    for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
+    rego=$(printf 'package policy\n\ndefault allow = false\n\nallow if {\n\tdata.plugin == "resource"\n}\n' | b64url)
+    curl -sf -X POST "http://127.0.0.1:$port/kbs/v0/resource-policy" -H "Authorization: Bearer $token" \
+        -H 'Content-Type: application/json' -d "{\"policy\":\"$rego\"}"
+    secret="demo-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    printf '%s' "$secret" | curl -sf -X POST "http://127.0.0.1:$port/kbs/v0/resource/default/key/demo" \
+        -H "Authorization: Bearer $token" -H 'Content-Type: application/octet-stream' --data-binary @-
+    sed -i -e "s#^kbs_url = .*#kbs_url = \"http://127.0.0.1:$port\"#" \
+        -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*"]#' \
+        -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*"]#' "$work/cocoon.toml"
+else
+    echo "== no trustee KBS in build/kbs (make deps unpacks it where available): skipping the secret demo"
+fi
+
+echo "== starting a private containerd in $work"
 sed -e "s#@WORK@#$work#g" >"$work/containerd.toml" <<'EOF2'
 version = 2
 root = "@WORK@/root"
@@ -45,4 +105,19 @@ start=$(date +%s%N)
 $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.demo/busybox:1 demo \
     sh -c 'echo "hello from a Cocoon VM: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU, $(ps | wc -l) processes visible"'
 end=$(date +%s%N)
-echo "== done in $(( (end - start) / 1000000 )) ms; stopping containerd"
+echo "== done in $(( (end - start) / 1000000 )) ms"
+
+if [ -n "$secret" ]; then
+    echo "== ctr run --annotation io.cocoon.secret.demo=kbs:///default/key/demo ..."
+    $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation io.cocoon.secret.demo=kbs:///default/key/demo \
+        cocoon.demo/busybox:1 demo-secret \
+        sh -c 'echo "the pod read its secret from /run/secrets/cocoon/demo: $(cat /run/secrets/cocoon/demo)"'
+    b64=$(printf '%s' "$secret" | base64 -w0)
+    echo "== looking for the secret (and its base64) in every host artefact: state dir, logs, share"
+    if grep -rlaF -e "$secret" -e "$b64" "$work" --exclude-dir=kbs; then
+        echo "the secret was found on the host (files above)" >&2
+        exit 1
+    fi
+    echo "   not found: the secret existed only in the guest (and in the KBS's own store)"
+fi
+echo "== stopping containerd"
