@@ -14,6 +14,8 @@
 #   firmware (unstable, unpacked into build/firmware) and sev-snp-measure
 #   0.0.13 from PyPI in a venv (build/measure-venv); containerd 2.x
 #   (unstable, unpacked into build/containerd2) for compatibility tests.
+# - For the attestation tests and the demo: trustee's KBS into build/kbs
+#   ($COCOON_KBS_BIN, or the prebuilt kbs.xz next to the checkout).
 #
 # A second run finds everything in place and says so.
 set -eu

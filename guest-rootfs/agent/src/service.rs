@@ -357,6 +357,9 @@ impl AgentService {
             let _ = p.signal(Signal::SIGKILL);
         }
         self.state().containers.remove(id);
+        // The container's copies of the pod's secrets (guest memory).
+        let _ =
+            std::fs::remove_dir_all(std::path::Path::new(crate::secrets::PER_CONTAINER).join(id));
         Ok(())
     }
 
