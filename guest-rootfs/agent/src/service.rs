@@ -254,6 +254,20 @@ impl AgentService {
 
     async fn do_create_container(&self, req: CreateContainerRequest) -> Result<u32> {
         let id = required("container_id", &req.container_id)?.to_string();
+        // containerd's identifier rule; the id also names guest paths.
+        let valid = id.len() <= 76
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(Error::InvalidArgument {
+                field: "container_id",
+                problem: format!(
+                    "{id:?} is not a container identifier (A-Z a-z 0-9 . _ -, at most 76)"
+                ),
+            });
+        }
         if self.state().sandbox_id.is_none() {
             return Err(Error::NoSandbox);
         }
