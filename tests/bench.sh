@@ -83,6 +83,7 @@ ctd_pid=$!
 stop_all() {
     set +e
     kill "$ctd_pid" 2>/dev/null; wait "$ctd_pid" 2>/dev/null
+    [ -n "${kbs_pid:-}" ] && kill "$kbs_pid" 2>/dev/null && wait "$kbs_pid" 2>/dev/null
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$work"
 }
@@ -121,6 +122,27 @@ runc_shim=$(pgrep -f "containerd-shim-runc-v2 .*$ctd/c.sock" | head -n1)
 cocoon_shim=$(pgrep -f "containerd-shim-cocoon-v2 .*$ctd/c.sock" | head -n1)
 echo "shim RSS with a running task: cocoon $(( $(rss "$cocoon_shim") / 1024 )) MiB, containerd-shim-runc-v2 $(( $(rss "$runc_shim") / 1024 )) MiB"
 for t in rss-runc rss-cocoon; do $ctr task rm -f "$t" >/dev/null 2>&1 || true; $ctr c rm "$t" >/dev/null 2>&1 || true; done
+
+# --- secrets: pod start with 0, 1 and 10 secrets from trustee's KBS ---------
+if [ -x "$root/build/kbs/kbs" ]; then
+    . "$root/tests/fixtures/kbs.sh"
+    kbs_start "$root/build/kbs/kbs" "$work/kbs"
+    for n in $(seq 10); do printf 'secret %s' "$n" >"$work/kbs/s$n"; kbs_store "default/key/s$n" "$work/kbs/s$n"; done
+    sed -i -e "s#^kbs_url = .*#kbs_url = \"http://127.0.0.1:$kbs_port\"#" \
+        -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*"]#' \
+        -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*"]#' "$ctd/cocoon.toml"
+    secret_flags() { for n in $(seq "$1"); do printf -- '--annotation io.cocoon.secret.s%s=kbs:///default/key/s%s ' "$n" "$n"; done; }
+    echo "== secrets (trustee KBS on loopback, sample TEE, through the vsock relay): ctr run --rm ... cat"
+    for k in 0 1 10; do
+        t=()
+        # shellcheck disable=SC2046 # the flags are words on purpose
+        for i in $(seq "$runs"); do t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 $(secret_flags "$k") cocoon.bench/busybox:1 k$k-$i sh -c 'cat /run/secrets/cocoon/* 2>/dev/null | wc -c')"); done
+        echo "with $k secret(s): median $(median "${t[@]}") ms  (${t[*]})"
+    done
+    kill "$kbs_pid"; wait "$kbs_pid" 2>/dev/null || true; kbs_pid=""
+else
+    echo "secrets: skipped (no trustee KBS in build/kbs; make deps unpacks it where available)"
+fi
 
 # Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the
 # same inputs (4 MiB OVMF.amdsev.fd, the guest kernel, a 30 MiB initrd), and

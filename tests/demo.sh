@@ -29,50 +29,12 @@ kbs_bin=$root/build/kbs/kbs
 secret=""
 if [ -x "$kbs_bin" ]; then
     echo "== starting trustee's KBS on loopback (development settings: sample TEE allowed)"
-    k=$work/kbs && mkdir -p "$k/repo"
-    openssl genpkey -algorithm ed25519 -out "$k/admin.key" 2>/dev/null
-    openssl pkey -in "$k/admin.key" -pubout -out "$k/admin.pub"
-    b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-    jwt_head=$(printf '{"alg":"EdDSA","typ":"JWT"}' | b64url)
-    jwt_body=$(printf '{"iss":"issuer","role":"admin","aud":["kbs"],"iat":%s,"exp":%s}' "$(date +%s)" "$(( $(date +%s) + 3600 ))" | b64url)
-    printf '%s.%s' "$jwt_head" "$jwt_body" >"$k/jwt.in"
-    token="$jwt_head.$jwt_body.$(openssl pkeyutl -sign -inkey "$k/admin.key" -rawin -in "$k/jwt.in" | b64url)"
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    cat >"$k/kbs.toml" <<EOF2
-[http_server]
-sockets = ["127.0.0.1:$port"]
-insecure_http = true
-[attestation_token]
-insecure_header_jwk = true
-[attestation_service]
-type = "coco_as_builtin"
-[attestation_service.attestation_token_broker]
-duration_min = 5
-[attestation_service.rvps_config]
-type = "BuiltIn"
-[storage_backend]
-storage_type = "LocalFs"
-[storage_backend.backends.local_fs]
-dir_path = "$k/repo"
-[admin]
-authorization_mode = "AuthenticatedAuthorization"
-[admin.authentication.bearer_jwt]
-identity_providers = [{ issuer = "issuer", audience = "kbs", public_key_uri = "$k/admin.pub" }]
-[admin.authorization.regex_acl]
-acls = [{ role = "admin", allowed_endpoints = "^/kbs/.+\$" }]
-[[plugins]]
-name = "resource"
-storage_backend_type = "kvstorage"
-EOF2
-    (cd "$k" && exec "$kbs_bin" --config-file "$k/kbs.toml") >"$k/kbs.log" 2>&1 &
-    kbs_pid=$!
-    for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
-    rego=$(printf 'package policy\n\ndefault allow = false\n\nallow if {\n\tdata.plugin == "resource"\n}\n' | b64url)
-    curl -sf -X POST "http://127.0.0.1:$port/kbs/v0/resource-policy" -H "Authorization: Bearer $token" \
-        -H 'Content-Type: application/json' -d "{\"policy\":\"$rego\"}"
+    . "$root/tests/fixtures/kbs.sh"
+    kbs_start "$kbs_bin" "$work/kbs"
+    port=$kbs_port
     secret="demo-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    printf '%s' "$secret" | curl -sf -X POST "http://127.0.0.1:$port/kbs/v0/resource/default/key/demo" \
-        -H "Authorization: Bearer $token" -H 'Content-Type: application/octet-stream' --data-binary @-
+    printf '%s' "$secret" >"$work/kbs/demo-secret"
+    kbs_store default/key/demo "$work/kbs/demo-secret"
     sed -i -e "s#^kbs_url = .*#kbs_url = \"http://127.0.0.1:$port\"#" \
         -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*"]#' \
         -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*"]#' "$work/cocoon.toml"
