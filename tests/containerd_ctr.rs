@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{output_with_timeout, Containerd, Flavor, IMAGE, RUNTIME};
+use cocoon_tests::containerd::{out, output_with_timeout, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::{env_or_skip, snp_firmware, Env, GpuHost, Sandbox};
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
@@ -18,14 +18,6 @@ fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
     let sb = Sandbox::new(&env, |_| {});
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     Some((env, sb, ctd))
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "stdout: {} stderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn task_status(ctd: &Containerd, id: &str) -> String {

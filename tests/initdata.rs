@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{Containerd, Flavor, IMAGE, RUNTIME};
+use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::{env_or_skip, Sandbox};
 use sha2::{Digest, Sha256, Sha384};
 
@@ -22,29 +22,6 @@ fn encode(doc: &[u8]) -> String {
         &base64::engine::general_purpose::STANDARD,
         gz.finish().unwrap(),
     )
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "stdout: {} stderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_running(ctd: &Containerd, id: &str) {
-    let start = Instant::now();
-    loop {
-        let o = ctd.ctr(&["task", "ls"]).unwrap();
-        let running = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
-        if running {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{id} never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -78,7 +55,7 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
         ])
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
-    wait_running(&ctd, "i1");
+    ctd.wait_running("i1");
 
     // The launch measured the document's own-algorithm digest over its
     // exact bytes, as `cocoon measure --initdata` does.
@@ -128,17 +105,7 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
     // The host keeps no copy of the document in the VM's state.
     assert!(!sb.state_dir.join("i1/vm/initdata.toml").exists());
 
-    assert!(ctd
-        .ctr(&["task", "kill", "-s", "KILL", "i1"])
-        .unwrap()
-        .status
-        .success());
-    let start = Instant::now();
-    while !ctd.ctr(&["task", "rm", "i1"]).unwrap().status.success() {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ctd.ctr(&["c", "rm", "i1"]).unwrap().status.success());
+    ctd.kill_and_remove("i1");
 
     // A pod whose initdata policy refuses exec: the agent says no, with
     // the rule, whatever the host asks.
@@ -159,24 +126,14 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
         ])
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
-    wait_running(&ctd, "i2");
+    ctd.wait_running("i2");
     let o = ctd
         .ctr(&["task", "exec", "--exec-id", "e1", "i2", "true"])
         .unwrap();
     assert!(!o.status.success(), "{}", out(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("exec is refused by the pod's policy"), "{err}");
-    assert!(ctd
-        .ctr(&["task", "kill", "-s", "KILL", "i2"])
-        .unwrap()
-        .status
-        .success());
-    let start = Instant::now();
-    while !ctd.ctr(&["task", "rm", "i2"]).unwrap().status.success() {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ctd.ctr(&["c", "rm", "i2"]).unwrap().status.success());
+    ctd.kill_and_remove("i2");
 
     // Bad documents: one clear error each, nothing left.
     let mut bomb = DOC.as_bytes().to_vec();

@@ -7,20 +7,11 @@
 //! secret or its base64.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
-use cocoon_tests::containerd::{Containerd, Flavor, IMAGE, RUNTIME};
+use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::kbs::{kbs_binary, Kbs};
 use cocoon_tests::{env_or_skip, Sandbox};
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "stdout: {} stderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Files under `dir` (not following links) whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
@@ -39,21 +30,6 @@ fn files_containing(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
                 }
             }
         }
-    }
-}
-
-fn wait_running(ctd: &Containerd, id: &str) {
-    let start = Instant::now();
-    loop {
-        let o = ctd.ctr(&["task", "ls"]).unwrap();
-        if String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
-        {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{id} never ran");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -104,7 +80,7 @@ fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {
         ])
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
-    wait_running(&ctd, "s1");
+    ctd.wait_running("s1");
     let o = ctd
         .ctr(&[
             "task",
@@ -138,17 +114,7 @@ fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {
             "the secret is in containerd's log"
         );
     }
-    assert!(ctd
-        .ctr(&["task", "kill", "-s", "KILL", "s1"])
-        .unwrap()
-        .status
-        .success());
-    let start = Instant::now();
-    while !ctd.ctr(&["task", "rm", "s1"]).unwrap().status.success() {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ctd.ctr(&["c", "rm", "s1"]).unwrap().status.success());
+    ctd.kill_and_remove("s1");
 
     // A resource the initdata does not allow, and a bad name: refused.
     for (id, annotation, needle) in [

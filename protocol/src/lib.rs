@@ -3,7 +3,9 @@
 //! - [`agent`]: protobuf messages generated from `proto/agent.proto`.
 //! - [`agent_ttrpc`]: the async ttrpc client ([`agent_ttrpc::AgentClient`]) and
 //!   service trait ([`agent_ttrpc::Agent`]).
-//! - [`resource`]: KBS resource URIs (`kbs:///repo/type/tag`).
+//! - [`resource`]: KBS resource URIs (`kbs:///repo/type/tag`) and secret
+//!   names.
+//! - [`initdata`]: the initdata document, its checks and digest.
 //! - [`client`]: [`client::GuestClient`], the typed client with named
 //!   timeouts that the shim and `cocoon run` use.
 //!
@@ -51,6 +53,7 @@ pub mod agent_ttrpc {
 }
 
 pub mod client;
+pub mod initdata;
 pub mod resource;
 
 pub use protobuf;

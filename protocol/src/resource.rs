@@ -70,6 +70,18 @@ impl std::str::FromStr for ResourceUri {
     }
 }
 
+/// Whether `name` is a DNS label (RFC 1123): 1-63 of `a-z 0-9 -`, not
+/// starting or ending with `-` — what a secret's file name must be.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 impl ResourceUri {
     /// The KBS path of the resource.
     pub fn path(&self) -> String {

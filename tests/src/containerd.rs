@@ -196,6 +196,38 @@ impl Containerd {
         output_with_timeout(self.ctr_ns("default", args), Duration::from_secs(120))
     }
 
+    /// Waits up to 60 s until task `id` is RUNNING.
+    pub fn wait_running(&self, id: &str) {
+        let start = Instant::now();
+        loop {
+            let o = self.ctr(&["task", "ls"]).unwrap();
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+            {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{id} never ran");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills task `id`, removes it once it stopped, and removes the
+    /// container.
+    pub fn kill_and_remove(&self, id: &str) {
+        let o = self.ctr(&["task", "kill", "-s", "KILL", id]).unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        let start = Instant::now();
+        while !self.ctr(&["task", "rm", id]).unwrap().status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{id} never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(self.ctr(&["c", "rm", id]).unwrap().status.success());
+    }
+
     /// The CRI socket (same as the gRPC socket).
     pub fn cri_socket(&self) -> &Path {
         &self.sock
@@ -286,6 +318,15 @@ impl Drop for Containerd {
             ))
             .status();
     }
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn out(o: &Output) -> String {
+    format!(
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn libc_sigterm() -> i32 {

@@ -10,12 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256, Sha384, Sha512};
-
 use crate::error::{Error, Result};
 
-/// Largest document accepted.
-pub const MAX_DOCUMENT: usize = 64 * 1024;
 /// Where the accepted document is kept (guest tmpfs).
 pub const PATH: &str = "/run/cocoon/initdata.toml";
 
@@ -37,45 +33,10 @@ fn invalid(problem: impl Into<String>) -> Error {
 
 /// The document's digest in its own algorithm, after checking its shape.
 pub fn digest(doc: &[u8]) -> Result<Vec<u8>> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Document {
-        version: String,
-        algorithm: String,
-        #[serde(default)]
-        data: std::collections::BTreeMap<String, String>,
-    }
-    if doc.len() > MAX_DOCUMENT {
-        return Err(invalid(format!(
-            "is {} bytes; at most {MAX_DOCUMENT}",
-            doc.len()
-        )));
-    }
-    let text = std::str::from_utf8(doc).map_err(|_| invalid("is not UTF-8"))?;
-    let d: Document = toml::from_str(text)
-        .map_err(|e| invalid(format!("is not an initdata document: {}", e.message())))?;
-    if d.version != "0.1.0" {
-        return Err(invalid(format!("has unsupported version {:?}", d.version)));
-    }
-    if d.data.contains_key("policy.rego") {
-        return Err(invalid(
-            "carries `policy.rego` (a Rego agent policy), which this agent does not evaluate",
-        ));
-    }
-    Ok(match d.algorithm.as_str() {
-        "sha256" => Sha256::digest(doc).to_vec(),
-        "sha384" => Sha384::digest(doc).to_vec(),
-        "sha512" => Sha512::digest(doc).to_vec(),
-        other => return Err(invalid(format!("has unknown algorithm {other:?}"))),
-    })
+    cocoon_protocol::initdata::digest(doc).map_err(|e| invalid(e.to_string()))
 }
 
-/// `digest` truncated or zero-padded to a TEE field of `len` bytes.
-pub fn fit(digest: &[u8], len: usize) -> Vec<u8> {
-    let mut v = digest.to_vec();
-    v.resize(len, 0);
-    v
-}
+pub use cocoon_protocol::initdata::fit;
 
 /// The TEE the guest runs in, as the kernel shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +180,7 @@ fn io_err(op: &str, p: &Path, e: &std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256, Sha384};
 
     const DOC: &[u8] = b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\nk = \"v\"\n";
 
@@ -236,11 +198,11 @@ mod tests {
             (&b"\xff\xfe"[..], "not UTF-8"),
             (
                 b"version = \"0.2.0\"\nalgorithm = \"sha384\"\n",
-                "unsupported version",
+                "has version",
             ),
             (
                 b"version = \"0.1.0\"\nalgorithm = \"md5\"\n",
-                "unknown algorithm",
+                "has algorithm",
             ),
             (
                 b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = \"x\"\n",
@@ -251,7 +213,7 @@ mod tests {
             let e = digest(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
         }
-        assert!(digest(&vec![b'#'; MAX_DOCUMENT + 1]).is_err());
+        assert!(digest(&vec![b'#'; 64 * 1024 + 1]).is_err());
     }
 
     #[test]

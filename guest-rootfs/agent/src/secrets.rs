@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cocoon_protocol::resource::ResourceUri;
+use cocoon_protocol::resource::{is_dns_label, ResourceUri};
 
 use crate::error::{Error, Result};
 use crate::initdata::GuestTee;
@@ -168,16 +168,6 @@ pub fn check(
         out.push((name.clone(), parsed));
     }
     Ok(out)
-}
-
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Dials the host's KBS relay over vsock (the host is CID 2).

@@ -16,7 +16,7 @@ use super::error::{Result, ShimError};
 use super::request::KATA_INITDATA;
 
 /// Largest initdata document accepted (decompressed).
-pub const MAX_DOCUMENT: usize = 64 * 1024;
+pub const MAX_DOCUMENT: usize = cocoon_protocol::initdata::MAX_DOCUMENT;
 /// Largest annotation value accepted (base64 text).
 const MAX_ANNOTATION: usize = 128 * 1024;
 
@@ -63,44 +63,11 @@ pub fn from_annotation(value: &str) -> Result<Vec<u8>> {
     Ok(doc)
 }
 
-/// Checks the document's shape: UTF-8 TOML with `version = "0.1.0"`, a
-/// known `algorithm` and a `[data]` table of strings; Kata's `policy.rego`
-/// (a Rego agent policy, a different API) is refused.
+/// Checks the document's shape (see [`cocoon_protocol::initdata`]).
 pub fn check_document(doc: &[u8]) -> Result<()> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Document {
-        version: String,
-        algorithm: String,
-        #[serde(default)]
-        data: std::collections::BTreeMap<String, String>,
-    }
-    let text =
-        std::str::from_utf8(doc).map_err(|_| invalid("decodes to a document that is not UTF-8"))?;
-    let d: Document = toml::from_str(text).map_err(|e| {
-        invalid(format!(
-            "is not an initdata document (TOML with version, algorithm and [data] of strings): {}",
-            e.message()
-        ))
-    })?;
-    if d.version != "0.1.0" {
-        return Err(invalid(format!(
-            "has version {:?}; initdata version \"0.1.0\" is supported",
-            d.version
-        )));
-    }
-    if !matches!(d.algorithm.as_str(), "sha256" | "sha384" | "sha512") {
-        return Err(invalid(format!(
-            "has algorithm {:?}; use \"sha256\", \"sha384\" or \"sha512\"",
-            d.algorithm
-        )));
-    }
-    if d.data.contains_key("policy.rego") {
-        return Err(invalid(
-            "carries `policy.rego`, a Kata agent policy in Rego, which Cocoon does not evaluate; remove it (Cocoon's agent policy is a different document)",
-        ));
-    }
-    Ok(())
+    cocoon_protocol::initdata::parse(doc)
+        .map(drop)
+        .map_err(|e| invalid(format!("holds a document that {e}")))
 }
 
 #[cfg(test)]

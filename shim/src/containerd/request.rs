@@ -37,18 +37,6 @@ pub const CDI_PREFIX: &str = "cdi.k8s.io/";
 /// fetches from the KBS and places at `/run/secrets/cocoon/<name>`.
 pub const SECRET_PREFIX: &str = "io.cocoon.secret.";
 
-/// Whether `name` is a DNS label (RFC 1123): 1-63 of `a-z 0-9 -`, not
-/// starting or ending with `-`.
-pub fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 /// Where a container belongs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -315,7 +303,7 @@ impl ContainerRequest {
                 field: format!("annotation {key}"),
                 problem,
             };
-            if !is_dns_label(name) {
+            if !cocoon_protocol::resource::is_dns_label(name) {
                 return Err(invalid(format!(
                     "{name:?} is not a file name Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
                 )));

@@ -14,7 +14,7 @@ pub mod tdx;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Expected};
 use crate::firmware::FirmwareInfo;
@@ -242,46 +242,13 @@ pub fn firmware_info(
 /// sha384 or sha512) over its exact bytes, as the guest's attestation
 /// agent and the KBS compute it.
 pub fn initdata_digest(doc: &[u8], name: &str) -> Result<Vec<u8>, MeasureError> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        version: String,
-        algorithm: String,
-    }
-    let bad = |problem: String| MeasureError::File {
+    cocoon_protocol::initdata::digest(doc).map_err(|e| MeasureError::File {
         path: name.into(),
-        problem,
-    };
-    let text = std::str::from_utf8(doc).map_err(|_| bad("is not UTF-8 TOML".into()))?;
-    let head: Head = toml::from_str(text).map_err(|e| {
-        bad(format!(
-            "is not an initdata document (TOML with version, algorithm and [data]): {}",
-            e.message()
-        ))
-    })?;
-    if head.version != "0.1.0" {
-        return Err(bad(format!(
-            "has version {:?}; initdata version \"0.1.0\" is supported",
-            head.version
-        )));
-    }
-    Ok(match head.algorithm.as_str() {
-        "sha256" => Sha256::digest(doc).to_vec(),
-        "sha384" => Sha384::digest(doc).to_vec(),
-        "sha512" => Sha512::digest(doc).to_vec(),
-        other => {
-            return Err(bad(format!(
-                "has algorithm {other:?}; use \"sha256\", \"sha384\" or \"sha512\""
-            )))
-        }
+        problem: e.to_string(),
     })
 }
 
-/// Truncates or zero-pads a digest to a TEE field.
-pub fn fit(digest: &[u8], len: usize) -> Vec<u8> {
-    let mut v = digest.to_vec();
-    v.resize(len, 0);
-    v
-}
+pub use cocoon_protocol::initdata::fit;
 
 /// The QEMU CPU model of a confidential launch (always KVM).
 pub fn cpu_model(config: &Config) -> String {
