@@ -38,6 +38,7 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
     let (pod, rootfs, new_pod) = match (&creq.kind, pod_slot.as_ref()) {
         (Kind::PodContainer { .. }, Some(pod)) => {
             check_joins(pod, &creq)?;
+            warn_pod_level(&creq, &svc.log);
             let rootfs = SharedRootfs::mount(&pod.shared, &creq.id, &creq.rootfs)?;
             (pod.clone(), rootfs, false)
         }
@@ -97,6 +98,22 @@ fn create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
     io.stderr = req.stderr.clone();
     io.terminal = req.terminal;
     ev
+}
+
+/// Initdata and secrets belong to the pod: its VM got them with the
+/// sandbox. Say so when a later container carries them, rather than
+/// ignore them silently.
+fn warn_pod_level(creq: &ContainerRequest, log: &slog::Logger) {
+    use super::super::request::{KATA_INITDATA, SECRET_PREFIX};
+    let ignored: Vec<&String> = creq
+        .annotations
+        .keys()
+        .filter(|k| *k == KATA_INITDATA || k.starts_with(SECRET_PREFIX))
+        .collect();
+    if !ignored.is_empty() {
+        slog::warn!(log, "annotations of a pod container are ignored: initdata and secrets come from the pod sandbox (every container of the pod gets the pod's secrets)";
+            "container" => &creq.id, "annotations" => format!("{ignored:?}"));
+    }
 }
 
 /// Checks that a container may join the running pod: its annotations are
