@@ -24,9 +24,10 @@ deps:
 build:
 	$(CARGO) build --release --locked --workspace --exclude cocoon-agent
 
-## agent: the static cocoon-agent for the guest
+## agent: the static cocoon-agent for the guest (libseccomp linked in)
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p cocoon-agent --target $(TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+	LIBSECCOMP_LIB_PATH=/usr/lib/$$(gcc -print-multiarch) $(CARGO) build --release --locked -p cocoon-agent --target $(TARGET)
 
 ## guest: build/guest/{vmlinuz,initrd.img,manifest.json}
 guest: agent

@@ -150,12 +150,13 @@ impl GuestClient {
             .map_err(|e| GuestError::new("start the process in the guest", e))
     }
 
-    /// `ExecProcess`: creates (not starts) an exec process.
-    pub async fn exec(&self, p: &ProcessRef, process: Process) -> GuestResult<u32> {
+    /// `ExecProcess`: creates (not starts) an exec process from its OCI
+    /// process (JSON).
+    pub async fn exec(&self, p: &ProcessRef, oci_process: Vec<u8>) -> GuestResult<u32> {
         let mut req = ExecProcessRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
-        req.process = Some(process).into();
+        req.oci_process = oci_process;
         self.inner
             .exec_process(ctx(timeouts::START), &req)
             .await

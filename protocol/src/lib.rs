@@ -60,7 +60,7 @@ pub use protobuf;
 pub use ttrpc;
 
 /// Version of this API. Bump on every incompatible change to `agent.proto`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// AF_VSOCK port the agent serves on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -117,7 +117,7 @@ mod tests {
     fn mismatch_message_names_both_versions_and_the_fix() {
         let msg = check_version(7).unwrap_err().to_string();
         assert!(
-            msg.contains("version 2") && msg.contains("version 7"),
+            msg.contains(&format!("version {PROTOCOL_VERSION}")) && msg.contains("version 7"),
             "{msg}"
         );
         assert!(msg.contains("make guest"), "{msg}");
@@ -127,10 +127,10 @@ mod tests {
     fn messages_round_trip() {
         let mut req = agent::CreateContainerRequest::new();
         req.container_id = "c1".into();
-        req.process.mut_or_insert_default().args = vec!["/bin/true".into()];
+        req.oci_spec = br#"{"ociVersion":"1.0.2"}"#.to_vec();
         let bytes = req.write_to_bytes().unwrap();
         let back = agent::CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
         assert_eq!(back.container_id, "c1");
-        assert_eq!(back.process.args, vec!["/bin/true".to_string()]);
+        assert_eq!(back.oci_spec, req.oci_spec);
     }
 }

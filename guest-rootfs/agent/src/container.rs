@@ -129,6 +129,8 @@ pub struct Container {
     pub init: Arc<Process>,
     /// Exec'd processes by exec id.
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The container's seccomp filter, which its execs get too.
+    pub seccomp: Option<crate::oci::Seccomp>,
 }
 
 impl Container {

@@ -24,6 +24,18 @@ pub enum SpawnStep {
     Lookup,
     /// Executing the program.
     Exec,
+    /// Writing a sysctl.
+    Sysctl,
+    /// Masking or write-protecting paths.
+    MaskPaths,
+    /// Setting resource limits.
+    Rlimits,
+    /// Setting the OOM score adjustment.
+    OomScoreAdj,
+    /// Setting capabilities or no_new_privs.
+    Capabilities,
+    /// Loading the seccomp filter.
+    Seccomp,
 }
 
 impl SpawnStep {
@@ -37,6 +49,12 @@ impl SpawnStep {
             6 => Self::Cwd,
             7 => Self::Lookup,
             8 => Self::Exec,
+            9 => Self::Sysctl,
+            10 => Self::MaskPaths,
+            11 => Self::Rlimits,
+            12 => Self::OomScoreAdj,
+            13 => Self::Capabilities,
+            14 => Self::Seccomp,
             _ => return None,
         })
     }
@@ -51,6 +69,12 @@ impl SpawnStep {
             Self::Cwd => 6,
             Self::Lookup => 7,
             Self::Exec => 8,
+            Self::Sysctl => 9,
+            Self::MaskPaths => 10,
+            Self::Rlimits => 11,
+            Self::OomScoreAdj => 12,
+            Self::Capabilities => 13,
+            Self::Seccomp => 14,
         }
     }
 }
@@ -66,6 +90,12 @@ impl std::fmt::Display for SpawnStep {
             Self::Cwd => "change to the working directory",
             Self::Lookup => "find the executable",
             Self::Exec => "execute the program",
+            Self::Sysctl => "write the sysctls (linux.sysctl)",
+            Self::MaskPaths => "apply linux.maskedPaths / linux.readonlyPaths",
+            Self::Rlimits => "set process.rlimits (the guest kernel refused a limit)",
+            Self::OomScoreAdj => "set process.oomScoreAdj",
+            Self::Capabilities => "apply process.capabilities / noNewPrivileges",
+            Self::Seccomp => "load the seccomp filter (linux.seccomp)",
         })
     }
 }
@@ -182,12 +212,12 @@ mod tests {
 
     #[test]
     fn spawn_step_codes_round_trip() {
-        for code in 1..=8 {
+        for code in 1..=14 {
             let step = SpawnStep::from_code(code).unwrap();
             assert_eq!(step.code(), code);
         }
         assert!(SpawnStep::from_code(0).is_none());
-        assert!(SpawnStep::from_code(9).is_none());
+        assert!(SpawnStep::from_code(15).is_none());
     }
 
     #[test]

@@ -63,6 +63,39 @@ pub fn early_mounts() {
     }
 }
 
+/// Brings the loopback interface up: the pod's containers share the VM's
+/// network namespace, and `127.0.0.1` must answer there as it does in any
+/// pod.
+pub fn loopback_up() {
+    if let Err(e) = set_up("lo") {
+        log(&format!("cannot bring lo up: {e}"));
+    }
+}
+
+fn set_up(name: &str) -> std::io::Result<()> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| {
+        // No IPv4 address yet is fine; any AF_INET datagram socket will do.
+        std::net::UdpSocket::bind("127.0.0.1:0")
+    })?;
+    // SAFETY: `ifreq` is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a live ifreq
+    // with a NUL-terminated name.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Loads the modules listed in [`MODULE_LOAD_ORDER`]; a module that is
 /// already loaded (or built in) is fine.
 pub fn load_modules(order: &Path) {

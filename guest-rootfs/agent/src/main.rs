@@ -20,6 +20,7 @@ mod error;
 mod init;
 mod initdata;
 mod kbs;
+mod oci;
 mod reaper;
 mod secrets;
 mod service;
@@ -31,6 +32,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cocoon_protocol::AGENT_VSOCK_PORT;
+
+/// One line to the agent's log (the guest console, which the host keeps).
+pub(crate) fn log(msg: &str) {
+    eprintln!("cocoon-agent: {msg}");
+}
 
 struct Args {
     listen: String,
@@ -89,6 +95,7 @@ fn main() {
     if pid1 {
         init::early_mounts();
         init::load_modules(std::path::Path::new(init::MODULE_LOAD_ORDER));
+        init::loopback_up();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,8 +13,9 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{Container, Process};
 use crate::error::{Error, Result};
+use crate::oci::{ContainerSpec, ProcessSpec};
 use crate::reaper::Reaper;
-use crate::spawn::{self, ProcessSpec};
+use crate::spawn;
 
 /// Where the host's shared filesystem (virtio-fs) is mounted.
 pub const SHARED_DIR: &str = "/run/cocoon/shared";
@@ -50,27 +51,6 @@ fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str> {
         });
     }
     Ok(v)
-}
-
-fn process_spec(p: Option<&cocoon_protocol::agent::Process>) -> Result<ProcessSpec> {
-    let p = p.ok_or(Error::InvalidArgument {
-        field: "process",
-        problem: "is missing".into(),
-    })?;
-    let user = p.user.as_ref();
-    Ok(ProcessSpec {
-        args: p.args.clone(),
-        env: p.env.clone(),
-        cwd: if p.cwd.is_empty() {
-            "/".into()
-        } else {
-            p.cwd.clone()
-        },
-        uid: user.map_or(0, |u| u.uid),
-        gid: user.map_or(0, |u| u.gid),
-        groups: user.map(|u| u.additional_gids.clone()).unwrap_or_default(),
-        terminal: p.terminal,
-    })
 }
 
 /// Resolves a rootfs path relative to the shared directory, refusing
@@ -278,39 +258,34 @@ impl AgentService {
             });
         }
         let rootfs = resolve_rootfs(&self.shared_dir, required("rootfs", &req.rootfs)?)?;
-        let spec = process_spec(req.process.as_ref())?;
         let reaper = self.reaper.clone();
-        let hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
-        let readonly = req.readonly_rootfs;
-        let spec2 = spec.clone();
+        let shared = self.shared_dir.clone();
         let cid = id.clone();
-        let spawned = blocking(move || {
+        let oci_spec = req.oci_spec;
+        // Decoding compiles the seccomp filter: blocking work.
+        let (spec, spawned) = blocking(move || {
+            let spec = ContainerSpec::from_json(&oci_spec)?;
             let mut binds = Vec::new();
             if let Some(dir) = crate::secrets::for_container(
                 std::path::Path::new(crate::secrets::STORE),
                 std::path::Path::new(crate::secrets::PER_CONTAINER),
                 &cid,
-                spec2.uid,
-                spec2.gid,
+                spec.process.uid,
+                spec.process.gid,
             )? {
                 binds.push((dir, crate::secrets::IN_CONTAINER));
             }
-            spawn::spawn_container(
-                &reaper,
-                &rootfs,
-                hostname.as_deref(),
-                readonly,
-                &spec2,
-                &binds,
-            )
+            let spawned = spawn::spawn_container(&reaper, &rootfs, &shared, &spec, &binds)?;
+            Ok((spec, spawned))
         })
         .await?;
-        let init = Arc::new(Process::new(&spec.args[0], spawned)?);
+        let init = Arc::new(Process::new(&spec.process.args[0], spawned)?);
         let pid = init.pid.as_raw().unsigned_abs();
         let container = Arc::new(Container {
             id: id.clone(),
             init,
             execs: Mutex::default(),
+            seccomp: spec.process.security.seccomp.clone(),
         });
         let mut st = self.state();
         if st.containers.contains_key(&id) {
@@ -346,7 +321,9 @@ impl AgentService {
                 container.id
             )));
         }
-        let spec = process_spec(req.process.as_ref())?;
+        let mut spec = ProcessSpec::from_json(&req.oci_process)?;
+        // Like runc: an exec runs under the container's seccomp filter.
+        spec.security.seccomp = container.seccomp.clone();
         let reaper = self.reaper.clone();
         let init = container.init.pid;
         let spec2 = spec.clone();

@@ -74,21 +74,40 @@ async fn agent() -> Agent {
     }
 }
 
-fn process(args: &[&str]) -> cocoon_protocol::agent::Process {
-    let mut p = cocoon_protocol::agent::Process::new();
-    p.args = args.iter().map(|s| s.to_string()).collect();
-    p.env = vec!["PATH=/bin".into()];
-    p.cwd = "/".into();
+/// An OCI process running `args` (oci-spec's default: runc's).
+fn process(args: &[&str]) -> oci_spec::runtime::Process {
+    let mut p = oci_spec::runtime::Process::default();
+    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    p.set_env(Some(vec!["PATH=/bin".into()]));
+    p.set_cwd("/".into());
     p
 }
 
-async fn create(a: &Agent, id: &str, args: &[&str]) -> ttrpc::Result<CreateContainerResponse> {
+/// A spec for `args` as containerd would send it, rewritten by the shim.
+fn spec(args: &[&str]) -> oci_spec::runtime::Spec {
+    let mut s = oci_spec::runtime::Spec::default();
+    s.set_process(Some(process(args)));
+    s.set_hostname(Some("box".into()));
+    let mut root = s.root().clone().unwrap();
+    root.set_readonly(Some(false));
+    s.set_root(Some(root));
+    s
+}
+
+async fn create_spec(
+    a: &Agent,
+    id: &str,
+    s: &oci_spec::runtime::Spec,
+) -> ttrpc::Result<CreateContainerResponse> {
     let mut req = CreateContainerRequest::new();
     req.container_id = id.into();
     req.rootfs = "rootfs".into();
-    req.hostname = "box".into();
-    req.process = Some(process(args)).into();
+    req.oci_spec = serde_json::to_vec(s).unwrap();
     a.client.create_container(ctx(), &req).await
+}
+
+async fn create(a: &Agent, id: &str, args: &[&str]) -> ttrpc::Result<CreateContainerResponse> {
+    create_spec(a, id, &spec(args)).await
 }
 
 async fn start(a: &Agent, id: &str, exec_id: &str) -> ttrpc::Result<StartProcessResponse> {
@@ -189,12 +208,12 @@ async fn stdin_exec_and_signals() {
     let mut e = ExecProcessRequest::new();
     e.container_id = "c2".into();
     e.exec_id = "e1".into();
-    e.process = Some(process(&[
+    e.oci_process = serde_json::to_vec(&process(&[
         "sh",
         "-c",
         "ls /proc | grep -c '^[0-9]'; hostname",
     ]))
-    .into();
+    .unwrap();
     a.client.exec_process(ctx(), &e).await.unwrap();
     start(&a, "c2", "e1").await.unwrap();
     let out = String::from_utf8(read_all(&a, "c2", "e1", StdioStream::STDOUT).await).unwrap();
@@ -232,11 +251,261 @@ async fn bad_requests_get_clear_errors() {
     let mut req = CreateContainerRequest::new();
     req.container_id = "c4".into();
     req.rootfs = "../../etc".into();
-    req.process = Some(process(&["true"])).into();
+    req.oci_spec = serde_json::to_vec(&spec(&["true"])).unwrap();
     let e = status_message(a.client.create_container(ctx(), &req).await.unwrap_err());
     assert!(e.contains("rootfs"), "{e}");
     // The agent still works afterwards.
     create(&a, "c5", &["true"]).await.unwrap();
     start(&a, "c5", "").await.unwrap();
     assert_eq!(wait(&a, "c5", "").await, 0);
+}
+
+/// Runs `script` in a container made from `s` and returns (stdout, exit).
+async fn run_spec(
+    a: &Agent,
+    id: &str,
+    mut s: oci_spec::runtime::Spec,
+    script: &str,
+) -> (String, i32) {
+    let mut p = s.process().clone().unwrap();
+    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    s.set_process(Some(p));
+    create_spec(a, id, &s).await.unwrap();
+    start(a, id, "").await.unwrap();
+    let out = String::from_utf8(read_all(a, id, "", StdioStream::STDOUT).await).unwrap();
+    let code = wait(a, id, "").await;
+    (out, code)
+}
+
+fn status_field(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{key} missing in {out}"))
+}
+
+#[tokio::test]
+async fn capabilities_rlimits_no_new_privs_and_paths_follow_the_spec() {
+    if !root_or_skip() {
+        return;
+    }
+    let a = agent().await;
+    // oci-spec's default is runc's: CAP_AUDIT_WRITE, CAP_KILL and
+    // CAP_NET_BIND_SERVICE (bits 29, 5, 10), noNewPrivileges, NOFILE 1024,
+    // masked paths, /proc/sys read-only.
+    let (out, code) = run_spec(
+        &a,
+        "caps",
+        spec(&[]),
+        "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs):' /proc/self/status; \
+         echo nofile $(ulimit -n); \
+         echo keys $(wc -c < /proc/keys); echo firmware $(ls /sys/firmware | wc -l); \
+         (echo 1 > /proc/sys/kernel/shmmni) 2>/dev/null && echo sys-writable || echo sys-readonly; \
+         mount -t tmpfs t /mnt 2>/dev/null && echo mounted || echo mount-refused",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let want = format!("{:016x}", (1u64 << 29) | (1 << 5) | (1 << 10));
+    assert_eq!(status_field(&out, "CapEff:"), want, "{out}");
+    assert_eq!(status_field(&out, "CapBnd:"), want, "{out}");
+    assert_eq!(status_field(&out, "CapPrm:"), want, "{out}");
+    assert_eq!(status_field(&out, "NoNewPrivs:"), "1", "{out}");
+    assert!(out.contains("nofile 1024\n"), "{out}");
+    // (/proc/kcore is not in every kernel; /proc/keys and /sys/firmware are.)
+    assert!(out.contains("keys 0\n"), "/proc/keys must be masked: {out}");
+    assert!(
+        out.contains("firmware 0\n"),
+        "/sys/firmware must be masked: {out}"
+    );
+    assert!(out.contains("sys-readonly"), "{out}");
+    assert!(out.contains("mount-refused"), "no CAP_SYS_ADMIN: {out}");
+
+    // A non-root user with an added capability keeps it only as asked:
+    // ambient CAP_NET_BIND_SERVICE survives exec, nothing else does.
+    let mut s = spec(&[]);
+    let mut p = s.process().clone().unwrap();
+    let mut user = p.user().clone();
+    user.set_uid(65534);
+    user.set_gid(65534);
+    user.set_umask(Some(0o077));
+    p.set_user(user);
+    p.set_oom_score_adj(Some(500));
+    let caps: oci_spec::runtime::Capabilities = [oci_spec::runtime::Capability::NetBindService]
+        .into_iter()
+        .collect();
+    let mut c = p.capabilities().clone().unwrap();
+    c.set_effective(Some(caps.clone()));
+    c.set_permitted(Some(caps.clone()));
+    c.set_inheritable(Some(caps.clone()));
+    c.set_ambient(Some(caps));
+    p.set_capabilities(Some(c));
+    s.set_process(Some(p));
+    let (out, code) = run_spec(
+        &a,
+        "nobody",
+        s,
+        "id -u; grep -E '^(CapEff|CapAmb):' /proc/self/status; cat /proc/self/oom_score_adj; umask",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("65534\n"), "{out}");
+    assert_eq!(
+        status_field(&out, "CapEff:"),
+        format!("{:016x}", 1u64 << 10)
+    );
+    assert_eq!(
+        status_field(&out, "CapAmb:"),
+        format!("{:016x}", 1u64 << 10)
+    );
+    assert!(out.contains("\n500\n"), "{out}");
+    assert!(out.trim_end().ends_with("0077"), "{out}");
+}
+
+#[tokio::test]
+async fn seccomp_mounts_and_sysctls_follow_the_spec() {
+    if !root_or_skip() {
+        return;
+    }
+    let a = agent().await;
+    // A volume the shim put in the share, bound read-only and read-write.
+    let vol = a._dir.path().join("shared/c/mounts/0");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("data"), "from the host\n").unwrap();
+    let mut s = spec(&[]);
+    let mut mounts = s.mounts().clone().unwrap();
+    let bind = |dest: &str, opts: &[&str]| {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(dest.into());
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some("c/mounts/0".into()));
+        m.set_options(Some(opts.iter().map(|o| o.to_string()).collect()));
+        m
+    };
+    mounts.push(bind("/ro/vol", &["rbind", "ro", "rprivate"]));
+    mounts.push(bind("/rw", &["rbind", "rw"]));
+    let mut tmp = oci_spec::runtime::Mount::default();
+    tmp.set_destination("/run".into());
+    tmp.set_typ(Some("tmpfs".into()));
+    tmp.set_source(Some("tmpfs".into()));
+    tmp.set_options(Some(vec!["nosuid".into(), "size=1m".into()]));
+    mounts.push(tmp);
+    s.set_mounts(Some(mounts));
+    // Deny mkdir with EACCES (13), allow everything else.
+    let seccomp: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat", "no_such_call_in_this_libseccomp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ]
+    }))
+    .unwrap();
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_seccomp(Some(seccomp));
+    linux.set_sysctl(Some(
+        [("kernel.shmmni".to_string(), "1234".to_string())]
+            .into_iter()
+            .collect(),
+    ));
+    s.set_linux(Some(linux));
+    let (out, code) = run_spec(
+        &a,
+        "sec",
+        s,
+        "grep '^Seccomp:' /proc/self/status; \
+         mkdir /tmp/x 2>&1 | grep -o 'Permission denied'; \
+         cat /ro/vol/data; \
+         (echo no > /ro/vol/data) 2>/dev/null && echo ro-writable || echo ro-refused; \
+         echo from-guest > /rw/out; \
+         df -k /run | tail -1 | awk '{print \"run\", $2}'; \
+         cat /proc/sys/kernel/shmmni",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(status_field(&out, "Seccomp:"), "2", "{out}");
+    assert!(
+        out.contains("Permission denied"),
+        "mkdir is denied with EACCES: {out}"
+    );
+    assert!(out.contains("from the host\n"), "{out}");
+    assert!(out.contains("ro-refused"), "{out}");
+    assert!(
+        out.contains("run 1024\n"),
+        "tmpfs size from the options: {out}"
+    );
+    assert!(
+        out.contains("1234\n"),
+        "IPC sysctl in the container's namespace: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from-guest\n",
+        "a rw bind writes through to the share"
+    );
+}
+
+#[tokio::test]
+async fn specs_the_guest_cannot_honour_are_refused_with_the_field() {
+    if !root_or_skip() {
+        return;
+    }
+    let a = agent().await;
+    let refused = |s: oci_spec::runtime::Spec| {
+        let a = &a;
+        async move { status_message(create_spec(a, "bad", &s).await.unwrap_err()) }
+    };
+    let mut s = spec(&["true"]);
+    let mut mounts = s.mounts().clone().unwrap();
+    let mut m = oci_spec::runtime::Mount::default();
+    m.set_destination("/data".into());
+    m.set_typ(Some("nfs".into()));
+    mounts.push(m);
+    s.set_mounts(Some(mounts));
+    let e = refused(s).await;
+    assert!(e.contains("mounts.type") && e.contains("nfs"), "{e}");
+
+    let mut s = spec(&["true"]);
+    let mut mounts = s.mounts().clone().unwrap();
+    let mut m = oci_spec::runtime::Mount::default();
+    m.set_destination("/etc/x".into());
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some("../../..".into()));
+    mounts.push(m);
+    s.set_mounts(Some(mounts));
+    let e = refused(s).await;
+    assert!(e.contains("mounts.source"), "{e}");
+
+    let mut s = spec(&["true"]);
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_sysctl(Some(
+        [("kernel.panic".to_string(), "1".to_string())]
+            .into_iter()
+            .collect(),
+    ));
+    s.set_linux(Some(linux));
+    let e = refused(s).await;
+    assert!(
+        e.contains("linux.sysctl") && e.contains("kernel.panic"),
+        "{e}"
+    );
+
+    let mut s = spec(&["true"]);
+    let mut p = s.process().clone().unwrap();
+    p.set_rlimits(Some(vec![serde_json::from_value(
+        serde_json::json!({"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}),
+    )
+    .unwrap()]));
+    s.set_process(Some(p));
+    let e = refused(s).await;
+    assert!(e.contains("process.rlimits"), "{e}");
+
+    let e = status_message({
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "bad".into();
+        req.rootfs = "rootfs".into();
+        req.oci_spec = b"{".to_vec();
+        a.client.create_container(ctx(), &req).await.unwrap_err()
+    });
+    assert!(e.contains("oci_spec"), "{e}");
+    // Nothing of the refused containers remains.
+    create(&a, "bad", &["true"]).await.unwrap();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use cocoon_protocol::agent::{CreateContainerRequest, Process, StdioStream, User};
+use cocoon_protocol::agent::{CreateContainerRequest, StdioStream};
 use cocoon_protocol::client::{GuestClient, ProcessRef};
 use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, Share};
 use cocoon_vmm::vm::Vm;
@@ -96,24 +96,39 @@ async fn feed_stdin(guest: GuestClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn container_request(args: &RunArgs) -> anyhow::Result<CreateContainerRequest> {
+/// The container's spec: oci-spec's default (runc's: a few capabilities,
+/// noNewPrivileges, the usual pseudo file systems, masked paths) with the
+/// command, user and hostname of the arguments.
+fn container_spec(args: &RunArgs) -> anyhow::Result<oci_spec::runtime::Spec> {
     let (uid, gid) = parse_user(&args.user)?;
-    let mut p = Process::new();
-    p.args = args.command.clone();
-    p.env = args.env.clone();
-    if !p.env.iter().any(|e| e.starts_with("PATH=")) {
-        p.env.insert(0, DEFAULT_PATH_ENV.into());
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(args.command.clone()));
+    let mut env = args.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH_ENV.into());
     }
-    p.cwd = args.cwd.clone();
-    let mut user = User::new();
-    user.uid = uid;
-    user.gid = gid;
-    p.user = Some(user).into();
+    p.set_env(Some(env));
+    p.set_cwd(args.cwd.clone().into());
+    p.set_terminal(Some(false));
+    let mut user = p.user().clone();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    p.set_user(user);
+    spec.set_process(Some(p));
+    spec.set_hostname(Some(args.hostname.clone()));
+    // The root is the caller's directory, writable as given.
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    Ok(spec)
+}
+
+fn container_request(args: &RunArgs) -> anyhow::Result<CreateContainerRequest> {
     let mut req = CreateContainerRequest::new();
     req.container_id = CONTAINER_ID.into();
     req.rootfs = ".".into();
-    req.hostname = args.hostname.clone();
-    req.process = Some(p).into();
+    req.oci_spec = serde_json::to_vec(&container_spec(args)?)?;
     Ok(req)
 }
 

@@ -17,6 +17,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod cleanup;
 pub mod error;
+pub mod guest_spec;
 pub mod initdata;
 pub mod io;
 pub mod options;
@@ -28,6 +29,7 @@ pub mod record;
 pub mod request;
 pub mod rootfs;
 pub mod server;
+pub mod syscalls;
 pub mod task;
 
 use std::io::Write;

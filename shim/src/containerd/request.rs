@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cocoon_protocol::agent;
 use cocoon_vmm::config::Config;
 
 use crate::node::NodeConfig;
@@ -214,26 +213,15 @@ impl DeviceRequest {
     }
 }
 
-/// Converts an OCI process to the agent's.
-pub fn process(p: &Process) -> Result<agent::Process> {
-    let args = p.args().clone().unwrap_or_default();
-    if args.is_empty() {
+/// Checks an OCI process the way the guest will need it.
+pub fn check_process(p: &Process) -> Result<()> {
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(ShimError::Invalid {
             field: "process.args".into(),
             problem: "is empty; the image or the request must give a command".into(),
         });
     }
-    let mut out = agent::Process::new();
-    out.args = args;
-    out.env = p.env().clone().unwrap_or_default();
-    out.cwd = p.cwd().display().to_string();
-    out.terminal = p.terminal().unwrap_or(false);
-    let mut user = agent::User::new();
-    user.uid = p.user().uid();
-    user.gid = p.user().gid();
-    user.additional_gids = p.user().additional_gids().clone().unwrap_or_default();
-    out.user = Some(user).into();
-    Ok(out)
+    Ok(())
 }
 
 /// The Kubernetes pod a CRI sandbox belongs to.
@@ -264,8 +252,6 @@ pub struct ContainerRequest {
     pub bundle: PathBuf,
     /// Sandbox, pod container or single.
     pub kind: Kind,
-    /// The process to create (terminal from the request).
-    pub process: agent::Process,
     /// `hostname`.
     pub hostname: String,
     /// `root.readonly`.
@@ -280,6 +266,8 @@ pub struct ContainerRequest {
     pub devices: DeviceRequest,
     /// The Kubernetes pod, for CRI sandboxes.
     pub pod: Option<PodName>,
+    /// The spec the guest gets, checked, and the host binds it needs.
+    pub guest: super::guest_spec::GuestSpec,
 }
 
 impl ContainerRequest {
@@ -336,8 +324,7 @@ impl ContainerRequest {
             field: "process".into(),
             problem: "config.json has no process".into(),
         })?;
-        let mut process = process(p)?;
-        process.terminal = req.terminal;
+        check_process(p)?;
         let annotations = annotations(spec);
         let pod = match (
             annotations.get(CRI_SANDBOX_NAMESPACE),
@@ -350,10 +337,18 @@ impl ContainerRequest {
             _ => None,
         };
         let bundle = PathBuf::from(&req.bundle);
+        // `root.path`, relative to the bundle unless absolute (Docker gives
+        // an absolute, already mounted root and no rootfs mounts).
+        let root_path = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        let guest = super::guest_spec::prepare(spec, &req.id, req.terminal)?;
         Ok(Self {
             id: req.id.clone(),
             kind: kind(&annotations),
-            process,
             hostname: spec.hostname().clone().unwrap_or_default(),
             readonly_rootfs: spec
                 .root()
@@ -362,7 +357,7 @@ impl ContainerRequest {
                 .unwrap_or(false),
             rootfs: RootfsSource {
                 mounts: req.rootfs.clone(),
-                bundle_rootfs: bundle.join("rootfs"),
+                bundle_rootfs: bundle.join(root_path),
             },
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -374,6 +369,7 @@ impl ContainerRequest {
             annotations,
             pod,
             bundle,
+            guest,
         })
     }
 }
@@ -470,14 +466,12 @@ mod tests {
     fn process_needs_args() {
         let mut p = Process::default();
         p.set_args(Some(vec![]));
-        assert!(process(&p)
+        assert!(check_process(&p)
             .unwrap_err()
             .to_string()
             .contains("process.args"));
         p.set_args(Some(vec!["sh".into()]));
-        let a = process(&p).unwrap();
-        assert_eq!(a.args, vec!["sh"]);
-        assert_eq!(a.cwd, "/");
+        check_process(&p).unwrap();
     }
 
     #[test]
@@ -514,7 +508,11 @@ mod tests {
         assert_eq!(r.kind, Kind::PodSandbox);
         assert_eq!(r.hostname, "h1");
         assert!(r.readonly_rootfs);
-        assert!(r.process.terminal, "terminal comes from the request");
+        assert_eq!(
+            r.guest.spec.process().as_ref().unwrap().terminal(),
+            Some(true),
+            "terminal comes from the request"
+        );
         assert_eq!(r.stdio.stdout, "/fifo/out");
         assert_eq!(r.rootfs.bundle_rootfs, Path::new("/b/rootfs"));
         assert_eq!(r.devices.vfio_paths, vec!["/dev/vfio/12"]);

@@ -197,9 +197,32 @@ impl DirGuard {
 impl Drop for DirGuard {
     fn drop(&mut self) {
         if let Some(d) = self.0.take() {
-            let _ = unmount_all_under(&d);
-            let _ = std::fs::remove_dir_all(d);
+            let _ = remove_unmounted(&d);
         }
+    }
+}
+
+/// Unmounts everything at or below `dir`, then removes it — unless a mount
+/// is still there: removing through a bound host volume would delete the
+/// volume's files.
+pub fn remove_unmounted(dir: &Path) -> Result<()> {
+    unmount_all_under(dir)?;
+    let prefix = dir.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(p) = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .find(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
+    {
+        return Err(ShimError::Rootfs(format!(
+            "{p} is still mounted; {} is left in place",
+            dir.display()
+        )));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ShimError::io(format!("remove {}", dir.display()), e)),
     }
 }
 
@@ -215,11 +238,19 @@ pub struct SharedRootfs {
 }
 
 impl SharedRootfs {
-    /// Mounts the container's rootfs at `<shared>/<id>/rootfs`.
-    pub fn mount(shared: &Path, id: &str, src: &super::request::RootfsSource) -> Result<Self> {
+    /// Mounts the container's rootfs at `<shared>/<id>/rootfs` and its
+    /// host volumes at `<shared>/<id>/mounts/<n>`.
+    pub fn mount(
+        shared: &Path,
+        id: &str,
+        src: &super::request::RootfsSource,
+        binds: &[super::guest_spec::HostBind],
+    ) -> Result<Self> {
         let (target, guest_path) = shared_paths(shared, id);
         let guard = DirGuard::adopt(shared.join(id));
         mount_rootfs(&src.mounts, &src.bundle_rootfs, &target)?;
+        let staging = shared.parent().unwrap_or(shared).join("staging").join(id);
+        super::guest_spec::mount_binds(binds, guard.path(), &staging)?;
         Ok(Self {
             target,
             guest_path,
@@ -276,7 +307,7 @@ mod tests {
             mounts: vec![m],
             bundle_rootfs: dir.path().join("b"),
         };
-        assert!(SharedRootfs::mount(dir.path(), "c1", &src).is_err());
+        assert!(SharedRootfs::mount(dir.path(), "c1", &src, &[]).is_err());
         assert!(!dir.path().join("c1").exists());
     }
 

@@ -7,7 +7,7 @@
 //! are reported to the parent as a fixed-size record on the report pipe (see
 //! [`Report`]); a successful `execve` closes that pipe (it is `O_CLOEXEC`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -30,6 +30,59 @@ pub struct MountOp {
     pub data: Option<CString>,
     /// The target is a file (for binding device nodes), not a directory.
     pub target_is_file: bool,
+    /// Directories to create first, outermost first (the target's missing
+    /// parents).
+    pub parents: Vec<CString>,
+    /// Flags of a bind remount that applies `ro`, `nosuid`, ... to a bind.
+    pub remount: Option<c_ulong>,
+    /// Propagation to set afterwards (`MS_PRIVATE`, ...), or 0.
+    pub propagation: c_ulong,
+}
+
+impl MountOp {
+    /// A mount with no parents to create, remount or propagation.
+    pub fn simple(
+        source: CString,
+        target: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+        target_is_file: bool,
+    ) -> Self {
+        Self {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+            target_is_file,
+            parents: Vec::new(),
+            remount: None,
+            propagation: 0,
+        }
+    }
+}
+
+/// Process confinement, prepared before `clone`.
+#[derive(Debug, Default)]
+pub struct ChildSecurity {
+    /// Capabilities to drop from the bounding set.
+    pub bounding_drop: Vec<c_ulong>,
+    /// `capset` data: effective, permitted, inheritable for caps 0-31 and
+    /// 32-63.
+    pub caps: [[u32; 3]; 2],
+    /// Capabilities to raise in the ambient set.
+    pub ambient: Vec<c_ulong>,
+    /// Set `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+    /// `setrlimit` calls.
+    pub rlimits: Vec<(u32, libc::rlimit)>,
+    /// Value for `/proc/self/oom_score_adj`.
+    pub oom_score_adj: Option<CString>,
+    /// `umask`.
+    pub umask: Option<libc::mode_t>,
+    /// Seccomp program and flags.
+    pub seccomp: Option<(Vec<libc::sock_filter>, c_ulong)>,
 }
 
 /// A symlink created in the container's `/dev`.
@@ -57,6 +110,12 @@ pub enum NsSetup {
         readonly: bool,
         /// Hostname of the new UTS namespace.
         hostname: Option<CString>,
+        /// Sysctl files (under /proc/sys, container view) and values.
+        sysctls: Vec<(CString, CString)>,
+        /// Paths to hide (container view).
+        masked: Vec<CString>,
+        /// Paths to make read-only (container view).
+        readonly_paths: Vec<CString>,
     },
     /// Join a running container's namespaces (PID is joined by the cloning
     /// thread) and chroot into its root.
@@ -113,6 +172,8 @@ pub struct ChildSpec {
     pub argv: Vec<CString>,
     /// envp strings (kept alive for `envp_ptrs`).
     pub envp: Vec<CString>,
+    /// Capabilities, rlimits, seccomp.
+    pub security: ChildSecurity,
     /// Write end of the report pipe.
     pub report_fd: RawFd,
     /// Read end of the start pipe.
@@ -279,6 +340,9 @@ fn setup_new_root(
             )
         );
         for m in mounts {
+            for p in &m.parents {
+                check!(spec, step, make_target(p, false));
+            }
             check!(spec, step, make_target(&m.target, m.target_is_file));
             let fstype = m.fstype.as_ref().map_or(ptr::null(), |s| s.as_ptr());
             let data = m.data.as_ref().map_or(ptr::null(), |s| s.as_ptr().cast());
@@ -287,6 +351,32 @@ fn setup_new_root(
                 step,
                 libc::mount(m.source.as_ptr(), m.target.as_ptr(), fstype, m.flags, data)
             );
+            if let Some(flags) = m.remount {
+                check!(
+                    spec,
+                    step,
+                    libc::mount(
+                        ptr::null(),
+                        m.target.as_ptr(),
+                        ptr::null(),
+                        flags | libc::MS_BIND | libc::MS_REMOUNT,
+                        ptr::null()
+                    )
+                );
+            }
+            if m.propagation != 0 {
+                check!(
+                    spec,
+                    step,
+                    libc::mount(
+                        ptr::null(),
+                        m.target.as_ptr(),
+                        ptr::null(),
+                        m.propagation,
+                        ptr::null()
+                    )
+                );
+            }
         }
         for s in symlinks {
             if libc::symlink(s.to.as_ptr(), s.link.as_ptr()) == -1 && errno() != libc::EEXIST {
@@ -319,6 +409,234 @@ fn setup_new_root(
                     ptr::null()
                 )
             );
+        }
+    }
+}
+
+/// Writes `value` to the file `path` (sysctls, oom_score_adj).
+///
+/// # Safety
+/// Both must be valid C strings.
+unsafe fn write_file(path: &CStr, value: &CStr) -> c_int {
+    // SAFETY: valid C strings (caller's contract) and a buffer of the
+    // string's length.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return -1;
+        }
+        let n = value.to_bytes().len();
+        let w = libc::write(fd, value.as_ptr().cast(), n);
+        libc::close(fd);
+        if usize::try_from(w).ok() != Some(n) {
+            -1
+        } else {
+            0
+        }
+    }
+}
+
+/// Sysctls, masked paths and read-only paths, in the container's view
+/// (after the root moved): what runc does at the end of rootfs setup.
+fn harden_paths(
+    spec: &ChildSpec,
+    sysctls: &[(CString, CString)],
+    masked: &[CString],
+    readonly_paths: &[CString],
+) {
+    // SAFETY: every pointer comes from a live CString of `spec` or a stack
+    // buffer; the mounts only affect this child's mount namespace.
+    unsafe {
+        for (path, value) in sysctls {
+            check!(spec, SpawnStep::Sysctl, write_file(path, value));
+        }
+        for p in masked {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(p.as_ptr(), &mut st) == -1 {
+                if errno() == libc::ENOENT {
+                    continue;
+                }
+                fail(spec, SpawnStep::MaskPaths);
+            }
+            let rc = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    p.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY,
+                    c"size=0".as_ptr().cast(),
+                )
+            } else {
+                libc::mount(
+                    c"/dev/null".as_ptr(),
+                    p.as_ptr(),
+                    ptr::null(),
+                    libc::MS_BIND,
+                    ptr::null(),
+                )
+            };
+            check!(spec, SpawnStep::MaskPaths, rc);
+        }
+        for p in readonly_paths {
+            if libc::mount(
+                p.as_ptr(),
+                p.as_ptr(),
+                ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                ptr::null(),
+            ) == -1
+            {
+                if errno() == libc::ENOENT {
+                    continue;
+                }
+                fail(spec, SpawnStep::MaskPaths);
+            }
+            check!(
+                spec,
+                SpawnStep::MaskPaths,
+                libc::mount(
+                    ptr::null(),
+                    p.as_ptr(),
+                    ptr::null(),
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    ptr::null()
+                )
+            );
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit data records.
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Loads the seccomp program.
+fn load_seccomp(spec: &ChildSpec) {
+    let Some((program, flags)) = &spec.security.seccomp else {
+        return;
+    };
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).unwrap_or(u16::MAX),
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at the live program of `spec`, whose length the
+    // parent checked fits in u16.
+    check!(spec, SpawnStep::Seccomp, unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1 as c_ulong, // SECCOMP_SET_MODE_FILTER
+            *flags,
+            &prog as *const libc::sock_fprog,
+        )
+    });
+}
+
+/// Everything that must happen while the child is still root with every
+/// capability: rlimits, OOM score, the bounding set, and seccomp when
+/// `noNewPrivileges` is off (loading it then needs CAP_SYS_ADMIN).
+fn confine_before_user(spec: &ChildSpec) {
+    let sec = &spec.security;
+    // SAFETY: raw system calls with pointers to live data of `spec`.
+    unsafe {
+        for (resource, limit) in &sec.rlimits {
+            check!(
+                spec,
+                SpawnStep::Rlimits,
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    *resource,
+                    limit as *const libc::rlimit,
+                    ptr::null_mut::<libc::rlimit>()
+                )
+            );
+        }
+        if let Some(v) = &sec.oom_score_adj {
+            check!(
+                spec,
+                SpawnStep::OomScoreAdj,
+                write_file(c"/proc/self/oom_score_adj", v)
+            );
+        }
+    }
+    if !sec.no_new_privs {
+        load_seccomp(spec);
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        for cap in &sec.bounding_drop {
+            check!(
+                spec,
+                SpawnStep::Capabilities,
+                libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0)
+            );
+        }
+        // Keep the permitted set across the switch to a non-root user; the
+        // capset below then narrows it.
+        check!(
+            spec,
+            SpawnStep::Capabilities,
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1 as c_ulong, 0, 0, 0)
+        );
+    }
+}
+
+/// After the user switch: the capability sets, ambient capabilities, umask.
+fn confine_after_user(spec: &ChildSpec) {
+    let sec = &spec.security;
+    let hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: `hdr` and `caps` are live and laid out as capset(2) expects
+    // (two records of effective, permitted, inheritable).
+    unsafe {
+        check!(
+            spec,
+            SpawnStep::Capabilities,
+            libc::syscall(
+                libc::SYS_capset,
+                &hdr as *const CapHeader,
+                sec.caps.as_ptr()
+            )
+        );
+        check!(
+            spec,
+            SpawnStep::Capabilities,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+                0,
+                0,
+                0
+            )
+        );
+        for cap in &sec.ambient {
+            check!(
+                spec,
+                SpawnStep::Capabilities,
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as c_ulong,
+                    *cap,
+                    0,
+                    0
+                )
+            );
+        }
+        if let Some(m) = sec.umask {
+            libc::umask(m);
         }
     }
 }
@@ -364,6 +682,9 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             symlinks,
             readonly,
             hostname,
+            sysctls,
+            masked,
+            readonly_paths,
         } => {
             setup_new_root(spec, rootfs, mounts, symlinks, *readonly);
             if let Some(h) = hostname {
@@ -372,6 +693,7 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
                     libc::sethostname(h.as_ptr(), h.as_bytes().len())
                 });
             }
+            harden_paths(spec, sysctls, masked, readonly_paths);
         }
         NsSetup::Join {
             mnt,
@@ -380,6 +702,7 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             root,
         } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
     }
+    confine_before_user(spec);
     // Raw system calls, not the libc wrappers: glibc's set*id functions
     // broadcast the change to every thread it believes exists, and this
     // child of a multi-threaded process has only one thread, so the wrappers
@@ -402,7 +725,17 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             SpawnStep::User,
             libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid)
         );
-        check!(spec, SpawnStep::Cwd, libc::chdir(spec.cwd.as_ptr()));
+    }
+    confine_after_user(spec);
+    // SAFETY: valid C string.
+    check!(spec, SpawnStep::Cwd, unsafe {
+        libc::chdir(spec.cwd.as_ptr())
+    });
+    if spec.security.no_new_privs {
+        // SAFETY: prctl with integer arguments.
+        check!(spec, SpawnStep::Capabilities, unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0, 0, 0)
+        });
     }
     let mut exe = None;
     let mut lookup_errno = libc::ENOENT;
@@ -431,6 +764,10 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
         // it started.
         // SAFETY: see `fail`.
         unsafe { libc::_exit(0) }
+    }
+    if spec.security.no_new_privs {
+        // As late as possible: the filter then only sees execve.
+        load_seccomp(spec);
     }
     // SAFETY: argv/envp are NULL-terminated arrays of live C strings.
     unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

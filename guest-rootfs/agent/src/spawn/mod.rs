@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -23,8 +23,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::{pipe2, Pid};
 use tokio::sync::watch;
 
-use self::child::{ChildSpec, ChildStdio, MountOp, NsSetup, Report, SymlinkOp};
+use self::child::{ChildSecurity, ChildSpec, ChildStdio, MountOp, NsSetup, Report, SymlinkOp};
 use crate::error::{Error, Result, SpawnStep};
+use crate::oci::{ContainerSpec, MountKind, Security, SpecMount};
 use crate::reaper::Reaper;
 
 /// Default `$PATH` used to find the executable when the environment has none.
@@ -33,24 +34,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// How long a child may take to reach "ready" or to exec.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What to run, decoded from the request.
-#[derive(Debug, Clone, Default)]
-pub struct ProcessSpec {
-    /// argv; not empty.
-    pub args: Vec<String>,
-    /// `KEY=value` strings.
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    pub cwd: String,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-    /// Allocate a pseudo-terminal.
-    pub terminal: bool,
-}
+pub use crate::oci::ProcessSpec;
 
 /// The agent's ends of a child's standard I/O.
 #[derive(Debug)]
@@ -115,63 +99,161 @@ fn candidates(arg0: &str, env: &[String]) -> Result<Vec<CString>> {
         .collect()
 }
 
-/// The mounts every container gets, under `rootfs`.
-fn container_mounts(rootfs: &Path) -> Result<(Vec<MountOp>, Vec<SymlinkOp>)> {
-    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_STRICTATIME};
-    let t = |p: &str| cpath("rootfs", &rootfs.join(p));
-    let mut mounts = vec![
-        MountOp {
-            source: c"proc".into(),
-            target: t("proc")?,
-            fstype: Some(c"proc".into()),
-            flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
-            data: None,
-            target_is_file: false,
-        },
-        MountOp {
-            source: c"sysfs".into(),
-            target: t("sys")?,
-            fstype: Some(c"sysfs".into()),
-            flags: MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-            data: None,
-            target_is_file: false,
-        },
-        MountOp {
-            source: c"tmpfs".into(),
-            target: t("dev")?,
-            fstype: Some(c"tmpfs".into()),
-            flags: MS_NOSUID | MS_STRICTATIME,
-            data: Some(c"mode=755,size=65536k".into()),
-            target_is_file: false,
-        },
-        // The guest's devpts, not a new instance: terminals are allocated by
-        // the agent there, and `tty`/ttyname must resolve them.
-        MountOp {
-            source: c"/dev/pts".into(),
-            target: t("dev/pts")?,
-            fstype: None,
-            flags: MS_BIND,
-            data: None,
-            target_is_file: false,
-        },
-        MountOp {
-            source: c"shm".into(),
-            target: t("dev/shm")?,
-            fstype: Some(c"tmpfs".into()),
-            flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
-            data: Some(c"mode=1777,size=65536k".into()),
-            target_is_file: false,
-        },
-    ];
-    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-        mounts.push(MountOp {
-            source: cstring("rootfs", format!("/dev/{dev}"))?,
-            target: t(&format!("dev/{dev}"))?,
-            fstype: None,
-            flags: MS_BIND,
-            data: None,
-            target_is_file: true,
+fn io_err(op: String, e: &std::io::Error) -> Error {
+    Error::sys(op, Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// Resolves `path` inside `root` as if `root` were `/`: symlinks in the
+/// container image (absolute or relative) are followed without leaving
+/// `root`; components that do not exist yet are taken as they are.
+pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut current = root.to_path_buf();
+    let mut links = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            if current != root {
+                current.pop();
+            }
+            continue;
+        }
+        let next = current.join(&c);
+        let target = match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() && links < 40 => std::fs::read_link(&next).ok(),
+            _ => None,
+        };
+        let Some(target) = target else {
+            current = next;
+            continue;
+        };
+        links += 1;
+        if target.is_absolute() {
+            current = root.to_path_buf();
+        }
+        for comp in target.components().rev() {
+            match comp {
+                Component::Normal(n) => pending.push(n.to_os_string()),
+                Component::ParentDir => pending.push("..".into()),
+                _ => {}
+            }
+        }
+    }
+    current
+}
+
+/// The directories between `root` (excluded) and `target` (excluded).
+fn parents_below(root: &Path, target: &Path) -> Result<Vec<CString>> {
+    let mut out = Vec::new();
+    let mut p = target.parent();
+    while let Some(dir) = p {
+        if dir == root || !dir.starts_with(root) {
+            break;
+        }
+        out.push(cpath("mounts.destination", dir)?);
+        p = dir.parent();
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Resolves a bind source inside the share, refusing anything (a symlink
+/// included) that leads out of it.
+fn share_source(shared: &Path, rel: &str) -> Result<PathBuf> {
+    let base = shared
+        .canonicalize()
+        .map_err(|e| io_err(format!("resolve {}", shared.display()), &e))?;
+    let p = base
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| Error::InvalidArgument {
+            field: "mounts.source",
+            problem: format!("{rel:?} does not exist in the shared filesystem: {e}"),
+        })?;
+    if !p.starts_with(&base) {
+        return Err(Error::InvalidArgument {
+            field: "mounts.source",
+            problem: format!("{rel:?} leads out of the shared filesystem"),
         });
+    }
+    Ok(p)
+}
+
+/// One spec mount as a mount operation under `rootfs`.
+fn mount_op(rootfs: &Path, shared: &Path, m: &SpecMount) -> Result<MountOp> {
+    let target = resolve_in_root(rootfs, &m.destination);
+    let parents = parents_below(rootfs, &target)?;
+    let target_c = cpath("mounts.destination", &target)?;
+    let data = (!m.data.is_empty())
+        .then(|| cstring("mounts.options", m.data.as_str()))
+        .transpose()?;
+    let mut op = match &m.kind {
+        MountKind::Bind { source, recursive } => {
+            let src = share_source(shared, source)?;
+            let flags = libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 };
+            let mut op = MountOp::simple(
+                cpath("mounts.source", &src)?,
+                target_c,
+                None,
+                flags,
+                None,
+                !src.is_dir(),
+            );
+            op.remount = (m.flags != 0).then_some(m.flags);
+            op
+        }
+        MountKind::GuestDevpts => MountOp::simple(
+            c"/dev/pts".into(),
+            target_c,
+            None,
+            libc::MS_BIND | (m.flags & (libc::MS_NOSUID | libc::MS_NOEXEC)),
+            None,
+            false,
+        ),
+        MountKind::Fs { fstype, source } => MountOp::simple(
+            cstring("mounts.source", source.as_str())?,
+            target_c,
+            Some(cstring("mounts.type", fstype.as_str())?),
+            m.flags,
+            data,
+            false,
+        ),
+    };
+    op.parents = parents;
+    op.propagation = m.propagation;
+    Ok(op)
+}
+
+/// The container's mounts under `rootfs`: the spec's, in order, then the
+/// default device nodes every OCI runtime provides.
+fn container_mounts(
+    rootfs: &Path,
+    shared: &Path,
+    spec_mounts: &[SpecMount],
+) -> Result<(Vec<MountOp>, Vec<SymlinkOp>)> {
+    let t = |p: &str| cpath("rootfs", &rootfs.join(p));
+    let mut mounts = spec_mounts
+        .iter()
+        .map(|m| mount_op(rootfs, shared, m))
+        .collect::<Result<Vec<_>>>()?;
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let mut op = MountOp::simple(
+            cstring("rootfs", format!("/dev/{dev}"))?,
+            t(&format!("dev/{dev}"))?,
+            None,
+            libc::MS_BIND,
+            None,
+            true,
+        );
+        op.parents = vec![t("dev")?];
+        mounts.push(op);
     }
     let links = [
         ("pts/ptmx", "dev/ptmx"),
@@ -190,6 +272,71 @@ fn container_mounts(rootfs: &Path) -> Result<(Vec<MountOp>, Vec<SymlinkOp>)> {
         })
         .collect::<Result<_>>()?;
     Ok((mounts, symlinks))
+}
+
+/// The child's confinement, from the decoded spec.
+fn child_security(s: &Security) -> Result<ChildSecurity> {
+    let last = u32::from(crate::oci::last_cap()).min(63);
+    let known: u64 = if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    };
+    let caps = crate::oci::CapSets {
+        bounding: s.caps.bounding & known,
+        effective: s.caps.effective & known,
+        permitted: s.caps.permitted & known,
+        inheritable: s.caps.inheritable & known,
+        ambient: s.caps.ambient & known,
+    };
+    let split = |m: u64| ((m & 0xffff_ffff) as u32, (m >> 32) as u32);
+    let (e0, e1) = split(caps.effective);
+    let (p0, p1) = split(caps.permitted);
+    let (i0, i1) = split(caps.inheritable);
+    let seccomp = match &s.seccomp {
+        None => None,
+        Some(f) => {
+            if f.program.len() > usize::from(u16::MAX) {
+                return Err(Error::InvalidArgument {
+                    field: "linux.seccomp",
+                    problem: format!(
+                        "compiles to {} instructions; the kernel takes at most 4096",
+                        f.program.len()
+                    ),
+                });
+            }
+            Some((f.program.clone(), f.flags))
+        }
+    };
+    Ok(ChildSecurity {
+        bounding_drop: (0..=libc::c_ulong::from(last))
+            .filter(|c| caps.bounding & (1u64 << c) == 0)
+            .collect(),
+        caps: [[e0, p0, i0], [e1, p1, i1]],
+        ambient: (0..=libc::c_ulong::from(last))
+            .filter(|c| caps.ambient & (1u64 << c) != 0)
+            .collect(),
+        no_new_privs: s.no_new_privileges,
+        rlimits: s
+            .rlimits
+            .iter()
+            .map(|(r, soft, hard)| {
+                (
+                    *r,
+                    libc::rlimit {
+                        rlim_cur: *soft,
+                        rlim_max: *hard,
+                    },
+                )
+            })
+            .collect(),
+        oom_score_adj: s
+            .oom_score_adj
+            .map(|v| cstring("process.oomScoreAdj", v.to_string()))
+            .transpose()?,
+        umask: s.umask.map(|m| m as libc::mode_t),
+        seccomp,
+    })
 }
 
 /// Pipes or a pty: (child side, parent side). Child-side fds are closed in the
@@ -374,6 +521,7 @@ fn base_spec(
             .iter()
             .map(|e| cstring("process.env", e.as_str()))
             .collect::<Result<_>>()?,
+        security: child_security(&p.security)?,
         report_fd: report_w.as_raw_fd(),
         start_fd: start_r.as_raw_fd(),
     })
@@ -432,17 +580,19 @@ fn finish_spawn(
     }
 }
 
-/// Sets up the init process of a new container rooted at `rootfs`.
+/// Sets up the init process of a new container rooted at `rootfs`, with
+/// bind sources resolved in `shared`; `binds` are guest directories bound
+/// in as well (the pod's secrets).
 ///
 /// Blocking: call from a blocking thread.
 pub fn spawn_container(
     reaper: &Reaper,
     rootfs: &Path,
-    hostname: Option<&str>,
-    readonly: bool,
-    p: &ProcessSpec,
-    binds: &[(std::path::PathBuf, &str)],
+    shared: &Path,
+    c: &ContainerSpec,
+    binds: &[(PathBuf, &str)],
 ) -> Result<Spawned> {
+    let p = &c.process;
     validate(p)?;
     if !rootfs.is_dir() {
         return Err(Error::InvalidArgument {
@@ -450,32 +600,48 @@ pub fn spawn_container(
             problem: format!("{} is not a directory in the guest", rootfs.display()),
         });
     }
-    let (mut mounts, symlinks) = container_mounts(rootfs)?;
+    let (mut mounts, symlinks) = container_mounts(rootfs, shared, &c.mounts)?;
     for (source, target) in binds {
         // Guest-memory directories bound into the container (secrets); the
         // mount point is made here, its content never reaches the share.
-        let at = rootfs.join(target);
-        std::fs::create_dir_all(&at).map_err(|e| {
-            Error::sys(
-                format!("mkdir {}", at.display()),
-                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            )
-        })?;
-        mounts.push(MountOp {
-            source: cpath("secrets", source)?,
-            target: cpath("rootfs", &at)?,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-            target_is_file: false,
-        });
+        let at = resolve_in_root(rootfs, target);
+        let mut op = MountOp::simple(
+            cpath("secrets", source)?,
+            cpath("rootfs", &at)?,
+            None,
+            libc::MS_BIND,
+            None,
+            false,
+        );
+        op.parents = parents_below(rootfs, &at)?;
+        op.remount = Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+        mounts.push(op);
     }
+    let in_root = |field: &'static str, v: &[String]| -> Result<Vec<CString>> {
+        v.iter().map(|p| cstring(field, p.as_str())).collect()
+    };
     let ns = NsSetup::New {
         rootfs: cpath("rootfs", rootfs)?,
         mounts,
         symlinks,
-        readonly,
-        hostname: hostname.map(|h| cstring("hostname", h)).transpose()?,
+        readonly: c.readonly_root,
+        hostname: c
+            .hostname
+            .as_deref()
+            .map(|h| cstring("hostname", h))
+            .transpose()?,
+        sysctls: c
+            .sysctls
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    cstring("linux.sysctl", k.as_str())?,
+                    cstring("linux.sysctl", v.as_str())?,
+                ))
+            })
+            .collect::<Result<_>>()?,
+        masked: in_root("linux.maskedPaths", &c.masked_paths)?,
+        readonly_paths: in_root("linux.readonlyPaths", &c.readonly_paths)?,
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
     let ctl = Control::new()?;
@@ -567,6 +733,50 @@ mod tests {
         let c = candidates("./x", &env).unwrap();
         assert_eq!(c, vec![CString::new("./x").unwrap()]);
         assert_eq!(candidates("ls", &[]).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn image_symlinks_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("run/systemd")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/run/systemd/resolv.conf", root.join("etc/resolv.conf"))
+            .unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, "/etc/resolv.conf"),
+            root.join("run/systemd/resolv.conf")
+        );
+        assert_eq!(resolve_in_root(root, "/etc/up/x"), root.join("x"));
+        assert_eq!(resolve_in_root(root, "/abs/etc/../../y"), root.join("y"));
+        assert_eq!(resolve_in_root(root, "/new/dir"), root.join("new/dir"));
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(
+            resolve_in_root(root, "/loop/z").starts_with(root),
+            "link loops stop inside"
+        );
+        assert_eq!(
+            parents_below(root, &root.join("a/b/c")).unwrap(),
+            vec![
+                cpath("t", &root.join("a")).unwrap(),
+                cpath("t", &root.join("a/b")).unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_sources_stay_in_the_share() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir_all(shared.join("c/mounts/0")).unwrap();
+        std::os::unix::fs::symlink("/etc", shared.join("c/mounts/1")).unwrap();
+        assert!(share_source(&shared, "c/mounts/0").is_ok());
+        let e = share_source(&shared, "c/mounts/1").unwrap_err().to_string();
+        assert!(e.contains("leads out of the shared filesystem"), "{e}");
+        let e = share_source(&shared, "c/mounts/9").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

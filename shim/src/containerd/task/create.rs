@@ -39,7 +39,8 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
         (Kind::PodContainer { .. }, Some(pod)) => {
             check_joins(pod, &creq)?;
             warn_pod_level(&creq, &svc.log);
-            let rootfs = SharedRootfs::mount(&pod.shared, &creq.id, &creq.rootfs)?;
+            let rootfs =
+                SharedRootfs::mount(&pod.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
             (pod.clone(), rootfs, false)
         }
         (Kind::PodContainer { sandbox_id }, None) => {
@@ -156,7 +157,7 @@ async fn launch_pod(
     let secrets = creq.secrets()?;
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
-    let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs)?;
+    let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
     let launch = PodLaunch {
         id: &creq.id,
         hostname: &creq.hostname,
@@ -177,9 +178,10 @@ async fn create_in_pod(
     let mut areq = CreateContainerRequest::new();
     areq.container_id = creq.id.clone();
     areq.rootfs = rootfs.guest_path.clone();
-    areq.hostname = creq.hostname.clone();
-    areq.readonly_rootfs = creq.readonly_rootfs;
-    areq.process = Some(creq.process.clone()).into();
+    areq.oci_spec = creq.guest.to_json()?;
+    for note in &creq.guest.notes {
+        slog::warn!(svc.log, "the guest differs from runc here"; "container" => &creq.id, "note" => note);
+    }
     let pid = pod.guest.create_container(&areq).await?;
     let init = Arc::new(Proc::new(
         ProcessRef::init(&creq.id),

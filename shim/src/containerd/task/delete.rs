@@ -51,8 +51,7 @@ pub(super) async fn delete(svc: &Service, req: &DeleteRequest) -> Result<DeleteR
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.id);
         if matches!(c.kind, Kind::PodContainer { .. }) {
-            rootfs::unmount_rootfs(&c.rootfs)?;
-            let _ = std::fs::remove_dir_all(pod.shared.join(&req.id));
+            rootfs::remove_unmounted(&pod.shared.join(&req.id))?;
         } else {
             // The VM goes with the sandbox: stop it, then unmount everything.
             let leftovers: Vec<String> = svc

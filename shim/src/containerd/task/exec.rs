@@ -43,8 +43,13 @@ pub(super) async fn exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empt
         field: "spec".into(),
         problem: format!("not an OCI process: {e}"),
     })?;
-    let mut process = request::process(&oci)?;
-    process.terminal = req.terminal;
+    request::check_process(&oci)?;
+    let mut oci = oci;
+    oci.set_terminal(Some(req.terminal));
+    let process = serde_json::to_vec(&oci).map_err(|e| ShimError::Invalid {
+        field: "spec".into(),
+        problem: e.to_string(),
+    })?;
     let pod = svc.current_pod().await?;
     let target = ProcessRef {
         container_id: req.id.clone(),

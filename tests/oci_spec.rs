@@ -1,0 +1,191 @@
+//! The OCI spec is honoured in the guest: the same `ctr run` under runc and
+//! under Cocoon, on the same containerd, must show the same capabilities,
+//! no_new_privs, seccomp mode, rlimits, read-only and masked paths, bind
+//! mounts and loopback — read from inside the container.
+
+use std::path::Path;
+
+use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
+use cocoon_tests::{env_or_skip, Env, Sandbox};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
+    let env = env_or_skip(test)?;
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return None;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    Some((env, sb, ctd))
+}
+
+/// What the probe prints, one fact per line.
+const PROBE: &str = "\
+grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t ' ' '; \
+echo nofile $(ulimit -n); \
+echo ro-file $(cat /ro/f); \
+(echo x > /ro/f) 2>/dev/null && echo ro-writable || echo ro-refused; \
+echo from-$RUNTIME > /rw/out && echo rw-written; \
+(echo 1 > /proc/sys/kernel/shmmni) 2>/dev/null && echo proc-sys-writable || echo proc-sys-readonly; \
+mount -t tmpfs t /mnt 2>/dev/null && echo mount-allowed || echo mount-refused; \
+echo lo-up $(( $(cat /sys/class/net/lo/flags) & 1 )); \
+test -d /run && echo run-dir";
+
+fn probe(
+    ctd: &Containerd,
+    runtime: &str,
+    id: &str,
+    ro: &Path,
+    rw: &Path,
+    extra: &[&str],
+) -> String {
+    let ro_mount = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
+    let rw_mount = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    let env = format!(
+        "RUNTIME={}",
+        if runtime == RUNC { "runc" } else { "cocoon" }
+    );
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--seccomp",
+        "--env",
+        &env,
+        "--mount",
+        &ro_mount,
+        "--mount",
+        &rw_mount,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, id, "sh", "-c", PROBE]);
+    let o = ctd.ctr(&args).unwrap();
+    assert!(o.status.success(), "{runtime}: {}", out(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_guest_confines_a_container_like_runc() {
+    let Some((_env, sb, ctd)) = setup("the_guest_confines_a_container_like_runc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("f"), "host-data\n").unwrap();
+
+    let runc = probe(&ctd, RUNC, "runc1", &ro, &rw, &[]);
+    let cocoon = probe(&ctd, RUNTIME, "cocoon1", &ro, &rw, &[]);
+    // Facts that must be the same under both runtimes.
+    assert_eq!(cocoon, runc, "runc:\n{runc}\ncocoon:\n{cocoon}");
+    for want in [
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+        "nofile 1024",
+        "ro-file host-data",
+        "ro-refused",
+        "rw-written",
+        "proc-sys-readonly",
+        "mount-refused",
+        "lo-up 1",
+        "run-dir",
+    ] {
+        assert!(cocoon.lines().any(|l| l == want), "{want}:\n{cocoon}");
+    }
+    assert!(
+        !cocoon.contains("CapEff: 000001ffffffffff"),
+        "not every capability: {cocoon}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "from-cocoon\n"
+    );
+
+    // --cap-add / --cap-drop the same way (a non-root user: agent_on_host).
+    let extra = ["--cap-add", "CAP_SYS_ADMIN", "--cap-drop", "CAP_CHOWN"];
+    let runc = probe(&ctd, RUNC, "runc2", &ro, &rw, &extra);
+    let cocoon = probe(&ctd, RUNTIME, "cocoon2", &ro, &rw, &extra);
+    let caps = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("Cap"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        caps(&cocoon),
+        caps(&runc),
+        "runc:\n{runc}\ncocoon:\n{cocoon}"
+    );
+
+    // In the guest (not on this host) /proc/kcore exists: it must be masked.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "kcore",
+            "sh",
+            "-c",
+            "wc -c < /proc/kcore",
+        ])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{}",
+        out(&o)
+    );
+    ctd.assert_no_shims();
+    sb.assert_clean();
+    assert_eq!(
+        std::fs::read_to_string(ro.join("f")).unwrap(),
+        "host-data\n",
+        "volumes survive"
+    );
+}
+
+#[test]
+fn bad_mounts_and_profiles_fail_create_naming_the_field() {
+    let Some((_env, sb, ctd)) = setup("bad_mounts_and_profiles_fail_create_naming_the_field")
+    else {
+        return;
+    };
+    let fails = |id: &str, flags: &[&str], needle: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--runtime", RUNTIME, IMAGE, id, "true"]);
+        let o = ctd.ctr(&args).unwrap();
+        assert!(!o.status.success(), "{}", out(&o));
+        let err = String::from_utf8_lossy(&o.stderr).replace("\\\"", "\"");
+        assert!(err.contains(needle), "{id}: {err}");
+        let _ = ctd.ctr(&["c", "rm", id]);
+    };
+    fails(
+        "m1",
+        &[
+            "--mount",
+            "type=bind,src=/nonexistent/vol,dst=/data,options=rbind",
+        ],
+        "/nonexistent/vol cannot be bound into the container",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdri"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    fails(
+        "s1",
+        &["--seccomp", "--seccomp-profile", profile.to_str().unwrap()],
+        "linux.seccomp.syscalls[0].names[0]",
+    );
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
