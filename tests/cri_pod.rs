@@ -317,3 +317,226 @@ async fn gpu_pod_devices_come_from_the_kubelet() {
         sb.assert_clean();
     });
 }
+
+/// What `cmd` prints in the container (ExecSync).
+async fn exec_out(cri: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &str) -> String {
+    let r = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
+}
+
+/// Writes a volume the way the kubelet's atomic writer does: the files are
+/// symlinks through `..data`, which is swapped to a new directory.
+fn atomic_write(dir: &std::path::Path, version: &str, value: &str) {
+    let ts = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&ts).unwrap();
+    std::fs::write(ts.join("key"), value).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if std::fs::symlink_metadata(dir.join("key")).is_err() {
+        std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_volumes_limits_updates_and_oom_through_cri() {
+    let test = "pod_volumes_limits_updates_and_oom_through_cri";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let ctd = tokio::task::block_in_place(|| Containerd::start(&env, &sb, flavor, &["k8s.io"]));
+    let mut cri = connect(ctd.cri_socket().to_path_buf()).await;
+    let sandbox_config = PodSandboxConfig {
+        hostname: "pod-vol".into(),
+        ..sandbox_config("p2", "default")
+    };
+    let pod_id = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "cocoon".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
+        .into_inner()
+        .pod_sandbox_id;
+
+    // An emptyDir shared by two containers, a secret-like volume updated
+    // while the pod runs, a 64 MiB limit.
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, secret) = (dir.path().join("empty"), dir.path().join("secret"));
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    atomic_write(&secret, "v1", "first");
+    let mounts = vec![
+        Mount {
+            container_path: "/shared".into(),
+            host_path: empty.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/etc/secret".into(),
+            host_path: secret.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let resources = |mib: i64| LinuxContainerResources {
+        memory_limit_in_bytes: mib << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (name, cmd) in [
+        ("writer", "echo from-writer > /shared/note; sleep 1000"),
+        ("reader", "sleep 1000"),
+    ] {
+        let config = ContainerConfig {
+            mounts: mounts.clone(),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(resources(64)),
+                ..Default::default()
+            }),
+            ..container_config(name, cmd)
+        };
+        let id = cri
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctd.log()))
+            .into_inner()
+            .container_id;
+        cri.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let reader = ids[1].clone();
+    // The kubelet-style files CRI adds, the emptyDir seen by both, the limits.
+    let out = exec_out(
+        &mut cri,
+        &reader,
+        "sleep 1; cat /shared/note; cat /etc/hostname; grep -c . /etc/hosts; \
+         cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; cat /etc/secret/key; echo; \
+         (echo x > /etc/secret/new) 2>/dev/null && echo secret-writable || echo secret-readonly",
+    )
+    .await;
+    for want in [
+        "from-writer",
+        "pod-vol",
+        "67108864",
+        "50000 100000",
+        "first",
+        "secret-readonly",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(empty.join("note")).unwrap(),
+        "from-writer\n"
+    );
+
+    // The volume is updated on the host; the guest sees the new value.
+    atomic_write(&secret, "v2", "second");
+    let start = Instant::now();
+    loop {
+        let v = exec_out(&mut cri, &reader, "cat /etc/secret/key").await;
+        if v == "second" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still {v:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // UpdateContainerResources reaches the container's cgroup.
+    cri.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: reader.clone(),
+        linux: Some(resources(96)),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", ctd.log()));
+    let out = exec_out(&mut cri, &reader, "cat /sys/fs/cgroup/memory.max").await;
+    assert_eq!(out.trim(), (96u64 << 20).to_string());
+
+    // A container that outgrows its limit is OOMKilled, as the kubelet sees it.
+    let config = ContainerConfig {
+        linux: Some(LinuxContainerConfig {
+            resources: Some(resources(32)),
+            ..Default::default()
+        }),
+        ..container_config("hog", "tail /dev/zero")
+    };
+    let hog = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: hog.clone(),
+    })
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        let s = cri
+            .container_status(ContainerStatusRequest {
+                container_id: hog.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if s.state == ContainerState::ContainerExited as i32 {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "hog still {s:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        ctd.assert_no_shims();
+        sb.assert_clean();
+    });
+    assert_eq!(
+        std::fs::read_to_string(empty.join("note")).unwrap(),
+        "from-writer\n",
+        "volumes survive"
+    );
+}

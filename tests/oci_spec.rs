@@ -189,3 +189,101 @@ fn bad_mounts_and_profiles_fail_create_naming_the_field() {
     ctd.assert_no_shims();
     sb.assert_clean();
 }
+
+fn metric(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn cgroup_limits_updates_and_oom_in_the_guest() {
+    let Some((_env, sb, ctd)) = setup("cgroup_limits_updates_and_oom_in_the_guest") else {
+        return;
+    };
+    // A 32 MiB container: the limit is what metrics report (`Update` is
+    // exercised through CRI in cri_pod.rs; ctr 1.6 has no `task update`).
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "33554432",
+            IMAGE,
+            "lim",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    ctd.wait_running("lim");
+    let o = ctd.ctr(&["task", "metrics", "lim"]).unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        metric(&text, "memory.limit_in_bytes"),
+        Some(32 << 20),
+        "{text}"
+    );
+    let usage = metric(&text, "memory.usage_in_bytes").unwrap_or(0);
+    assert!(usage > 0 && usage < 32 << 20, "{text}");
+    // The container sees its own cgroup as the root of its namespace.
+    let o = ctd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "lim",
+            "cat",
+            "/proc/self/cgroup",
+        ])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0::/\n", "{}", out(&o));
+    ctd.kill_and_remove("lim");
+
+    // Allocating past the limit: the kernel's OOM killer, exit 137.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "33554432",
+            IMAGE,
+            "hog",
+            "sh",
+            "-c",
+            "tail /dev/zero",
+        ])
+        .unwrap();
+    assert_eq!(o.status.code(), Some(137), "{}", out(&o));
+    let log = ctd.log();
+    assert!(
+        log.contains("out of memory") && log.contains("\"id\":\"hog\""),
+        "the shim reports the OOM kill:\n{log}"
+    );
+
+    // A limit no container can live in is refused naming the field.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "4096",
+            IMAGE,
+            "tiny",
+            "true",
+        ])
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("linux.resources.memory.limit"), "{err}");
+    let _ = ctd.ctr(&["c", "rm", "tiny"]);
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}

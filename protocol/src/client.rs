@@ -181,14 +181,31 @@ impl GuestClient {
     /// `WaitProcess`: blocks (no timeout) until the process exits; its exit
     /// code, 128+N when killed by signal N.
     pub async fn wait(&self, p: &ProcessRef) -> GuestResult<i32> {
+        self.wait_status(p).await.map(|r| r.exit_status)
+    }
+
+    /// `WaitProcess`, with whether the OOM killer struck the container.
+    pub async fn wait_status(&self, p: &ProcessRef) -> GuestResult<WaitProcessResponse> {
         let mut req = WaitProcessRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
         self.inner
             .wait_process(Context::default(), &req)
             .await
-            .map(|r| r.exit_status)
             .map_err(|e| GuestError::new("wait for the process in the guest", e))
+    }
+
+    /// `UpdateContainer`: new `linux.resources` (JSON) for the container's
+    /// cgroup.
+    pub async fn update(&self, container_id: &str, oci_resources: Vec<u8>) -> GuestResult<()> {
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = container_id.to_string();
+        req.oci_resources = oci_resources;
+        self.inner
+            .update_container(ctx(timeouts::CONTROL), &req)
+            .await
+            .map(drop)
+            .map_err(|e| GuestError::new("update the container's resources in the guest", e))
     }
 
     /// `RemoveProcess` (an exec's bookkeeping).

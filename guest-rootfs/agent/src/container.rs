@@ -131,6 +131,8 @@ pub struct Container {
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// The container's seccomp filter, which its execs get too.
     pub seccomp: Option<crate::oci::Seccomp>,
+    /// Its cgroup, when the guest has cgroup v2.
+    pub cgroup: Option<Arc<crate::cgroup::ContainerCgroup>>,
 }
 
 impl Container {

@@ -20,9 +20,16 @@ fn log(msg: &str) {
 /// Mounts the pseudo file systems the agent and containers need.
 pub fn early_mounts() {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let table: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", nosuid, None),
         ("sysfs", "/sys", "sysfs", nosuid, None),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid,
+            Some("nsdelegate"),
+        ),
         (
             "devtmpfs",
             "/dev",

@@ -15,6 +15,7 @@
 //! - [`reaper`]: exit statuses.
 //! - [`error`]: the error type and its ttrpc status mapping.
 
+mod cgroup;
 mod container;
 mod error;
 mod init;
@@ -41,25 +42,28 @@ pub(crate) fn log(msg: &str) {
 struct Args {
     listen: String,
     shared_dir: PathBuf,
+    cgroup_root: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: format!("vsock://-1:{AGENT_VSOCK_PORT}"),
         shared_dir: PathBuf::from(service::SHARED_DIR),
+        cgroup_root: (std::process::id() == 1).then(|| PathBuf::from(cgroup::DEFAULT_ROOT)),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--listen" => args.listen = it.next().ok_or("--listen needs an address")?,
             "--shared-dir" => args.shared_dir = it.next().ok_or("--shared-dir needs a directory")?.into(),
+            "--cgroup-root" => args.cgroup_root = Some(it.next().ok_or("--cgroup-root needs a cgroup v2 directory")?.into()),
             "--version" => {
                 println!("cocoon-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), cocoon_protocol::PROTOCOL_VERSION);
                 std::process::exit(0);
             }
             // The kernel passes unknown command-line words to init.
             _ if std::process::id() == 1 => {}
-            other => return Err(format!("unknown argument {other:?}; usage: cocoon-agent [--listen ADDR] [--shared-dir DIR]")),
+            other => return Err(format!("unknown argument {other:?}; usage: cocoon-agent [--listen ADDR] [--shared-dir DIR] [--cgroup-root DIR]")),
         }
     }
     Ok(args)
@@ -68,7 +72,11 @@ fn parse_args() -> Result<Args, String> {
 async fn serve(args: Args, pid1: bool) -> Result<(), String> {
     let reaper = Arc::new(reaper::Reaper::default());
     tokio::spawn(reaper.clone().run());
-    let svc = service::AgentService::new(reaper, args.shared_dir, pid1);
+    let cgroups = args.cgroup_root.as_deref().and_then(cgroup::Cgroups::init);
+    if cgroups.is_none() {
+        eprintln!("cocoon-agent: no cgroup v2: containers run without resource limits");
+    }
+    let svc = service::AgentService::new(reaper, args.shared_dir, pid1, cgroups);
     let services = cocoon_protocol::agent_ttrpc::create_agent(Arc::new(svc));
     let mut server = ttrpc::r#async::Server::new()
         .bind(&args.listen)

@@ -41,6 +41,8 @@ pub struct AgentService {
     shared_dir: PathBuf,
     /// Power the machine off on `Shutdown` (PID 1) or just exit.
     poweroff: bool,
+    /// Container cgroups, when the guest has cgroup v2.
+    cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str> {
@@ -116,12 +118,18 @@ async fn fetch_secrets(
 
 impl AgentService {
     /// A service rooted at `shared_dir`.
-    pub fn new(reaper: Arc<Reaper>, shared_dir: PathBuf, poweroff: bool) -> Self {
+    pub fn new(
+        reaper: Arc<Reaper>,
+        shared_dir: PathBuf,
+        poweroff: bool,
+        cgroups: Option<crate::cgroup::Cgroups>,
+    ) -> Self {
         Self {
             reaper,
             state: Mutex::new(State::default()),
             shared_dir,
             poweroff,
+            cgroups,
         }
     }
 
@@ -262,9 +270,14 @@ impl AgentService {
         let shared = self.shared_dir.clone();
         let cid = id.clone();
         let oci_spec = req.oci_spec;
+        let cgroups = self.cgroups.clone();
         // Decoding compiles the seccomp filter: blocking work.
-        let (spec, spawned) = blocking(move || {
+        let (spec, spawned, cgroup) = blocking(move || {
             let spec = ContainerSpec::from_json(&oci_spec)?;
+            let cgroup = cgroups
+                .as_ref()
+                .map(|c| c.create(&cid, &spec.limits))
+                .transpose()?;
             let mut binds = Vec::new();
             if let Some(dir) = crate::secrets::for_container(
                 std::path::Path::new(crate::secrets::STORE),
@@ -275,8 +288,23 @@ impl AgentService {
             )? {
                 binds.push((dir, crate::secrets::IN_CONTAINER));
             }
-            let spawned = spawn::spawn_container(&reaper, &rootfs, &shared, &spec, &binds)?;
-            Ok((spec, spawned))
+            let spawned = spawn::spawn_container(
+                &reaper,
+                &rootfs,
+                &shared,
+                &spec,
+                &binds,
+                cgroup.as_ref().map(|c| c.fd()),
+            );
+            match spawned {
+                Ok(s) => Ok((spec, s, cgroup)),
+                Err(e) => {
+                    if let Some(c) = cgroup {
+                        c.remove();
+                    }
+                    Err(e)
+                }
+            }
         })
         .await?;
         let init = Arc::new(Process::new(&spec.process.args[0], spawned)?);
@@ -286,6 +314,7 @@ impl AgentService {
             init,
             execs: Mutex::default(),
             seccomp: spec.process.security.seccomp.clone(),
+            cgroup: cgroup.map(Arc::new),
         });
         let mut st = self.state();
         if st.containers.contains_key(&id) {
@@ -327,7 +356,11 @@ impl AgentService {
         let reaper = self.reaper.clone();
         let init = container.init.pid;
         let spec2 = spec.clone();
-        let spawned = blocking(move || spawn::spawn_exec(&reaper, init, &spec2)).await?;
+        let cgroup = container.cgroup.clone();
+        let spawned = blocking(move || {
+            spawn::spawn_exec(&reaper, init, &spec2, cgroup.as_ref().map(|c| c.fd()))
+        })
+        .await?;
         let proc_ = Arc::new(Process::new(&spec.args[0], spawned)?);
         let pid = proc_.pid.as_raw().unsigned_abs();
         container
@@ -348,6 +381,13 @@ impl AgentService {
             let _ = p.signal(Signal::SIGKILL);
         }
         self.state().containers.remove(id);
+        if let Some(cg) = c.cgroup.clone() {
+            let _ = blocking(move || {
+                cg.remove();
+                Ok(())
+            })
+            .await;
+        }
         // The container's copies of the pod's secrets (guest memory).
         let _ =
             std::fs::remove_dir_all(std::path::Path::new(crate::secrets::PER_CONTAINER).join(id));
@@ -381,6 +421,19 @@ impl AgentService {
             crate::init::power_off(poweroff);
         });
     }
+}
+
+/// Guest memory (MemTotal), the limit of a container without one.
+fn guest_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 #[async_trait]
@@ -465,9 +518,12 @@ impl Agent for AgentService {
         _: &TtrpcContext,
         req: WaitProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        let p = self.process(&req.container_id, &req.exec_id)?;
+        let c = self.container(&req.container_id)?;
+        let p = c.process(&req.exec_id)?;
         let mut r = WaitProcessResponse::new();
         r.exit_status = p.wait().await;
+        r.oom_killed =
+            req.exec_id.is_empty() && c.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > 0);
         Ok(r)
     }
 
@@ -568,22 +624,43 @@ impl Agent for AgentService {
 
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let c = self.container(&req.container_id)?;
-        let (user, kernel, rss, pids) = c.usage();
         let mut r = StatsResponse::new();
-        r.cpu_user_ns = user;
-        r.cpu_kernel_ns = kernel;
-        r.memory_rss_bytes = rss;
-        r.pids = pids;
-        r.memory_limit_bytes = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
+        let mut limit = None;
+        if let Some(cg) = &c.cgroup {
+            let s = cg.stats();
+            limit = s.memory_limit;
+            r.cpu_user_ns = s.cpu_user_ns;
+            r.cpu_kernel_ns = s.cpu_system_ns;
+            r.memory_rss_bytes = s.memory_anon;
+            r.memory_usage_bytes = s.memory_usage;
+            r.pids = s.pids;
+        } else {
+            let (user, kernel, rss, pids) = c.usage();
+            r.cpu_user_ns = user;
+            r.cpu_kernel_ns = kernel;
+            r.memory_rss_bytes = rss;
+            r.memory_usage_bytes = rss;
+            r.pids = pids;
+        }
+        r.memory_limit_bytes = limit.unwrap_or_else(guest_memory);
         Ok(r)
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<UpdateContainerResponse> {
+        let c = self.container(&req.container_id)?;
+        let limits = crate::oci::limits_from_json(&req.oci_resources)?;
+        let Some(cg) = c.cgroup.clone() else {
+            return Err(Error::FailedPrecondition(
+                "the guest has no cgroup v2: resources cannot be changed".into(),
+            )
+            .into());
+        };
+        blocking(move || cg.apply(&limits)).await?;
+        Ok(UpdateContainerResponse::new())
     }
 
     async fn shutdown(

@@ -11,8 +11,7 @@
 //!   mount, PID, IPC and UTS namespaces and the pod's network (the VM's).
 //!   Asking for the host's (hostPID, hostIPC, hostNetwork) is logged, a
 //!   user namespace is refused.
-//! - What only the host could do (hooks, cgroup resources, devices other
-//!   than VFIO) is logged once per container.
+//! - What only the host could do (hooks) is logged once per container.
 //!
 //! Every check here runs before anything is mounted or started, so bad input
 //! is one error at Create naming the field.
@@ -198,9 +197,6 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
             n.set_path(None);
         }
         linux.set_namespaces(Some(namespaces));
-        if linux.resources().is_some() {
-            notes.push("linux.resources (cgroup limits) are not applied in the guest yet; the VM's size is the limit".into());
-        }
         out.set_linux(Some(linux));
     }
     if spec.hooks().is_some() {

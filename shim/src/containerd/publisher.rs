@@ -7,8 +7,8 @@
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
-    TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -38,6 +38,9 @@ pub enum Event {
     Paused(TaskPaused),
     /// /tasks/resumed
     Resumed(TaskResumed),
+    /// /tasks/oom: the container's cgroup hit its memory limit and the
+    /// kernel killed a process (CRI reports `OOMKilled`).
+    Oom(TaskOOM),
 }
 
 impl Event {
@@ -51,6 +54,7 @@ impl Event {
             Self::ExecStarted(m) => (topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(m)),
             Self::Paused(m) => (topics::TASK_PAUSED_EVENT_TOPIC, Box::new(m)),
             Self::Resumed(m) => (topics::TASK_RESUMED_EVENT_TOPIC, Box::new(m)),
+            Self::Oom(m) => (topics::TASK_OOM_EVENT_TOPIC, Box::new(m)),
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct ContainerSpec {
     pub readonly_paths: Vec<String>,
     /// `linux.sysctl` as `/proc/sys/...` path and value, sorted.
     pub sysctls: Vec<(String, String)>,
+    /// `linux.resources` as cgroup v2 limits.
+    pub limits: crate::cgroup::Limits,
 }
 
 impl ContainerSpec {
@@ -164,16 +166,6 @@ impl ContainerSpec {
             .clone()
             .unwrap_or_default()
             .iter()
-            .filter(|m| {
-                let cgroup = matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2"));
-                if cgroup {
-                    crate::log(&format!(
-                        "{}: cgroup mount skipped; containers have no cgroup of their own in the guest yet",
-                        m.destination().display()
-                    ));
-                }
-                !cgroup
-            })
             .map(|m| {
                 decode_mount(
                     &m.destination().display().to_string(),
@@ -213,6 +205,12 @@ impl ContainerSpec {
             masked_paths: paths(linux.masked_paths(), "linux.maskedPaths")?,
             readonly_paths: paths(linux.readonly_paths(), "linux.readonlyPaths")?,
             sysctls,
+            limits: linux
+                .resources()
+                .as_ref()
+                .map(limits)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -274,6 +272,89 @@ impl ProcessSpec {
             },
         })
     }
+}
+
+/// Decodes `UpdateContainerRequest.oci_resources`.
+pub fn limits_from_json(json: &[u8]) -> Result<crate::cgroup::Limits> {
+    let r: oci_spec::runtime::LinuxResources = serde_json::from_slice(json)
+        .map_err(|e| invalid("oci_resources", format!("is not OCI linux.resources: {e}")))?;
+    limits(&r)
+}
+
+/// `linux.resources` in cgroup v2 terms (runc's conversions). Block I/O,
+/// hugepages, network classes, cpusets and RDMA are logged and ignored;
+/// device rules do not apply (the guest has only the default devices).
+pub fn limits(r: &oci_spec::runtime::LinuxResources) -> Result<crate::cgroup::Limits> {
+    use crate::cgroup::{shares_to_weight, Limits, MIN_MEMORY};
+    let mut l = Limits::default();
+    if let Some(m) = r.memory() {
+        if let Some(limit) = m.limit() {
+            if limit > 0 && limit < MIN_MEMORY {
+                return Err(invalid(
+                    "linux.resources.memory.limit",
+                    format!("{limit} bytes is below the {MIN_MEMORY}-byte minimum a container needs; raise it"),
+                ));
+            }
+            l.memory_max = Some(if limit <= 0 { -1 } else { limit });
+        }
+        l.memory_low = m.reservation().map(|v| if v <= 0 { -1 } else { v });
+        if let Some(swap) = m.swap() {
+            l.swap_max = Some(match (swap, m.limit()) {
+                (s, _) if s < 0 => -1,
+                (s, Some(limit)) if limit > 0 => {
+                    if s < limit {
+                        return Err(invalid(
+                            "linux.resources.memory.swap",
+                            format!(
+                                "{s} is below memory.limit {limit}; swap counts memory plus swap"
+                            ),
+                        ));
+                    }
+                    s - limit
+                }
+                (s, _) => s,
+            });
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if c.quota().is_some() || c.period().is_some() {
+            let period = c.period().unwrap_or(100_000);
+            if !(1_000..=1_000_000).contains(&period) {
+                return Err(invalid(
+                    "linux.resources.cpu.period",
+                    format!("{period} µs is outside 1000..=1000000"),
+                ));
+            }
+            l.cpu_max = Some((c.quota().filter(|q| *q > 0), period));
+        }
+        l.cpu_weight = c.shares().map(shares_to_weight);
+        if c.cpus().is_some() || c.mems().is_some() {
+            crate::log("linux.resources.cpu.cpus/mems ignored: no cpuset in the guest");
+        }
+    }
+    if let Some(p) = r.pids() {
+        l.pids_max = Some(p.limit());
+    }
+    for (k, v) in r.unified().clone().unwrap_or_default() {
+        let known = ["memory.", "cpu.", "pids.", "io."]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if !known || k.contains('/') {
+            return Err(invalid(
+                "linux.resources.unified",
+                format!("{k:?} is not a memory, cpu, pids or io file of the container's cgroup"),
+            ));
+        }
+        l.unified.insert(k, v);
+    }
+    if r.block_io().is_some()
+        || r.hugepage_limits().is_some()
+        || r.network().is_some()
+        || r.rdma().is_some()
+    {
+        crate::log("linux.resources blockIO/hugepageLimits/network/rdma ignored in the guest");
+    }
+    Ok(l)
 }
 
 /// Whether `p` is absolute and has no `..` component.
@@ -478,10 +559,16 @@ pub fn decode_mount(
                 fstype: typ.to_string(),
                 source: if source.is_empty() { typ } else { source }.to_string(),
             },
+            // The guest is cgroup v2 only; the mount shows the container's
+            // own cgroup (it runs in a cgroup namespace rooted there).
+            "cgroup" | "cgroup2" => MountKind::Fs {
+                fstype: "cgroup2".into(),
+                source: "cgroup".into(),
+            },
             other => {
                 return Err(invalid(
                     "mounts.type",
-                    format!("{other:?} at {destination} is not supported in the guest (proc, sysfs, tmpfs, mqueue, devpts, bind)"),
+                    format!("{other:?} at {destination} is not supported in the guest (proc, sysfs, tmpfs, mqueue, devpts, cgroup, bind)"),
                 ))
             }
         }

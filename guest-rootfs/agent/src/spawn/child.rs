@@ -126,6 +126,8 @@ pub enum NsSetup {
         uts: RawFd,
         /// `/proc/<init>/ns/ipc`.
         ipc: RawFd,
+        /// `/proc/<init>/ns/cgroup`, when the container has a cgroup.
+        cgroup: Option<RawFd>,
         /// `/proc/<init>/root`, opened as a directory.
         root: RawFd,
     },
@@ -641,11 +643,21 @@ fn confine_after_user(spec: &ChildSpec) {
     }
 }
 
-fn join_namespaces(spec: &ChildSpec, mnt: RawFd, uts: RawFd, ipc: RawFd, root: RawFd) {
+fn join_namespaces(
+    spec: &ChildSpec,
+    mnt: RawFd,
+    uts: RawFd,
+    ipc: RawFd,
+    cgroup: Option<RawFd>,
+    root: RawFd,
+) {
     let step = SpawnStep::JoinNamespaces;
     // SAFETY: the fds were opened by the parent from /proc/<pid>/{ns/*,root}
     // and stay open in this child; setns/fchdir/chroot only change this child.
     unsafe {
+        if let Some(cg) = cgroup {
+            check!(spec, step, libc::setns(cg, libc::CLONE_NEWCGROUP));
+        }
         check!(spec, step, libc::setns(uts, libc::CLONE_NEWUTS));
         check!(spec, step, libc::setns(ipc, libc::CLONE_NEWIPC));
         check!(spec, step, libc::setns(mnt, libc::CLONE_NEWNS));
@@ -699,8 +711,9 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             mnt,
             uts,
             ipc,
+            cgroup,
             root,
-        } => join_namespaces(spec, *mnt, *uts, *ipc, *root),
+        } => join_namespaces(spec, *mnt, *uts, *ipc, *cgroup, *root),
     }
     confine_before_user(spec);
     // Raw system calls, not the libc wrappers: glibc's set*id functions

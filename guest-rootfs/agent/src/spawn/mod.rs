@@ -375,29 +375,64 @@ fn make_stdio(terminal: bool) -> Result<(ChildStdio, Vec<OwnedFd>, ParentStdio)>
     ))
 }
 
-/// Clones the child with `flags` and registers it with the reaper.
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Clones the child with `flags` (into the cgroup whose directory is open
+/// as `cgroup`, when given) and registers it with the reaper.
 fn clone_child(
     reaper: &Reaper,
     flags: libc::c_int,
     spec: &ChildSpec,
+    cgroup: Option<std::os::fd::RawFd>,
 ) -> Result<(Pid, watch::Receiver<Option<i32>>)> {
     let (argv, envp) = child::exec_arrays(spec);
-    let clone_flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or_default();
+    let mut args = CloneArgs {
+        flags: u64::from(flags.unsigned_abs()),
+        exit_signal: u64::from(libc::SIGCHLD.unsigned_abs()),
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = u64::from(fd.unsigned_abs());
+    }
     // Hold the reaper's table while cloning so the exit of a child that dies
     // at once is matched to its registration.
     let mut table = reaper.lock();
-    // SAFETY: clone without CLONE_VM and with a NULL stack behaves like
+    // SAFETY: clone3 without CLONE_VM and with no stack behaves like
     // fork(2): the child gets a copy of this address space and continues
     // here with return value 0. The child only runs `child::run`, which makes
     // raw system calls on data prepared before this point and ends in execve
-    // or _exit.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
+    // or _exit. `args` is a live clone_args of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret == 0 {
         child::run(spec, &argv, &envp);
     }
     if ret < 0 {
-        return Err(Error::sys("clone", Errno::last()));
+        return Err(Error::sys("clone3", Errno::last()));
     }
     let pid = Pid::from_raw(
         i32::try_from(ret).map_err(|_| Error::sys("clone returned a bad pid", Errno::EINVAL))?,
@@ -591,6 +626,7 @@ pub fn spawn_container(
     shared: &Path,
     c: &ContainerSpec,
     binds: &[(PathBuf, &str)],
+    cgroup: Option<std::os::fd::RawFd>,
 ) -> Result<Spawned> {
     let p = &c.process;
     validate(p)?;
@@ -600,7 +636,22 @@ pub fn spawn_container(
             problem: format!("{} is not a directory in the guest", rootfs.display()),
         });
     }
-    let (mut mounts, symlinks) = container_mounts(rootfs, shared, &c.mounts)?;
+    let spec_mounts: Vec<SpecMount> = c
+        .mounts
+        .iter()
+        .filter(|m| {
+            let cg = matches!(&m.kind, MountKind::Fs { fstype, .. } if fstype == "cgroup2");
+            if cg && cgroup.is_none() {
+                crate::log(&format!(
+                    "{}: cgroup mount skipped, the guest has no cgroup v2",
+                    m.destination
+                ));
+            }
+            !cg || cgroup.is_some()
+        })
+        .cloned()
+        .collect();
+    let (mut mounts, symlinks) = container_mounts(rootfs, shared, &spec_mounts)?;
     for (source, target) in binds {
         // Guest-memory directories bound into the container (secrets); the
         // mount point is made here, its content never reaches the share.
@@ -646,8 +697,14 @@ pub fn spawn_container(
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
     let ctl = Control::new()?;
     let spec = base_spec(p, ns, stdio, &ctl.report_w, &ctl.start_r)?;
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    let cloned = clone_child(reaper, flags, &spec);
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if cgroup.is_some() {
+        // Rooted at the container's cgroup: a cgroup mount inside shows
+        // only the container's own.
+        flags |= libc::CLONE_NEWCGROUP;
+    }
+    let cloned = clone_child(reaper, flags, &spec, cgroup);
     finish_spawn(p, parent, child_fds, ctl, cloned)
 }
 
@@ -655,7 +712,12 @@ pub fn spawn_container(
 /// whose init is `init`.
 ///
 /// Blocking: call from a blocking thread.
-pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned> {
+pub fn spawn_exec(
+    reaper: &Reaper,
+    init: Pid,
+    p: &ProcessSpec,
+    cgroup: Option<std::os::fd::RawFd>,
+) -> Result<Spawned> {
     validate(p)?;
     let open = |what: &str| -> Result<OwnedFd> {
         let path = format!("/proc/{init}/{what}");
@@ -678,10 +740,12 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
         open("ns/pid")?,
         open("root")?,
     );
+    let cgns = cgroup.map(|_| open("ns/cgroup")).transpose()?;
     let ns = NsSetup::Join {
         mnt: mnt.as_raw_fd(),
         uts: uts.as_raw_fd(),
         ipc: ipc.as_raw_fd(),
+        cgroup: cgns.as_ref().map(|f| f.as_raw_fd()),
         root: root.as_raw_fd(),
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
@@ -693,12 +757,12 @@ pub fn spawn_exec(reaper: &Reaper, init: Pid, p: &ProcessSpec) -> Result<Spawned
         s.spawn(|| {
             nix::sched::setns(pidns.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
                 .map_err(|e| Error::sys("join the container PID namespace", e))?;
-            clone_child(reaper, 0, &spec)
+            clone_child(reaper, 0, &spec, cgroup)
         })
         .join()
         .unwrap_or_else(|_| Err(Error::sys("spawn thread panicked", Errno::EIO)))
     });
-    drop((mnt, uts, ipc, pidns, root));
+    drop((mnt, uts, ipc, pidns, root, cgns));
     finish_spawn(p, parent, child_fds, ctl, cloned)
 }
 

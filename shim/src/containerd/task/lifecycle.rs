@@ -9,7 +9,7 @@ use containerd_shim_protos::events::task::{
     TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use slog::info;
+use slog::{info, warn};
 
 use super::super::error::{Result, ShimError};
 use super::super::pod::Pod;
@@ -53,13 +53,21 @@ pub(super) async fn start(svc: &Service, req: &StartRequest) -> Result<StartResp
 /// records the exit and publishes `TaskExit`.
 fn spawn_waiter(pod: Arc<Pod>, p: Arc<Proc>, publisher: Publisher, log: slog::Logger) {
     tokio::spawn(async move {
-        let status = tokio::select! {
-            r = pod.guest.wait(&p.target) => match r {
-                Ok(code) => u32::try_from(code).unwrap_or(VM_DIED_STATUS),
-                Err(_) => VM_DIED_STATUS,
+        let (status, oom) = tokio::select! {
+            r = pod.guest.wait_status(&p.target) => match r {
+                Ok(r) => (u32::try_from(r.exit_status).unwrap_or(VM_DIED_STATUS), r.oom_killed),
+                Err(_) => (VM_DIED_STATUS, false),
             },
-            () = pod.died() => VM_DIED_STATUS,
+            () = pod.died() => (VM_DIED_STATUS, false),
         };
+        if oom {
+            warn!(log, "out of memory: the kernel killed a process of the container (its memory limit)"; "id" => &p.target.container_id);
+            // Before the exit, as runc's shim does: CRI marks the exit
+            // `OOMKilled` when the event came first.
+            let mut ev = containerd_shim_protos::events::task::TaskOOM::new();
+            ev.container_id = p.target.container_id.clone();
+            publisher.publish(Event::Oom(ev)).await;
+        }
         // Output written just before the exit is still on its way.
         let tasks: Vec<_> = p
             .io_tasks

@@ -170,12 +170,7 @@ impl Task for Service {
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        rpc!(self, "update", req, async {
-            Err::<Empty, _>(ShimError::Unsupported(
-                "update",
-                "a VM's vCPUs and memory are fixed when it boots",
-            ))
-        })
+        rpc!(self, "update", req, query::update(self, &req))
     }
 
     async fn checkpoint(

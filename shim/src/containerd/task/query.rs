@@ -68,7 +68,7 @@ pub(super) async fn stats(svc: &Service, req: &StatsRequest) -> Result<StatsResp
     cpu.usage = Some(usage).into();
     m.cpu = Some(cpu).into();
     let mut entry = MemoryEntry::new();
-    entry.usage = s.memory_rss_bytes;
+    entry.usage = s.memory_usage_bytes;
     entry.limit = s.memory_limit_bytes;
     let mut mem = MemoryStat::new();
     mem.rss = s.memory_rss_bytes;
@@ -86,4 +86,26 @@ pub(super) async fn stats(svc: &Service, req: &StatsRequest) -> Result<StatsResp
     let mut r = StatsResponse::new();
     r.stats = Some(any).into();
     Ok(r)
+}
+
+/// `Update`: new `linux.resources` for the container's cgroup in the guest
+/// (the VM's vCPUs and memory stay what they were at boot).
+pub(super) async fn update(
+    svc: &Service,
+    req: &containerd_shim_protos::api::UpdateTaskRequest,
+) -> Result<containerd_shim_protos::protobuf::well_known_types::empty::Empty> {
+    let _ = svc.container(&req.id)?;
+    let resources = req.resources.as_ref().ok_or_else(|| ShimError::Invalid {
+        field: "resources".into(),
+        problem: "is missing".into(),
+    })?;
+    // Checked here so a malformed document is refused with its field.
+    let _: oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(&resources.value).map_err(|e| ShimError::Invalid {
+            field: "resources".into(),
+            problem: format!("not OCI linux.resources: {e}"),
+        })?;
+    let pod = svc.current_pod().await?;
+    pod.guest.update(&req.id, resources.value.clone()).await?;
+    Ok(containerd_shim_protos::protobuf::well_known_types::empty::Empty::new())
 }
