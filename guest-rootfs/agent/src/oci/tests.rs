@@ -21,8 +21,7 @@ fn the_default_spec_decodes_to_runc_confinement() {
     assert_eq!(s.rlimits, vec![(libc::RLIMIT_NOFILE, 1024, 1024)]);
     assert!(c.masked_paths.contains(&"/proc/kcore".to_string()));
     assert!(c.readonly_paths.contains(&"/proc/sys".to_string()));
-    // The cgroup mount is skipped (no guest cgroups yet); the others stay in
-    // order with their options.
+    // In order, with their options; cgroup (v1 in the spec) is cgroup2.
     let dests: Vec<&str> = c.mounts.iter().map(|m| m.destination.as_str()).collect();
     assert_eq!(
         dests,
@@ -32,8 +31,16 @@ fn the_default_spec_decodes_to_runc_confinement() {
             "/dev/pts",
             "/dev/shm",
             "/dev/mqueue",
-            "/sys"
+            "/sys",
+            "/sys/fs/cgroup"
         ]
+    );
+    assert_eq!(
+        c.mounts[6].kind,
+        MountKind::Fs {
+            fstype: "cgroup2".into(),
+            source: "cgroup".into()
+        }
     );
     let shm = &c.mounts[3];
     assert_eq!(shm.data, "mode=1777,size=65536k");
@@ -166,4 +173,54 @@ fn exec_processes_decode_and_bad_json_is_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("has no process"), "{e}");
+}
+
+#[test]
+fn resources_become_limits_and_bad_ones_name_the_field() {
+    let r: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": {"limit": 67108864, "reservation": 33554432, "swap": 134217728},
+        "cpu": {"shares": 512, "quota": 20000, "period": 100000},
+        "pids": {"limit": 64},
+        "unified": {"memory.high": "60000000"}
+    }))
+    .unwrap();
+    let l = limits(&r).unwrap();
+    assert_eq!(l.memory_max, Some(64 << 20));
+    assert_eq!(l.memory_low, Some(32 << 20));
+    assert_eq!(l.swap_max, Some(64 << 20), "swap counts memory + swap");
+    assert_eq!(l.cpu_max, Some((Some(20_000), 100_000)));
+    assert_eq!(l.cpu_weight, Some(crate::cgroup::shares_to_weight(512)));
+    assert_eq!(l.pids_max, Some(64));
+    assert_eq!(
+        l.unified.get("memory.high").map(String::as_str),
+        Some("60000000")
+    );
+
+    let bad = |v: serde_json::Value, field: &str| {
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_value(v).unwrap();
+        let e = limits(&r).unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    };
+    bad(
+        serde_json::json!({"memory": {"limit": 4096}}),
+        "linux.resources.memory.limit",
+    );
+    bad(
+        serde_json::json!({"memory": {"limit": 67108864, "swap": 1048576}}),
+        "linux.resources.memory.swap",
+    );
+    bad(
+        serde_json::json!({"cpu": {"period": 10}}),
+        "linux.resources.cpu.period",
+    );
+    bad(
+        serde_json::json!({"unified": {"cgroup.procs": "1"}}),
+        "linux.resources.unified",
+    );
+    bad(
+        serde_json::json!({"unified": {"memory.max/../x": "1"}}),
+        "linux.resources.unified",
+    );
+    let e = limits_from_json(b"nope").unwrap_err().to_string();
+    assert!(e.contains("oci_resources"), "{e}");
 }
