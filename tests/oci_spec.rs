@@ -228,6 +228,31 @@ fn cgroup_limits_updates_and_oom_in_the_guest() {
     );
     let usage = metric(&text, "memory.usage_in_bytes").unwrap_or(0);
     assert!(usage > 0 && usage < 32 << 20, "{text}");
+    // The VM was sized for it like Kata sizes a pod: the node's default
+    // (1024 MiB here) plus the limit (ctr 1.6 sets no CPU quota; the vCPU
+    // rule is unit-tested).
+    let o = ctd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e0",
+            "lim",
+            "sh",
+            "-c",
+            "grep MemTotal /proc/meminfo",
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let mem_total = |text: &str| -> u64 {
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let sized = mem_total(&text);
+    assert!(ctd.log().contains("VM sized for the pod"), "{}", ctd.log());
     // The container sees its own cgroup as the root of its namespace.
     let o = ctd
         .ctr(&[
@@ -242,6 +267,25 @@ fn cgroup_limits_updates_and_oom_in_the_guest() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0::/\n", "{}", out(&o));
     ctd.kill_and_remove("lim");
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "plain",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ])
+        .unwrap();
+    let plain = mem_total(&String::from_utf8_lossy(&o.stdout));
+    assert!(
+        // (the kernel keeps ~2% of added memory for its page tables)
+        (30 * 1024..=32 * 1024).contains(&sized.saturating_sub(plain)),
+        "a 32 MiB container's VM has 32 MiB more: {sized} vs {plain} KiB"
+    );
 
     // Allocating past the limit: the kernel's OOM killer, exit 137.
     let o = ctd

@@ -36,6 +36,39 @@ pub const CDI_PREFIX: &str = "cdi.k8s.io/";
 /// fetches from the KBS and places at `/run/secrets/cocoon/<name>`.
 pub const SECRET_PREFIX: &str = "io.cocoon.secret.";
 
+/// containerd's CRI: the pod's summed CPU quota (µs per period).
+pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+/// containerd's CRI: the CPU period of `SANDBOX_CPU_QUOTA`.
+pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+/// containerd's CRI: the pod's summed memory limit in bytes.
+pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
+/// What a pod adds to the node's default VM size, like Kata: its CPU limit
+/// in whole vCPUs (rounded up) and its memory limit in MiB (rounded up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizing {
+    /// Extra vCPUs.
+    pub vcpus: u32,
+    /// Extra memory, MiB.
+    pub memory_mib: u32,
+}
+
+impl Sizing {
+    fn from_limits(quota: i64, period: u64, memory: i64) -> Self {
+        let vcpus = if quota > 0 && period > 0 {
+            u32::try_from(quota.unsigned_abs().div_ceil(period)).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let memory_mib = if memory > 0 {
+            u32::try_from(memory.unsigned_abs().div_ceil(1 << 20)).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        Self { vcpus, memory_mib }
+    }
+}
+
 /// Where a container belongs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -271,6 +304,45 @@ pub struct ContainerRequest {
 }
 
 impl ContainerRequest {
+    /// What this container's VM adds to the default size: a CRI sandbox's
+    /// pod limits (containerd's sandbox annotations), a single container's
+    /// own `linux.resources`; nothing for a container joining a pod.
+    pub fn sizing(&self) -> Result<Sizing> {
+        match self.kind {
+            Kind::PodContainer { .. } => Ok(Sizing::default()),
+            Kind::PodSandbox => {
+                let num = |key: &str| -> Result<i64> {
+                    self.annotations.get(key).map_or(Ok(0), |v| {
+                        v.trim().parse::<i64>().map_err(|_| ShimError::Invalid {
+                            field: format!("annotation {key}"),
+                            problem: format!("{v:?} is not an integer"),
+                        })
+                    })
+                };
+                let period = num(SANDBOX_CPU_PERIOD)?;
+                Ok(Sizing::from_limits(
+                    num(SANDBOX_CPU_QUOTA)?,
+                    period.max(0).unsigned_abs(),
+                    num(SANDBOX_MEMORY)?,
+                ))
+            }
+            Kind::Single => {
+                let r = self
+                    .guest
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.resources().clone())
+                    .unwrap_or_default();
+                let (quota, period) = r.cpu().as_ref().map_or((0, 0), |c| {
+                    (c.quota().unwrap_or(0), c.period().unwrap_or(100_000))
+                });
+                let memory = r.memory().as_ref().and_then(|m| m.limit()).unwrap_or(0);
+                Ok(Sizing::from_limits(quota, period, memory))
+            }
+        }
+    }
+
     /// The pod's initdata document (exact bytes), from Kata's annotation.
     pub fn initdata(&self) -> Result<Option<Vec<u8>>> {
         self.annotations
@@ -527,6 +599,54 @@ mod tests {
                 name: "gpu-on".into()
             })
         );
+    }
+
+    #[test]
+    fn pods_and_single_containers_size_their_vm_like_kata() {
+        let mut spec = spec_with(&[
+            (CRI_CONTAINER_TYPE, "sandbox"),
+            (SANDBOX_CPU_QUOTA, "150000"),
+            (SANDBOX_CPU_PERIOD, "100000"),
+            (SANDBOX_MEMORY, "268435457"),
+        ]);
+        let r = ContainerRequest::from_spec(&create("p"), &spec).unwrap();
+        assert_eq!(
+            r.sizing().unwrap(),
+            Sizing {
+                vcpus: 2,
+                memory_mib: 257
+            }
+        );
+        spec = spec_with(&[(CRI_CONTAINER_TYPE, "sandbox"), (SANDBOX_MEMORY, "lots")]);
+        let e = ContainerRequest::from_spec(&create("p"), &spec)
+            .unwrap()
+            .sizing()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(SANDBOX_MEMORY) && e.contains("\"lots\""), "{e}");
+        // A single container: its own limits.
+        let mut spec = spec_with(&[]);
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_resources(Some(
+            serde_json::from_value(serde_json::json!({
+                "memory": {"limit": 33554432},
+                "cpu": {"quota": 50000, "period": 100000}
+            }))
+            .unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+        let r = ContainerRequest::from_spec(&create("c"), &spec).unwrap();
+        assert_eq!(
+            r.sizing().unwrap(),
+            Sizing {
+                vcpus: 1,
+                memory_mib: 32
+            }
+        );
+        // A pod container adds nothing: the VM is running already.
+        let spec = spec_with(&[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "p")]);
+        let r = ContainerRequest::from_spec(&create("c"), &spec).unwrap();
+        assert_eq!(r.sizing().unwrap(), Sizing::default());
     }
 
     #[test]

@@ -134,6 +134,40 @@ fn check_joins(pod: &Pod, creq: &ContainerRequest) -> Result<()> {
     )))
 }
 
+/// Adds the pod's limits to the node's default VM size (Kata's rule:
+/// default vCPUs + the limit in whole CPUs, default memory + the limit).
+/// The measurement follows: it is computed from the sized config.
+fn size_vm(
+    config: &mut NodeConfig,
+    s: super::super::request::Sizing,
+    log: &slog::Logger,
+) -> Result<()> {
+    if s == Default::default() {
+        return Ok(());
+    }
+    let q = &mut config.vm.qemu;
+    let vcpus = q.vcpus.saturating_add(s.vcpus);
+    let memory = q.memory_mib.saturating_add(s.memory_mib);
+    if vcpus > 240 {
+        return Err(ShimError::Invalid {
+            field: "linux.resources.cpu (or io.kubernetes.cri.sandbox-cpu-quota)".into(),
+            problem: format!("asks for {vcpus} vCPUs; a VM has at most 240: lower the CPU limit"),
+        });
+    }
+    if u64::from(memory) > 4 * 1024 * 1024 {
+        return Err(ShimError::Invalid {
+            field: "linux.resources.memory (or io.kubernetes.cri.sandbox-memory)".into(),
+            problem: format!(
+                "asks for {memory} MiB; a VM has at most 4 TiB: lower the memory limit"
+            ),
+        });
+    }
+    info!(log, "VM sized for the pod"; "vcpus" => vcpus, "memory_mib" => memory, "default_vcpus" => q.vcpus, "default_memory_mib" => q.memory_mib);
+    q.vcpus = vcpus;
+    q.memory_mib = memory;
+    Ok(())
+}
+
 /// Loads the node config, resolves the pod's devices once, mounts the
 /// first rootfs into a new pod directory and launches the VM.
 async fn launch_pod(
@@ -143,8 +177,9 @@ async fn launch_pod(
 ) -> Result<(Arc<Pod>, SharedRootfs)> {
     let path = options::config_path(req.options.as_ref())?;
     *svc.config_path.lock().unwrap_or_else(|p| p.into_inner()) = path.clone();
-    let config = NodeConfig::load(path.as_deref())?;
+    let mut config = NodeConfig::load(path.as_deref())?;
     check_annotations(&creq.annotations, &config)?;
+    size_vm(&mut config, creq.sizing()?, &svc.log)?;
     let mut devices = creq.devices.clone();
     if creq.kind == Kind::PodSandbox {
         devices.add_cdi(kubelet_devices(creq, &config, &svc.log).await?);
