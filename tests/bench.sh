@@ -4,7 +4,9 @@
 # - boot -> agent ready (median of 5) vs the same kernel booting a minimal
 #   busybox init that powers off at once (QEMU start -> exit), and the ratio;
 # - host RSS of QEMU + helpers while a VM runs;
-# - initrd size.
+# - initrd size;
+# - ctr run under Cocoon vs runc, pods with secrets, volumes (read
+#   throughput vs the host, cost per volume), launch measurement.
 set -euo pipefail
 config=$1
 bin=${COCOON_BIN_DIR:-target/release}
@@ -143,6 +145,30 @@ if [ -x "$root/build/kbs/kbs" ]; then
 else
     echo "secrets: skipped (no trustee KBS in build/kbs; make deps unpacks it where available)"
 fi
+
+# --- volumes: read throughput through the share, cost per volume at create --
+echo "== volumes (host directories bound into the share, virtio-fs cache=$(kv virtio_fs_cache || true))"
+vol="$work/vol"; mkdir -p "$vol"
+head -c $((256 * 1024 * 1024)) /dev/urandom >"$vol/big"
+cat "$vol/big" >/dev/null # page cache warm on the host for both readers
+secs() { sed -n 's/.* copied, \([0-9.]*\) seconds.*/\1/p' | head -n1; }
+host_s=$( { busybox dd if="$vol/big" of=/dev/null bs=1M; } 2>&1 | secs)
+guest_s=$($ctr run --rm --runtime io.containerd.cocoon.v2 --mount "type=bind,src=$vol,dst=/vol,options=rbind:ro" \
+    cocoon.bench/busybox:1 vol-read sh -c 'dd if=/vol/big of=/dev/null bs=1M 2>&1' | secs)
+if [ -n "$host_s" ] && [ -n "$guest_s" ]; then
+    mbs() { python3 -c "print(round(256 / max($1, 0.001)))"; }
+    echo "read 256 MiB: host $(mbs "$host_s") MiB/s, guest through the share $(mbs "$guest_s") MiB/s, ratio guest/host $(python3 -c "print(round($host_s/$guest_s,3))")"
+fi
+vols=()
+for n in $(seq 10); do mkdir -p "$vol/v$n"; vols+=(--mount "type=bind,src=$vol/v$n,dst=/v$n,options=rbind:rw"); done
+t0=(); t10=()
+for i in $(seq "$runs"); do
+    t0+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/busybox:1 v0-$i true)")
+    t10+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 "${vols[@]}" cocoon.bench/busybox:1 v10-$i true)")
+done
+m0=$(median "${t0[@]}"); m10=$(median "${t10[@]}")
+echo "ctr run --rm ... true: no volume median ${m0} ms (${t0[*]}), 10 volumes median ${m10} ms (${t10[*]})"
+echo "per volume: $(python3 -c "print(round(($m10 - $m0) / 10, 1))") ms"
 
 # Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the
 # same inputs (4 MiB OVMF.amdsev.fd, the guest kernel, a 30 MiB initrd), and

@@ -171,6 +171,24 @@ if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
     fi
 fi
 
+# --- Docker 28 (optional, for the Docker tests) ------------------------------
+# Debian unstable's docker.io, docker-cli and tini-static, only unpacked into
+# build/docker (dockerd runs against a test's private containerd, in its own
+# network namespace). Failure is not fatal: the Docker tests are skipped
+# with a printed reason.
+DOCKER_DIR=$ROOT/build/docker
+if [ ! -x "$DOCKER_DIR/usr/sbin/dockerd" ] || [ ! -x "$DOCKER_DIR/usr/bin/docker" ]; then
+    rm -f "$sid"/docker.io_*.deb "$sid"/docker-cli_*.deb "$sid"/tini-static_*.deb
+    if sid_download docker.io docker-cli tini-static; then
+        rm -rf "$DOCKER_DIR" && mkdir -p "$DOCKER_DIR"
+        for d in "$sid"/docker.io_*.deb "$sid"/docker-cli_*.deb "$sid"/tini-static_*.deb; do dpkg -x "$d" "$DOCKER_DIR"; done
+        say "unpacked Docker $("$DOCKER_DIR/usr/sbin/dockerd" --version | awk '{print $3}' | tr -d ,) into $DOCKER_DIR"
+        changed=1
+    else
+        say "could not fetch docker.io from Debian unstable; the Docker tests will be skipped"
+    fi
+fi
+
 # --- trustee's KBS (optional, for the attestation tests) ---------------------
 # A real Key Broker Service from Confidential Containers' trustee, for tests
 # and the demo only: $COCOON_KBS_BIN if set, else the prebuilt binary next

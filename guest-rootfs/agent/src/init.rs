@@ -70,6 +70,23 @@ pub fn early_mounts() {
     }
 }
 
+/// Raises the open-file limit to what containerd's and dockerd's service
+/// units give (1048576): a container whose spec sets no `RLIMIT_NOFILE`
+/// inherits the runtime's, as under runc.
+pub fn raise_nofile() {
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 20,
+        rlim_max: 1 << 20,
+    };
+    // SAFETY: setrlimit with a live struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log(&format!(
+            "cannot raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
 /// Brings the loopback interface up: the pod's containers share the VM's
 /// network namespace, and `127.0.0.1` must answer there as it does in any
 /// pod.

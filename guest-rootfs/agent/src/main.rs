@@ -104,6 +104,7 @@ fn main() {
         init::early_mounts();
         init::load_modules(std::path::Path::new(init::MODULE_LOAD_ORDER));
         init::loopback_up();
+        init::raise_nofile();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -60,6 +60,10 @@ pub struct Pod {
     /// VFIO device nodes passed through at launch (what later containers
     /// of the pod may use).
     pub device_nodes: Vec<String>,
+    /// QEMU's host PID: the PID containerd gets for every process of the
+    /// pod (as with Kata), since guest PIDs mean nothing on the host —
+    /// clients such as Docker open `/proc/<pid>/ns/*`.
+    pub vm_pid: u32,
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
     dir_guard: std::sync::Mutex<Option<DirGuard>>,
@@ -164,6 +168,7 @@ impl Pod {
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
               "boot_ms" => boot_ms);
         let exit = vm.exit_watch();
+        let vm_pid = vm.pids().first().map_or(0, |p| p.unsigned_abs());
         let pod = Arc::new(Self {
             id: id.to_string(),
             dir: dir.path().to_path_buf(),
@@ -171,6 +176,7 @@ impl Pod {
             config,
             guest,
             device_nodes: devices.nodes,
+            vm_pid,
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
             dir_guard: std::sync::Mutex::new(Some(dir.guard)),

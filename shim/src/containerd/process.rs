@@ -41,8 +41,10 @@ pub struct StdioPaths {
 pub struct Proc {
     /// Agent ids.
     pub target: ProcessRef,
-    /// Guest PID.
+    /// The PID containerd sees: the VM's (QEMU's) host PID.
     pub pid: u32,
+    /// The PID in the guest, for logs.
+    pub guest_pid: u32,
     /// stdio.
     pub stdio: StdioPaths,
     status: Mutex<Status>,
@@ -55,10 +57,11 @@ pub struct Proc {
 
 impl Proc {
     /// A created (not yet started) process.
-    pub fn new(target: ProcessRef, pid: u32, stdio: StdioPaths) -> Self {
+    pub fn new(target: ProcessRef, pid: u32, guest_pid: u32, stdio: StdioPaths) -> Self {
         Self {
             target,
             pid,
+            guest_pid,
             stdio,
             status: Mutex::new(Status::CREATED),
             exit: watch::channel(None).0,

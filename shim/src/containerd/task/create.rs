@@ -72,7 +72,7 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
         *pod_slot = Some(pod.clone());
     }
     drop(pod_slot);
-    let pid = c.init.pid;
+    let (pid, c_guest_pid) = (c.init.pid, c.init.guest_pid);
     svc.containers
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -81,7 +81,7 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
         .publish(Event::Create(create_event(req, pid)))
         .await;
     let create_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    info!(svc.log, "container created"; "id" => &creq.id, "pod" => &pod.id, "pid" => pid, "create_ms" => create_ms, "new_vm" => new_pod);
+    info!(svc.log, "container created"; "id" => &creq.id, "pod" => &pod.id, "pid" => pid, "guest_pid" => c_guest_pid, "create_ms" => create_ms, "new_vm" => new_pod);
     let mut r = CreateTaskResponse::new();
     r.pid = pid;
     Ok(r)
@@ -217,10 +217,11 @@ async fn create_in_pod(
     for note in &creq.guest.notes {
         slog::warn!(svc.log, "the guest differs from runc here"; "container" => &creq.id, "note" => note);
     }
-    let pid = pod.guest.create_container(&areq).await?;
+    let guest_pid = pod.guest.create_container(&areq).await?;
     let init = Arc::new(Proc::new(
         ProcessRef::init(&creq.id),
-        pid,
+        pod.vm_pid,
+        guest_pid,
         creq.stdio.clone(),
     ));
     let attached = async {

@@ -55,10 +55,11 @@ pub(super) async fn exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empt
         container_id: req.id.clone(),
         exec_id: req.exec_id.clone(),
     };
-    let pid = pod.guest.exec(&target, process).await?;
+    let guest_pid = pod.guest.exec(&target, process).await?;
     let p = Arc::new(Proc::new(
         target,
-        pid,
+        pod.vm_pid,
+        guest_pid,
         StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
