@@ -151,23 +151,47 @@ echo "== volumes (host directories bound into the share, virtio-fs cache=$(kv vi
 vol="$work/vol"; mkdir -p "$vol"
 head -c $((256 * 1024 * 1024)) /dev/urandom >"$vol/big"
 cat "$vol/big" >/dev/null # page cache warm on the host for both readers
-secs() { sed -n 's/.* copied, \([0-9.]*\) seconds.*/\1/p' | head -n1; }
-host_s=$( { busybox dd if="$vol/big" of=/dev/null bs=1M; } 2>&1 | secs)
+host_s=$(python3 - "$vol/big" <<'PY'
+import sys, time
+t = time.perf_counter()
+with open(sys.argv[1], 'rb') as f:
+    while f.read(1 << 20):
+        pass
+print(round(time.perf_counter() - t, 3))
+PY
+)
 guest_s=$($ctr run --rm --runtime io.containerd.cocoon.v2 --mount "type=bind,src=$vol,dst=/vol,options=rbind:ro" \
-    cocoon.bench/busybox:1 vol-read sh -c 'dd if=/vol/big of=/dev/null bs=1M 2>&1' | secs)
-if [ -n "$host_s" ] && [ -n "$guest_s" ]; then
-    mbs() { python3 -c "print(round(256 / max($1, 0.001)))"; }
-    echo "read 256 MiB: host $(mbs "$host_s") MiB/s, guest through the share $(mbs "$guest_s") MiB/s, ratio guest/host $(python3 -c "print(round($host_s/$guest_s,3))")"
-fi
+    cocoon.bench/busybox:1 vol-read sh -c 'time -f %e cat /vol/big >/dev/null' 2>&1 | tail -n1)
+mbs() { python3 -c "print(round(256 / max($1, 0.001)))"; }
+echo "read 256 MiB: host $(mbs "$host_s") MiB/s (${host_s} s), guest through the share $(mbs "$guest_s") MiB/s (${guest_s} s), guest/host $(python3 -c "print(round($host_s/max($guest_s,0.001),3))")"
 vols=()
 for n in $(seq 10); do mkdir -p "$vol/v$n"; vols+=(--mount "type=bind,src=$vol/v$n,dst=/v$n,options=rbind:rw"); done
-t0=(); t10=()
 for i in $(seq "$runs"); do
-    t0+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/busybox:1 v0-$i true)")
-    t10+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 "${vols[@]}" cocoon.bench/busybox:1 v10-$i true)")
+    $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/busybox:1 v0-$i true >/dev/null
+    $ctr run --rm --runtime io.containerd.cocoon.v2 "${vols[@]}" cocoon.bench/busybox:1 v10-$i true >/dev/null
 done
-m0=$(median "${t0[@]}"); m10=$(median "${t10[@]}")
-echo "ctr run --rm ... true: no volume median ${m0} ms (${t0[*]}), 10 volumes median ${m10} ms (${t10[*]})"
+# Create minus the VM boot, from the shim's log: what the volumes cost.
+create_inside() { python3 - "$ctd/containerd.log" "$1" <<'PY'
+import json, re, statistics, sys
+boot, create = {}, {}
+for line in open(sys.argv[1]):
+    if not line.startswith('{'):
+        continue
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    if j.get('msg') == 'pod VM ready':
+        boot[j.get('pod')] = j.get('boot_ms')
+    if j.get('msg') == 'container created':
+        create[j.get('id')] = j.get('create_ms')
+v = [create[k] - boot[k] for k in create if re.fullmatch(sys.argv[2], k) and k in boot]
+print(statistics.median(v) if v else 0, ' '.join(str(x) for x in v))
+PY
+}
+read -r m0 all0 <<<"$(create_inside 'v0-[0-9]+')"
+read -r m10 all10 <<<"$(create_inside 'v10-[0-9]+')"
+echo "shim Create without VM boot: no volume median ${m0} ms (${all0}), 10 volumes median ${m10} ms (${all10})"
 echo "per volume: $(python3 -c "print(round(($m10 - $m0) / 10, 1))") ms"
 
 # Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the

@@ -135,6 +135,33 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
     assert!(err.contains("exec is refused by the pod's policy"), "{err}");
     ctd.kill_and_remove("i2");
 
+    // A pod whose policy refuses privileged containers: CAP_SYS_ADMIN is
+    // refused by the agent, naming the capability and the rule.
+    let strict = format!("{DOC}\"cocoon-policy.toml\" = 'privileged = false'\n");
+    let annotation = format!("{KATA_INITDATA}={}", encode(strict.as_bytes()));
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--annotation",
+            &annotation,
+            "--cap-add",
+            "CAP_SYS_ADMIN",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "i3",
+            "true",
+        ])
+        .unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("CAP_SYS_ADMIN") && err.contains("privileged = false"),
+        "{err}"
+    );
+    let _ = ctd.ctr(&["c", "rm", "i3"]);
+
     // Bad documents: one clear error each, nothing left.
     let mut bomb = DOC.as_bytes().to_vec();
     bomb.extend(std::iter::repeat_n(b'#', 1 << 20));

@@ -32,9 +32,50 @@ pub struct PodPolicy {
     /// `cocoon-policy.toml` `exec`: whether the host may run new processes
     /// in the pod's containers (unset: yes without a TEE, no in one).
     pub exec: Option<bool>,
+    /// `cocoon-policy.toml` `privileged`: whether a container may hold
+    /// capabilities that own the guest kernel ([`GUEST_OWNING_CAPS`]; unset:
+    /// yes without a TEE, no in one).
+    pub privileged: Option<bool>,
 }
 
+/// Capabilities that give a container the guest kernel (and with it every
+/// secret in the TEE): mounting anything, loading modules, raw I/O and
+/// `/dev/mem`, rebooting, BPF and perf.
+pub const GUEST_OWNING_CAPS: &[(u8, &str)] = &[
+    (16, "CAP_SYS_MODULE"),
+    (17, "CAP_SYS_RAWIO"),
+    (21, "CAP_SYS_ADMIN"),
+    (22, "CAP_SYS_BOOT"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
 impl PodPolicy {
+    /// Refuses a container whose bounding set holds a capability that owns
+    /// the guest kernel, unless the policy (or, unset, the lack of a TEE)
+    /// allows it.
+    pub fn check_privileged(&self, bounding: u64, tee: &GuestTee) -> Result<()> {
+        let held: Vec<&str> = GUEST_OWNING_CAPS
+            .iter()
+            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+            .map(|(_, name)| *name)
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        match (self.privileged, tee) {
+            (Some(true), _) | (None, GuestTee::None) => Ok(()),
+            (Some(false), _) => Err(Error::PermissionDenied(format!(
+                "process.capabilities.bounding holds {}: refused by the pod's policy (cocoon-policy.toml in its initdata: privileged = false)",
+                held.join(", ")
+            ))),
+            (None, _) => Err(Error::PermissionDenied(format!(
+                "process.capabilities.bounding holds {}, which would own the guest kernel: refused in a confidential pod by default; its initdata's cocoon-policy.toml may allow it with privileged = true",
+                held.join(", ")
+            ))),
+        }
+    }
+
     /// Refuses `ExecProcess` unless the policy (or, unset, the guest's TEE
     /// default) allows it.
     pub fn check_exec(&self, tee: &GuestTee) -> Result<()> {
@@ -82,6 +123,7 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
         #[serde(default)]
         allowed_resources: Vec<String>,
         exec: Option<bool>,
+        privileged: Option<bool>,
     }
     let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
     let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
@@ -99,12 +141,14 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
         None => Cocoon {
             allowed_resources: Vec::new(),
             exec: None,
+            privileged: None,
         },
     };
     Ok(PodPolicy {
         kbs_url,
         allowed_resources: cocoon.allowed_resources,
         exec: cocoon.exec,
+        privileged: cocoon.privileged,
     })
 }
 
@@ -365,6 +409,40 @@ mod tests {
         allowed.check_exec(&GuestTee::Tdx).unwrap();
         let p = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'exec = false'\n").unwrap();
         assert_eq!(p.exec, Some(false));
+    }
+
+    #[test]
+    fn guest_owning_capabilities_follow_the_policy_and_the_tee() {
+        // containerd's default set (no CAP_SYS_ADMIN) is always fine.
+        let default_caps: u64 = 0xa804_25fb;
+        let admin = default_caps | (1 << 21) | (1 << 16);
+        let open = PodPolicy::default();
+        open.check_privileged(default_caps, &GuestTee::Snp).unwrap();
+        open.check_privileged(admin, &GuestTee::None).unwrap();
+        let e = open
+            .check_privileged(admin, &GuestTee::Tdx)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CAP_SYS_MODULE, CAP_SYS_ADMIN") && e.contains("privileged = true"),
+            "{e}"
+        );
+        let closed = PodPolicy {
+            privileged: Some(false),
+            ..PodPolicy::default()
+        };
+        let e = closed
+            .check_privileged(admin, &GuestTee::None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("privileged = false"), "{e}");
+        let allowed = PodPolicy {
+            privileged: Some(true),
+            ..PodPolicy::default()
+        };
+        allowed.check_privileged(u64::MAX, &GuestTee::Snp).unwrap();
+        let p = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'privileged = true'\n").unwrap();
+        assert_eq!(p.privileged, Some(true));
     }
 
     #[test]

@@ -271,9 +271,14 @@ impl AgentService {
         let cid = id.clone();
         let oci_spec = req.oci_spec;
         let cgroups = self.cgroups.clone();
+        let policy = self.state().policy.clone();
         // Decoding compiles the seccomp filter: blocking work.
         let (spec, spawned, cgroup) = blocking(move || {
             let spec = ContainerSpec::from_json(&oci_spec)?;
+            policy.check_privileged(
+                spec.process.security.caps.bounding,
+                &crate::initdata::GuestRoots::default().tee(),
+            )?;
             let cgroup = cgroups
                 .as_ref()
                 .map(|c| c.create(&cid, &spec.limits))
