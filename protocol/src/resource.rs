@@ -70,6 +70,17 @@ impl std::str::FromStr for ResourceUri {
     }
 }
 
+/// Whether `id` follows containerd's identifier rule (`A-Z a-z 0-9 . _ -`,
+/// starting with a letter or digit, at most 76 characters): what a
+/// container or sandbox id must be before it names a path.
+pub fn is_container_id(id: &str) -> bool {
+    id.len() <= 76
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Whether `name` is a DNS label (RFC 1123): 1-63 of `a-z 0-9 -`, not
 /// starting or ending with `-` — what a secret's file name must be.
 pub fn is_dns_label(name: &str) -> bool {
@@ -101,6 +112,25 @@ impl fmt::Display for ResourceUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_follow_containerds_rule() {
+        for ok in ["a", "pod-1", "A.b_c-9", &"x".repeat(76)] {
+            assert!(is_container_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../etc",
+            "-a",
+            ".a",
+            "a/b",
+            "a b",
+            &"x".repeat(77),
+            "é",
+        ] {
+            assert!(!is_container_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn good_and_bad_uris() {

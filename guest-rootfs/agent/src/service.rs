@@ -243,12 +243,7 @@ impl AgentService {
     async fn do_create_container(&self, req: CreateContainerRequest) -> Result<u32> {
         let id = required("container_id", &req.container_id)?.to_string();
         // containerd's identifier rule; the id also names guest paths.
-        let valid = id.len() <= 76
-            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid {
+        if !cocoon_protocol::resource::is_container_id(&id) {
             return Err(Error::InvalidArgument {
                 field: "container_id",
                 problem: format!(

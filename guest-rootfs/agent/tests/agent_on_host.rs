@@ -254,6 +254,21 @@ async fn bad_requests_get_clear_errors() {
     req.oci_spec = serde_json::to_vec(&spec(&["true"])).unwrap();
     let e = status_message(a.client.create_container(ctx(), &req).await.unwrap_err());
     assert!(e.contains("rootfs"), "{e}");
+    // (uid_t)-1 would leave the process root; a NUL in an argument is
+    // named as such.
+    let mut s = spec(&["id"]);
+    let mut p = s.process().clone().unwrap();
+    let mut user = p.user().clone();
+    user.set_uid(u32::MAX);
+    p.set_user(user);
+    s.set_process(Some(p));
+    let e = status_message(create_spec(&a, "c6", &s).await.unwrap_err());
+    assert!(
+        e.contains("process.user.uid") && e.contains("no change"),
+        "{e}"
+    );
+    let e = status_message(create(&a, "c6", &["sh", "-c", "a\0b"]).await.unwrap_err());
+    assert!(e.contains("process.args") && e.contains("NUL"), "{e}");
     // The agent still works afterwards.
     create(&a, "c5", &["true"]).await.unwrap();
     start(&a, "c5", "").await.unwrap();

@@ -193,6 +193,9 @@ pub(crate) fn run(cli: &Cli, args: &MeasureArgs) -> anyhow::Result<i32> {
 }
 
 fn run_sandbox(cli: &Cli, id: &str) -> anyhow::Result<i32> {
+    if !cocoon_protocol::resource::is_container_id(id) {
+        bail!("--sandbox {id:?} is not a sandbox id (A-Z a-z 0-9 . _ -, starting with a letter or digit, at most 76)");
+    }
     let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     let state = &config.runtime.state_dir;
     // A pod's VM lives in `<pod dir>/vm`; `cocoon run` uses `<id>`.

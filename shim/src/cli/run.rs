@@ -57,7 +57,11 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
         v.parse::<u32>()
             .with_context(|| format!("--user {s:?}: expected UID[:GID] as numbers"))
     };
-    Ok((parse(u)?, parse(g)?))
+    let (u, g) = (parse(u)?, parse(g)?);
+    if u == u32::MAX || g == u32::MAX {
+        bail!("--user {s:?}: 4294967295 is (uid_t)-1, which set*id(2) reads as \"no change\"; use a real id");
+    }
+    Ok((u, g))
 }
 
 async fn pump(

@@ -246,13 +246,45 @@ impl DeviceRequest {
     }
 }
 
-/// Checks an OCI process the way the guest will need it.
+/// Checks an OCI process the way the guest will need it, before anything
+/// starts.
 pub fn check_process(p: &Process) -> Result<()> {
-    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(ShimError::Invalid {
-            field: "process.args".into(),
-            problem: "is empty; the image or the request must give a command".into(),
-        });
+    let invalid = |field: &str, problem: &str| ShimError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    };
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(invalid(
+            "process.args",
+            "is empty; the image or the request must give a command",
+        ));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("process.args", "contains a NUL byte"));
+    }
+    if p.env().iter().flatten().any(|e| e.contains('\0')) {
+        return Err(invalid("process.env", "contains a NUL byte"));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(invalid("process.cwd", "is not an absolute path"));
+    }
+    let u = p.user();
+    for (field, id) in [("process.user.uid", u.uid()), ("process.user.gid", u.gid())]
+        .into_iter()
+        .chain(
+            u.additional_gids()
+                .iter()
+                .flatten()
+                .map(|g| ("process.user.additionalGids", *g)),
+        )
+    {
+        if id == u32::MAX {
+            return Err(invalid(
+                field,
+                "4294967295 is (uid_t)-1, which set*id(2) reads as \"no change\": use a real id",
+            ));
+        }
     }
     Ok(())
 }
@@ -383,6 +415,15 @@ impl ContainerRequest {
             return Err(ShimError::Invalid {
                 field: "id".into(),
                 problem: "is empty".into(),
+            });
+        }
+        if !cocoon_protocol::resource::is_container_id(&req.id) {
+            return Err(ShimError::Invalid {
+                field: "id".into(),
+                problem: format!(
+                    "{:?} is not a container id (A-Z a-z 0-9 . _ -, at most 76)",
+                    req.id
+                ),
             });
         }
         let bundle = PathBuf::from(&req.bundle);
@@ -544,6 +585,25 @@ mod tests {
             .contains("process.args"));
         p.set_args(Some(vec!["sh".into()]));
         check_process(&p).unwrap();
+        let named = |p: &Process| check_process(p).unwrap_err().to_string();
+        let mut bad = p.clone();
+        bad.set_args(Some(vec!["sh\0x".into()]));
+        assert!(named(&bad).starts_with("process.args: contains a NUL"));
+        let mut bad = p.clone();
+        bad.set_env(Some(vec!["A=\0".into()]));
+        assert!(named(&bad).starts_with("process.env: contains a NUL"));
+        let mut bad = p.clone();
+        bad.set_cwd("rel".into());
+        assert!(named(&bad).starts_with("process.cwd"));
+        let mut bad = p.clone();
+        let mut u = bad.user().clone();
+        u.set_gid(u32::MAX);
+        bad.set_user(u);
+        assert!(
+            named(&bad).starts_with("process.user.gid"),
+            "{}",
+            named(&bad)
+        );
     }
 
     #[test]
@@ -654,6 +714,13 @@ mod tests {
         let mut req = create("");
         let e = ContainerRequest::parse(&req).unwrap_err().to_string();
         assert_eq!(e, "id: is empty");
+        let e = ContainerRequest::parse(&create("../../etc"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("id: \"../../etc\" is not a container id"),
+            "{e}"
+        );
         req.id = "c".into();
         req.bundle = "/nonexistent-bundle".into();
         let e = ContainerRequest::parse(&req).unwrap_err().to_string();

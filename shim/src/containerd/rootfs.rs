@@ -101,15 +101,55 @@ pub fn mount_rootfs(mounts: &[Mount], bundle_rootfs: &Path, target: &Path) -> Re
     Ok(())
 }
 
-/// Whether `path` is a mount point (its device differs from its parent's,
-/// or /proc/self/mountinfo lists it).
+/// Decodes a mountinfo field: the kernel writes space, tab, newline and
+/// backslash as `\040`, `\011`, `\012` and `\134`.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Every mount point of this mount namespace, decoded.
+pub fn mount_points() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .collect()
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    points
+}
+
+/// Whether `path` is a mount point.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let needle = path.display().to_string();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(needle.as_str()))
+    mount_points().iter().any(|p| p == path)
 }
 
 /// Unmounts everything at `target` (lazily, so a busy virtiofsd cannot block
@@ -128,20 +168,9 @@ pub fn unmount_rootfs(target: &Path) -> Result<()> {
 
 /// Unmounts every mount at or below `dir` (deepest first).
 pub fn unmount_all_under(dir: &Path) -> Result<()> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Ok(());
-    };
-    let prefix = dir.display().to_string();
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    points.dedup();
-    for p in points {
-        umount2(Path::new(p), MntFlags::MNT_DETACH)
-            .map_err(|e| ShimError::Rootfs(format!("unmount {p}: {e}")))?;
+    for p in mounts_under(dir) {
+        umount2(&p, MntFlags::MNT_DETACH)
+            .map_err(|e| ShimError::Rootfs(format!("unmount {}: {e}", p.display())))?;
     }
     Ok(())
 }
@@ -204,26 +233,49 @@ impl Drop for DirGuard {
 
 /// Unmounts everything at or below `dir`, then removes it — unless a mount
 /// is still there: removing through a bound host volume would delete the
-/// volume's files.
+/// volume's files. The removal itself never crosses into another file
+/// system (each directory's device is compared with `dir`'s), so even a
+/// mount this process cannot see is left alone.
 pub fn remove_unmounted(dir: &Path) -> Result<()> {
     unmount_all_under(dir)?;
-    let prefix = dir.display().to_string();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if let Some(p) = info
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .find(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-    {
+    if let Some(p) = mounts_under(dir).first() {
         return Err(ShimError::Rootfs(format!(
-            "{p} is still mounted; {} is left in place",
+            "{} is still mounted; {} is left in place",
+            p.display(),
             dir.display()
         )));
     }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => remove_tree_on_dev(dir, std::os::unix::fs::MetadataExt::dev(&m)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ShimError::io(format!("remove {}", dir.display()), e)),
+        Err(e) => Err(ShimError::io(format!("stat {}", dir.display()), e)),
     }
+}
+
+/// Removes `dir` and what is below it on device `dev`; a directory on
+/// another device (a mount point) makes the removal fail instead.
+fn remove_tree_on_dev(dir: &Path, dev: u64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        ShimError::io(format!("{what} {}", p.display()), e)
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| io("read", dir, e))? {
+        let path = entry.map_err(|e| io("read", dir, e))?.path();
+        let m = std::fs::symlink_metadata(&path).map_err(|e| io("stat", &path, e))?;
+        if m.is_dir() {
+            if m.dev() != dev {
+                return Err(ShimError::Rootfs(format!(
+                    "{} is another file system (a mount); {} is left in place",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+            remove_tree_on_dev(&path, dev)?;
+        } else {
+            std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(|e| io("remove", dir, e))
 }
 
 /// A container's rootfs mounted into the pod's share, guarded: dropping it
@@ -268,6 +320,63 @@ impl SharedRootfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(
+            unescape_mountinfo(r"/run/my\040state/a\011b\134c\012d"),
+            Path::new("/run/my state/a\tb\\c\nd")
+        );
+        assert_eq!(unescape_mountinfo(r"/x\04"), Path::new(r"/x\04"));
+        assert_eq!(unescape_mountinfo(r"/x\9999"), Path::new(r"/x\9999"));
+    }
+
+    #[test]
+    fn a_state_dir_with_a_space_is_unmounted_and_never_deleted_through() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: mounting needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("my state\tdir");
+        let volume = d.path().join("volume");
+        std::fs::create_dir_all(state.join("c1/rootfs")).unwrap();
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("precious"), "keep").unwrap();
+        let bind = |src: &Path, dst: &Path| {
+            nix::mount::mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .unwrap();
+        };
+        bind(&volume, &state.join("c1/rootfs"));
+        assert!(
+            is_mounted(&state.join("c1/rootfs")),
+            "the escaped mount point is found"
+        );
+        remove_unmounted(&state).unwrap();
+        assert!(!state.exists());
+        assert_eq!(
+            std::fs::read_to_string(volume.join("precious")).unwrap(),
+            "keep"
+        );
+
+        // A mount the removal does not know about (another device below
+        // the directory) stops it before it deletes anything there.
+        std::fs::create_dir_all(state.join("c2/rootfs")).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &state.join("c2/rootfs"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(state.join("c2/rootfs/precious"), "keep").unwrap();
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&state).unwrap());
+        let e = remove_tree_on_dev(&state, dev).unwrap_err().to_string();
+        assert!(e.contains("another file system"), "{e}");
+        assert!(state.join("c2/rootfs/precious").exists());
+        remove_unmounted(&state).unwrap();
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

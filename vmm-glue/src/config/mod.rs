@@ -44,12 +44,11 @@ pub const ENV_PATH: &str = "COCOON_CONFIG";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}")]
+    #[error("cannot read config file {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Cause.
-        #[source]
+        /// Cause (part of the message: it is the fix's hint).
         source: std::io::Error,
     },
     /// TOML syntax error, unknown key, wrong type or unknown value.
@@ -254,18 +253,41 @@ const FILE_FIXES: [(&str, &str); 4] = [
     ),
 ];
 
+/// The largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         RawConfig::parse(text, origin)?.validate(origin)
     }
 
-    /// Reads and validates a file.
+    /// Reads and validates a file: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`] (any containerd client can name the path).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            )));
+        }
         Self::from_toml(&text, &path.display().to_string())
     }
 

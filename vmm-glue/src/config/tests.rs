@@ -283,3 +283,27 @@ fn missing_and_unreadable_files() {
         "{e}"
     );
 }
+
+#[test]
+fn config_files_are_bounded_regular_files() {
+    // A device or a pipe a containerd client names is never read.
+    let e = Config::from_file(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/dev/zero") && e.contains("not a regular file"),
+        "{e}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let e = Config::from_file(d.path()).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let big = d.path().join("big.toml");
+    let mut text = "# padding\n".repeat(110_000);
+    text.push_str("[runtime]\n");
+    std::fs::write(&big, text).unwrap();
+    let e = Config::from_file(&big).unwrap_err().to_string();
+    assert!(e.contains("larger than 1048576 bytes"), "{e}");
+    let ok = d.path().join("ok.toml");
+    std::fs::write(&ok, "").unwrap();
+    Config::from_file(&ok).unwrap();
+}

@@ -249,8 +249,30 @@ impl ProcessSpec {
                 Ok((rlimit_resource(r.typ()), r.soft(), r.hard()))
             })
             .collect::<Result<Vec<_>>>()?;
+        // (uid_t)-1 means "leave unchanged" to setresuid: the process
+        // would stay root.
+        let ids = std::iter::once(("process.user.uid", user.uid()))
+            .chain(std::iter::once(("process.user.gid", user.gid())))
+            .chain(
+                user.additional_gids()
+                    .iter()
+                    .flatten()
+                    .map(|g| ("process.user.additionalGids", *g)),
+            );
+        for (field, id) in ids {
+            if id == u32::MAX {
+                return Err(invalid(
+                    field,
+                    "4294967295 is (uid_t)-1, which set*id(2) reads as \"no change\": use a real id",
+                ));
+            }
+        }
+        let args = p.args().clone().unwrap_or_default();
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(invalid("process.args", "contains a NUL byte"));
+        }
         Ok(Self {
-            args: p.args().clone().unwrap_or_default(),
+            args,
             env: p.env().clone().unwrap_or_default(),
             cwd: p.cwd().display().to_string(),
             uid: user.uid(),
