@@ -293,6 +293,47 @@ fn killed_qemu_reports_exit_and_cleans_up() {
     sb.assert_clean();
 }
 
+#[test]
+fn a_dead_helper_ends_the_task_cleanly() {
+    let Some((_env, sb, ctd)) = setup("a_dead_helper_ends_the_task_cleanly") else {
+        return;
+    };
+    // virtiofsd, then vhost-device-vsock: each death must stop the VM and
+    // report the task exited within a bounded time.
+    for (id, helper) in [("kv", "virtiofsd"), ("ks", "vhost-device-vsock")] {
+        run_sleeping(&ctd, id);
+        let pids = pids_matching(helper, &sb.state_dir.display().to_string());
+        assert!(!pids.is_empty(), "no {helper} running");
+        for pid in pids {
+            Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+        let start = Instant::now();
+        wait_status(&ctd, id, "STOPPED");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{helper}: {:?}",
+            start.elapsed()
+        );
+        assert!(
+            ctd.log().contains("a helper of the VM died") || helper == "vhost-device-vsock",
+            "{}",
+            ctd.log()
+        );
+        let o = ctd.ctr(&["task", "rm", id]).unwrap();
+        assert!(o.status.success(), "{helper}: {}", out(&o));
+        assert!(ctd.ctr(&["c", "rm", id]).unwrap().status.success());
+        assert!(
+            pids_matching("qemu-system", &sb.state_dir.display().to_string()).is_empty(),
+            "QEMU is gone after {helper} died"
+        );
+    }
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
 /// `ctr run --rm FLAGS... IMAGE ID CMD...` must fail with `needle` in the
 /// error ctr prints (containerd may quote it with escaped quotes); the
 /// container record is removed afterwards.

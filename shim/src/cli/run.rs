@@ -232,9 +232,10 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = run_command(guest, args) => r,
-        status = vm.wait() => Err(anyhow::anyhow!(
-            "the VM stopped unexpectedly ({})",
-            status.map_or_else(|| "unknown status".into(), |s| s.to_string())
+        s = vm.stopped() => Err(anyhow::anyhow!(
+            "the VM stopped unexpectedly: {} exited ({})",
+            s.who,
+            s.status.map_or_else(|| "unknown status".into(), |s| s.to_string())
         )),
         _ = sigint.recv() => Ok(130),
         _ = sigterm.recv() => Ok(143),

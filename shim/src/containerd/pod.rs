@@ -167,7 +167,7 @@ impl Pod {
         // boot_ms: planning (measurement, TEE, devices) to agent ready.
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
               "boot_ms" => boot_ms);
-        let exit = vm.exit_watch();
+        let exit = vm.stopped();
         let vm_pid = vm.pids().first().map_or(0, |p| p.unsigned_abs());
         let pod = Arc::new(Self {
             id: id.to_string(),
@@ -186,19 +186,26 @@ impl Pod {
         Ok(pod)
     }
 
-    /// Learns from the VM's exit watch that QEMU exited; if the pod did not
-    /// stop it, marks the pod dead and drops the VM.
+    /// Learns that QEMU or one of its helpers exited; if the pod did not
+    /// stop the VM, kills what is left, marks the pod dead (every task
+    /// exits) and drops the VM.
     async fn monitor(
         pod: std::sync::Weak<Self>,
-        mut exit: watch::Receiver<Option<std::process::ExitStatus>>,
+        stopped: impl std::future::Future<Output = cocoon_vmm::vm::Stopped>,
     ) {
-        let status = exit.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+        let stopped = stopped.await;
         let Some(pod) = pod.upgrade() else { return };
         let Some(vm) = pod.vm.lock().await.take() else {
             // Stopped by `shutdown`.
             return;
         };
-        warn!(pod.log, "VM exited unexpectedly"; "status" => status.map(|s| s.to_string()));
+        let status = stopped.status.map(|s| s.to_string());
+        if stopped.who == "qemu" {
+            warn!(pod.log, "VM exited unexpectedly"; "status" => status);
+        } else {
+            warn!(pod.log, "a helper of the VM died; stopping the VM"; "helper" => stopped.who, "status" => status);
+            vm.kill().await;
+        }
         // Dropping the VM stops the helpers and removes its directory.
         drop(vm);
         pod.dead.send_replace(true);

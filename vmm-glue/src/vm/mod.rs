@@ -97,6 +97,15 @@ impl Drop for RunDir {
     }
 }
 
+/// Which process of a VM exited first, and its status.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// `qemu` or the helper's name.
+    pub who: &'static str,
+    /// Its exit status.
+    pub status: Option<ExitStatus>,
+}
+
 /// A running VM with a connected agent. Dropping it kills everything and
 /// removes its state directory; [`Vm::shutdown`] does it gracefully.
 pub struct Vm {
@@ -289,6 +298,35 @@ impl Vm {
     /// The one place that learns QEMU exited: `Some(status)` once it has.
     pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
         self.qemu.exit_watch()
+    }
+
+    /// Resolves when QEMU or any helper exits, with who it was and how: a
+    /// VM whose virtiofsd or vsock daemon died is as good as dead (its
+    /// guest hangs on the share or loses the agent), so callers stop it.
+    pub fn stopped(&self) -> impl std::future::Future<Output = Stopped> + Send + 'static {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 + self.helpers.len());
+        for d in std::iter::once(&self.qemu).chain(&self.helpers) {
+            let (who, mut watch, tx) = (d.name(), d.exit_watch(), tx.clone());
+            tokio::spawn(async move {
+                let status = match watch.wait_for(Option::is_some).await {
+                    Ok(s) => *s,
+                    Err(_) => return,
+                };
+                let _ = tx.send(Stopped { who, status }).await;
+            });
+        }
+        async move {
+            rx.recv().await.unwrap_or(Stopped {
+                who: "qemu",
+                status: None,
+            })
+        }
+    }
+
+    /// Kills QEMU (SIGKILL to its process group) and waits until it is
+    /// reaped; the helpers follow when the VM is dropped.
+    pub async fn kill(&self) {
+        self.qemu.kill().await;
     }
 
     /// Waits until QEMU exits.
