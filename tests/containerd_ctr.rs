@@ -294,6 +294,54 @@ fn killed_qemu_reports_exit_and_cleans_up() {
 }
 
 #[test]
+fn calls_to_a_paused_task_fail_fast_and_rm_f_works() {
+    let Some((_env, sb, ctd)) = setup("calls_to_a_paused_task_fail_fast_and_rm_f_works") else {
+        return;
+    };
+    run_sleeping(&ctd, "pz");
+    assert!(ctd.ctr(&["task", "pause", "pz"]).unwrap().status.success());
+    wait_status(&ctd, "pz", "PAUSED");
+    for args in [
+        vec!["task", "ps", "pz"],
+        vec!["task", "exec", "--exec-id", "e1", "pz", "true"],
+        vec!["task", "metrics", "pz"],
+    ] {
+        let start = Instant::now();
+        let o = ctd.ctr(&args).unwrap();
+        assert!(!o.status.success(), "{args:?}: {}", out(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("the pod's VM is paused")
+                || err.contains("\"pz\" is not running")
+                // containerd hides the Stats error behind its own message.
+                || (args[1] == "metrics" && err.contains("no metrics")),
+            "{args:?}: {}",
+            out(&o)
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{args:?}: {:?}",
+            start.elapsed()
+        );
+    }
+    // The connection is still good after resume.
+    assert!(ctd.ctr(&["task", "resume", "pz"]).unwrap().status.success());
+    wait_status(&ctd, "pz", "RUNNING");
+    let o = ctd
+        .ctr(&["task", "exec", "--exec-id", "e2", "pz", "echo", "alive"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alive\n", "{}", out(&o));
+    // rm -f of a paused task: the VM is resumed to deliver SIGKILL.
+    assert!(ctd.ctr(&["task", "pause", "pz"]).unwrap().status.success());
+    wait_status(&ctd, "pz", "PAUSED");
+    let o = ctd.ctr(&["task", "rm", "-f", "pz"]).unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(ctd.ctr(&["c", "rm", "pz"]).unwrap().status.success());
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+#[test]
 fn a_dead_helper_ends_the_task_cleanly() {
     let Some((_env, sb, ctd)) = setup("a_dead_helper_ends_the_task_cleanly") else {
         return;

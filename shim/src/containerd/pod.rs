@@ -64,6 +64,7 @@ pub struct Pod {
     /// pod (as with Kata), since guest PIDs mean nothing on the host —
     /// clients such as Docker open `/proc/<pid>/ns/*`.
     pub vm_pid: u32,
+    paused: std::sync::atomic::AtomicBool,
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
     dir_guard: std::sync::Mutex<Option<DirGuard>>,
@@ -177,6 +178,7 @@ impl Pod {
             guest,
             device_nodes: devices.nodes,
             vm_pid,
+            paused: std::sync::atomic::AtomicBool::new(false),
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
             dir_guard: std::sync::Mutex::new(Some(dir.guard)),
@@ -225,7 +227,11 @@ impl Pod {
     /// Pauses the VM.
     pub async fn pause(&self) -> Result<()> {
         match self.vm.lock().await.as_ref() {
-            Some(vm) => Ok(vm.pause().await?),
+            Some(vm) => {
+                vm.pause().await?;
+                self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
             None => Err(ShimError::Unavailable("the pod's VM is gone".into())),
         }
     }
@@ -233,9 +239,19 @@ impl Pod {
     /// Resumes the VM.
     pub async fn resume(&self) -> Result<()> {
         match self.vm.lock().await.as_ref() {
-            Some(vm) => Ok(vm.resume().await?),
+            Some(vm) => {
+                vm.resume().await?;
+                self.paused
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
             None => Err(ShimError::Unavailable("the pod's VM is gone".into())),
         }
+    }
+
+    /// Whether the VM is paused (its guest cannot answer).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops the VM and removes the pod directory (unmounting whatever is

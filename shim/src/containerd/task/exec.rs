@@ -50,7 +50,7 @@ pub(super) async fn exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empt
         field: "spec".into(),
         problem: e.to_string(),
     })?;
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("exec").await?;
     let target = ProcessRef {
         container_id: req.id.clone(),
         exec_id: req.exec_id.clone(),

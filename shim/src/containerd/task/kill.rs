@@ -21,6 +21,13 @@ pub(super) async fn kill(svc: &Service, req: &KillRequest) -> Result<Empty> {
     if pod.is_dead() {
         return Ok(Empty::new());
     }
+    if pod.is_paused() {
+        // As runc thaws a frozen container to kill it: the signal can only
+        // be delivered by a running guest (`ctr task rm -f` of a paused
+        // task works).
+        slog::info!(svc.log, "resuming the paused VM to deliver a signal"; "id" => &req.id, "signal" => req.signal);
+        super::lifecycle::resume_all(svc, &pod).await?;
+    }
     pod.guest.signal(&p.target, req.signal, req.all).await?;
     if p.status() == Status::CREATED && (req.signal == 9 || req.signal == 15) {
         // Never started, so no waiter runs: record the end here.

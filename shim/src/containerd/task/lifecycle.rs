@@ -28,7 +28,7 @@ pub(super) async fn start(svc: &Service, req: &StartRequest) -> Result<StartResp
             req.exec_id, req.id
         )));
     }
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("start the process").await?;
     pod.guest.start(&p.target).await?;
     p.set_status(Status::RUNNING);
     spawn_waiter(pod, p.clone(), svc.publisher.clone(), svc.log.clone());
@@ -139,6 +139,34 @@ pub(super) async fn resume(svc: &Service, req: &ResumeRequest) -> Result<Empty> 
     ev.container_id = req.id.clone();
     svc.publisher.publish(Event::Resumed(ev)).await;
     Ok(Empty::new())
+}
+
+/// Resumes the pod's VM and marks every paused process of every container
+/// running again, with a `TaskResumed` event per container.
+pub(super) async fn resume_all(svc: &Service, pod: &Pod) -> Result<()> {
+    pod.resume().await?;
+    let containers: Vec<_> = svc
+        .containers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for c in containers {
+        let mut was_paused = false;
+        for p in c.procs() {
+            if p.status() == Status::PAUSED {
+                p.set_status(Status::RUNNING);
+                was_paused = true;
+            }
+        }
+        if was_paused {
+            let mut ev = TaskResumed::new();
+            ev.container_id = c.id.clone();
+            svc.publisher.publish(Event::Resumed(ev)).await;
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn shutdown(svc: &Service, _req: &ShutdownRequest) -> Result<Empty> {

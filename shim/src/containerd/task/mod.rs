@@ -83,6 +83,19 @@ impl Service {
             .ok_or_else(|| ShimError::FailedPrecondition("this shim has no running VM".into()))
     }
 
+    /// The pod, when its guest can answer: a request to a paused VM fails
+    /// at once (the guest would not reply until `resume`) instead of timing
+    /// out and leaving a late reply on the connection.
+    pub(crate) async fn live_pod(&self, what: &str) -> Result<Arc<Pod>> {
+        let pod = self.current_pod().await?;
+        if pod.is_paused() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot {what}: the pod's VM is paused; resume it first (ctr task resume)"
+            )));
+        }
+        Ok(pod)
+    }
+
     fn request_exit(&self) {
         self.exit.send_replace(true);
     }

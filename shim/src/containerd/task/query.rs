@@ -26,7 +26,7 @@ pub(super) async fn state(svc: &Service, req: &StateRequest) -> Result<StateResp
 
 pub(super) async fn pids(svc: &Service, req: &PidsRequest) -> Result<PidsResponse> {
     let _ = svc.container(&req.id)?;
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("list the processes").await?;
     let pids = pod.guest.list_processes(&req.id).await?;
     let mut r = PidsResponse::new();
     r.processes = pids
@@ -57,7 +57,7 @@ pub(super) async fn stats(svc: &Service, req: &StatsRequest) -> Result<StatsResp
     };
     use containerd_shim_protos::protobuf::Message;
     let _ = svc.container(&req.id)?;
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("read the stats").await?;
     let s = pod.guest.stats(&req.id).await?;
     let mut m = Metrics::new();
     let mut usage = CPUUsage::new();
@@ -105,7 +105,7 @@ pub(super) async fn update(
             field: "resources".into(),
             problem: format!("not OCI linux.resources: {e}"),
         })?;
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("update the resources").await?;
     pod.guest.update(&req.id, resources.value.clone()).await?;
     Ok(containerd_shim_protos::protobuf::well_known_types::empty::Empty::new())
 }

@@ -16,7 +16,7 @@ pub(super) async fn resize_pty(svc: &Service, req: &ResizePtyRequest) -> Result<
             req.exec_id, req.id
         )));
     }
-    let pod = svc.current_pod().await?;
+    let pod = svc.live_pod("resize the terminal").await?;
     pod.guest.resize(&p.target, req.height, req.width).await?;
     Ok(Empty::new())
 }
@@ -39,7 +39,7 @@ pub(super) async fn close_io(svc: &Service, req: &CloseIORequest) -> Result<Empt
                 abort.abort();
             }
         }
-        let pod = svc.current_pod().await?;
+        let pod = svc.live_pod("close stdin").await?;
         let _ = pod.guest.close_stdin(&p.target).await;
     }
     Ok(Empty::new())
