@@ -294,6 +294,47 @@ fn killed_qemu_reports_exit_and_cleans_up() {
 }
 
 #[test]
+fn a_pods_state_is_private_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some((_env, sb, ctd)) = setup("a_pods_state_is_private_to_root") else {
+        return;
+    };
+    run_sleeping(&ctd, "priv");
+    let pod = sb.state_dir.join("priv");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in [pod.clone(), pod.join("shared"), pod.join("vm")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for file in ["measurement.json", "processes.json"] {
+        assert_eq!(mode(&pod.join("vm").join(file)), 0o600, "{file}");
+    }
+    // Another local user reads neither the container's files nor the VM's
+    // records.
+    for target in [
+        pod.join("shared/priv/rootfs/bin/busybox"),
+        pod.join("vm/measurement.json"),
+    ] {
+        assert!(target.exists(), "{}", target.display());
+        let o = Command::new("cat")
+            .arg(&target)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "nobody read {}", target.display());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+            "{}",
+            out(&o)
+        );
+    }
+    ctd.kill_and_remove("priv");
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+#[test]
 fn calls_to_a_paused_task_fail_fast_and_rm_f_works() {
     let Some((_env, sb, ctd)) = setup("calls_to_a_paused_task_fail_fast_and_rm_f_works") else {
         return;

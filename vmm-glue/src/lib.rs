@@ -30,6 +30,7 @@ pub mod host;
 pub mod launch;
 pub mod measure;
 pub mod pci;
+pub mod private;
 pub mod process;
 pub mod qemu;
 pub mod sys;

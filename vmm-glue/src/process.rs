@@ -167,7 +167,7 @@ impl Daemon {
         args: &[OsString],
         log: &Path,
     ) -> Result<Self, DaemonError> {
-        let out = std::fs::File::create(log).map_err(|source| DaemonError::Log {
+        let out = crate::private::create_file(log).map_err(|source| DaemonError::Log {
             path: log.to_path_buf(),
             source,
         })?;

@@ -34,7 +34,7 @@ impl PodDir {
     pub fn create(state_dir: &Path, id: &str) -> Result<Self> {
         let guard = DirGuard::create(&state_dir.join(dir_name(id)))?;
         let shared = guard.path().join("shared");
-        std::fs::create_dir(&shared)
+        cocoon_vmm::private::create_dir(&shared)
             .map_err(|e| ShimError::io(format!("create {}", shared.display()), e))?;
         Ok(Self { guard, shared })
     }

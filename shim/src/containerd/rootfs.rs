@@ -195,10 +195,10 @@ impl DirGuard {
     /// guards it.
     pub fn create(dir: &Path) -> Result<Self> {
         if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent)
+            cocoon_vmm::private::create_dir_all(parent)
                 .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
         }
-        match std::fs::create_dir(dir) {
+        match cocoon_vmm::private::create_dir(dir) {
             Ok(()) => Ok(Self(Some(dir.to_path_buf()))),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(
                 ShimError::AlreadyExists(format!("state directory {}", dir.display())),

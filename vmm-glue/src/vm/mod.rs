@@ -137,12 +137,12 @@ impl std::fmt::Debug for Vm {
 /// Creates the VM's state directory (and its parent), which must not exist.
 fn create_run_dir(dir: &Path) -> Result<RunDir, VmError> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| VmError::StateDir {
+        crate::private::create_dir_all(parent).map_err(|source| VmError::StateDir {
             path: parent.to_path_buf(),
             source,
         })?;
     }
-    match std::fs::create_dir(dir) {
+    match crate::private::create_dir(dir) {
         Ok(()) => Ok(RunDir(dir.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             Err(VmError::Exists(dir.to_path_buf()))
@@ -156,7 +156,7 @@ fn create_run_dir(dir: &Path) -> Result<RunDir, VmError> {
 
 fn write_state(path: PathBuf, value: &impl serde::Serialize) -> Result<(), VmError> {
     let json = serde_json::to_vec_pretty(value).unwrap_or_default();
-    std::fs::write(&path, json).map_err(|source| VmError::StateDir { path, source })
+    crate::private::write(&path, json).map_err(|source| VmError::StateDir { path, source })
 }
 
 fn log_measurement(log: &Logger, m: &Reference) {
