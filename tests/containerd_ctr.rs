@@ -266,6 +266,16 @@ fn killed_shim_leaves_no_vm() {
     let _ = ctd.ctr(&["c", "rm", "ks"]);
     ctd.assert_no_shims();
     sb.assert_clean();
+    let socket = cocoon_shim::containerd::bootstrap::socket_path(
+        &ctd.sock.display().to_string(),
+        "default",
+        "ks",
+    );
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {} is left",
+        socket.display()
+    );
 }
 
 #[test]

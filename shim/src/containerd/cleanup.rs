@@ -25,6 +25,32 @@ pub fn cleanup(bundle: &Path) {
         drop(rootfs::DirGuard::adopt(parent.to_path_buf()));
     }
     let _ = std::fs::remove_file(bundle.join(super::record::FILE));
+    remove_stale_socket(bundle, Path::new(super::bootstrap::SOCKET_ROOT));
+}
+
+/// Removes the dead shim's socket named by the bundle's `address` file, as
+/// containerd's own shims do: only a socket under `socket_root` that
+/// nobody listens on any more (a pod container's address is its pod's
+/// shim, which may well be alive).
+pub fn remove_stale_socket(bundle: &Path, socket_root: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://").map(Path::new) else {
+        return;
+    };
+    if path.parent() != Some(socket_root) {
+        return;
+    }
+    let is_socket = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    let refused = matches!(
+        std::os::unix::net::UnixStream::connect(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    if is_socket && refused {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Runs `delete`; returns the serialized `DeleteResponse`.
@@ -47,6 +73,36 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     use cocoon_vmm::process::ProcessRecord;
+
+    #[test]
+    fn a_dead_shims_socket_is_removed_and_a_live_one_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("s");
+        std::fs::create_dir(&root).unwrap();
+        let bundle = d.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let address = |p: &Path| {
+            std::fs::write(bundle.join("address"), format!("unix://{}", p.display())).unwrap();
+        };
+        // Dead: the listener is gone, the file stays behind.
+        let dead = root.join("dead");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        address(&dead);
+        remove_stale_socket(&bundle, &root);
+        assert!(!dead.exists());
+        // Alive: kept.
+        let live = root.join("live");
+        let _l = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        address(&live);
+        remove_stale_socket(&bundle, &root);
+        assert!(live.exists());
+        // Outside the socket directory: never touched.
+        let other = d.path().join("other");
+        drop(std::os::unix::net::UnixListener::bind(&other).unwrap());
+        address(&other);
+        remove_stale_socket(&bundle, &root);
+        assert!(other.exists());
+    }
 
     #[test]
     fn cleanup_kills_what_the_vm_recorded_and_removes_the_pod() {
