@@ -271,3 +271,112 @@ fn bad_input_gets_one_clear_error() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
 }
+
+#[test]
+fn bad_arguments_are_refused_before_a_vm_boots() {
+    let Some(env) = env_or_skip("bad_arguments_are_refused_before_a_vm_boots") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let long = "h".repeat(65);
+    for (flags, cmd, needle) in [
+        (vec!["--user", "abc"], vec!["true"], "--user \"abc\""),
+        (vec!["--user", "1:2:3"], vec!["true"], "--user \"1:2:3\""),
+        (
+            vec!["--user", "99999999999"],
+            vec!["true"],
+            "--user \"99999999999\"",
+        ),
+        (vec!["--user", "4294967295"], vec!["true"], "no change"),
+        (
+            vec!["--env", "NOEQUALS"],
+            vec!["true"],
+            "--env \"NOEQUALS\"",
+        ),
+        (vec!["--env", "=x"], vec!["true"], "--env \"=x\""),
+        (
+            vec!["--cwd", "relative"],
+            vec!["true"],
+            "--cwd \"relative\"",
+        ),
+        (
+            vec!["--hostname", long.as_str()],
+            vec!["true"],
+            "--hostname",
+        ),
+        (vec![], vec![""], "the command is empty"),
+    ] {
+        let start = Instant::now();
+        let o = sb
+            .cocoon()
+            .arg("run")
+            .arg("--rootfs")
+            .arg(cocoon_tests::busybox_rootfs())
+            .args(&flags)
+            .arg("--")
+            .args(&cmd)
+            .output()
+            .unwrap();
+        let err = text(&o).1;
+        assert_ne!(o.status.code(), Some(0), "{flags:?}");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{flags:?} took {:?}: checked after a boot?",
+            start.elapsed()
+        );
+    }
+    sb.assert_clean();
+}
+
+#[test]
+fn a_killed_cocoon_run_is_swept_by_the_next() {
+    let Some(env) = env_or_skip("a_killed_cocoon_run_is_swept_by_the_next") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let mut child = sb
+        .cocoon()
+        .args(["run", "--rootfs"])
+        .arg(cocoon_tests::busybox_rootfs())
+        .args(["--", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let run_dir = loop {
+        let found = std::fs::read_dir(&sb.state_dir).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("processes.json").exists())
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run directory"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A second run while the first lives leaves its directory alone.
+    let o = sb.run(&["true"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(run_dir.exists(), "a live run's directory was swept");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its QEMU and helpers die with it (parent-death signal).
+    let start = Instant::now();
+    while !sb.leftover_processes().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            sb.leftover_processes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(run_dir.exists(), "kill -9 leaves the directory behind");
+    let o = sb.run(&["true"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(!run_dir.exists(), "the next run sweeps it");
+    sb.assert_clean();
+}

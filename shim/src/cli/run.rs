@@ -199,8 +199,64 @@ async fn run_command(guest: GuestClient, args: &RunArgs) -> anyhow::Result<i32> 
     Ok(status)
 }
 
+/// Removes `run-*` directories of `cocoon run`s that died without cleaning
+/// up (kill -9): a directory whose recorded processes are all gone. One
+/// whose processes live (a running `cocoon run`) is never touched.
+fn sweep_stale_runs(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let is_run = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("run-"));
+        let records = dir.join(cocoon_vmm::vm::PROCESSES_FILE);
+        if !is_run || !records.exists() {
+            continue;
+        }
+        if cocoon_vmm::vm::recorded_alive(&dir) == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// The agent takes one message of at most this size (ttrpc's limit).
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// Everything about the command that the guest would refuse, checked
+/// before a VM boots.
+fn check_args(args: &RunArgs) -> anyhow::Result<()> {
+    parse_user(&args.user)?;
+    if args.command.first().is_none_or(String::is_empty) {
+        bail!("the command is empty: give it after `--`");
+    }
+    if let Some(a) = args.command.iter().find(|a| a.contains('\0')) {
+        bail!("command argument {a:?} contains a NUL byte");
+    }
+    for e in &args.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !e.contains('\0') => {}
+            _ => bail!("--env {e:?}: expected KEY=VALUE with a non-empty KEY"),
+        }
+    }
+    if !args.cwd.starts_with('/') {
+        bail!("--cwd {:?}: not an absolute path", args.cwd);
+    }
+    if args.hostname.len() > 64 || args.hostname.is_empty() {
+        bail!("--hostname {:?}: must be 1 to 64 characters", args.hostname);
+    }
+    let size = serde_json::to_vec(&container_spec(args)?)?.len();
+    if size > MAX_MESSAGE - 64 * 1024 {
+        bail!("the command and environment take {size} bytes; the guest accepts at most about {MAX_MESSAGE}");
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     let log = crate::logging::stderr(cli.log_level());
+    check_args(args)?;
     let config = crate::node::NodeConfig::load(cli.config.as_deref())?.vm;
     if !args.rootfs.is_dir() {
         bail!("--rootfs {}: not a directory; give a directory holding the container's root filesystem", args.rootfs.display());
@@ -209,6 +265,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
         .rootfs
         .canonicalize()
         .with_context(|| format!("--rootfs {}", args.rootfs.display()))?;
+    sweep_stale_runs(&config.runtime.state_dir);
     let mut rnd = [0u8; 6];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut rnd)?;
     let req = LaunchRequest {

@@ -191,6 +191,19 @@ pub fn kill_recorded(vm_dir: &Path) -> usize {
     killed
 }
 
+/// How many of the processes recorded in `vm_dir` are still running (the
+/// recorded process itself, not a later one with its PID).
+pub fn recorded_alive(vm_dir: &Path) -> usize {
+    let Ok(text) = std::fs::read(vm_dir.join(PROCESSES_FILE)) else {
+        return 0;
+    };
+    let records: Vec<ProcessRecord> = serde_json::from_slice(&text).unwrap_or_default();
+    records
+        .iter()
+        .filter(|r| r.is_alive(Path::new("/proc")))
+        .count()
+}
+
 impl Vm {
     /// Follows `plan`: creates its state directory, starts the helpers and
     /// QEMU, then waits for the agent.
