@@ -25,7 +25,11 @@ pub(crate) enum ConfigCommand {
 pub(crate) fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<i32> {
     match cmd {
         ConfigCommand::Check { file, json } => {
-            let result = NodeConfig::from_file(file).and_then(|c| c.vm.check_files().map(|()| c));
+            let result = NodeConfig::from_file(file).and_then(|c| {
+                c.vm.check_files()
+                    .and_then(|()| c.vm.check_kernel_image())
+                    .map(|()| c)
+            });
             match (result, json) {
                 (Ok(_), false) => {
                     println!("{}: ok", file.display());

@@ -345,6 +345,48 @@ impl Config {
                 });
             }
         }
+        // Programs must be executable.
+        let programs = [
+            ("hypervisor.qemu.path", &q.path),
+            ("hypervisor.qemu.virtio_fs_daemon", &q.virtio_fs_daemon),
+        ];
+        for (key, path) in programs {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(path)
+                    .map(|m| m.permissions())
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?,
+            );
+            if mode & 0o111 == 0 {
+                return Err(ConfigError::MissingFile {
+                    key,
+                    path: path.clone(),
+                    problem: "is not executable; name the program's binary",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `hypervisor.qemu.kernel` is a Linux bzImage (the x86
+    /// boot protocol's "HdrS" at 0x202), not just any readable file: what
+    /// `cocoon config check` adds to [`Config::check_files`].
+    pub fn check_kernel_image(&self) -> Result<(), ConfigError> {
+        let q = &self.qemu;
+        let mut header = [0u8; 0x206];
+        let is_bzimage = std::fs::File::open(&q.kernel)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .is_ok()
+            && &header[0x202..0x206] == b"HdrS";
+        if !is_bzimage {
+            return Err(ConfigError::MissingFile {
+                key: "hypervisor.qemu.kernel",
+                path: q.kernel.clone(),
+                problem: "is not a Linux kernel image (bzImage); name the guest's vmlinuz",
+            });
+        }
         Ok(())
     }
 

@@ -230,6 +230,17 @@ impl RawQemu {
                 "must be a plain CPU model name such as \"host\", \"max\" or \"EPYC-v4\"",
             ));
         }
+        if self
+            .kernel_params
+            .chars()
+            .any(|c| c.is_control() && c != ' ')
+        {
+            return Err(Problem::quoted(
+                "hypervisor.qemu.kernel_params",
+                &self.kernel_params,
+                "must be one line of printable characters",
+            ));
+        }
         let params: Vec<String> = self
             .kernel_params
             .split_whitespace()

@@ -307,3 +307,69 @@ fn config_files_are_bounded_regular_files() {
     std::fs::write(&ok, "").unwrap();
     Config::from_file(&ok).unwrap();
 }
+
+#[test]
+fn dangerous_values_are_refused() {
+    for dir in ["/", "/etc", "/run", "/var/lib", "/tmp/", "/usr/../etc/x/.."] {
+        let e = err(&format!("[runtime]\nstate_dir = \"{dir}\"\n"));
+        assert!(
+            e.contains("runtime.state_dir")
+                && (e.contains("system directory") || e.contains("plain path")),
+            "{dir}: {e}"
+        );
+    }
+    let e = err("[runtime]\nstate_dir = \"/run/co\\u0000coon\"\n");
+    assert!(e.contains("NUL"), "{e}");
+    let long = "x".repeat(300);
+    let e = err(&format!("[runtime]\nstate_dir = \"/run/{long}\"\n"));
+    assert!(e.contains("at most 255 bytes"), "{e}");
+    Config::from_toml("[runtime]\nstate_dir = \"/run/cocoon-test\"\n", "t").unwrap();
+    for params in ["a\\nb", "x\\u0000", "tab\\there"] {
+        let e = err(&format!(
+            "[hypervisor.qemu]\nkernel_params = \"{params}\"\n"
+        ));
+        assert!(
+            e.contains("one line of printable characters"),
+            "{params}: {e}"
+        );
+    }
+}
+
+#[test]
+fn programs_must_be_executable_and_the_kernel_a_bzimage() {
+    let d = tempfile::tempdir().unwrap();
+    let mut kernel = vec![0u8; 0x400];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(d.path().join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(d.path().join("initrd"), b"i").unwrap();
+    std::fs::write(d.path().join("not-a-kernel"), vec![0u8; 0x400]).unwrap();
+    let conf = |qemu: &str, kernel: &str| {
+        Config::from_toml(
+            &format!(
+                "[hypervisor.qemu]\npath = \"{qemu}\"\nkernel = \"{k}\"\ninitrd = \"{i}\"\nvirtio_fs_daemon = \"/bin/true\"\nvhost_user_vsock_daemon = \"/bin/true\"\n",
+                k = d.path().join(kernel).display(),
+                i = d.path().join("initrd").display()
+            ),
+            "t",
+        )
+        .unwrap()
+    };
+    conf("/bin/true", "vmlinuz").check_files().unwrap();
+    conf("/bin/true", "vmlinuz").check_kernel_image().unwrap();
+    let e = conf("/etc/passwd", "vmlinuz")
+        .check_files()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hypervisor.qemu.path") && e.contains("not executable"),
+        "{e}"
+    );
+    let e = conf("/bin/true", "not-a-kernel")
+        .check_kernel_image()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hypervisor.qemu.kernel") && e.contains("bzImage"),
+        "{e}"
+    );
+}

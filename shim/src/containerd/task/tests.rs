@@ -118,7 +118,10 @@ async fn a_pod_container_without_its_sandbox_is_a_failed_precondition() {
 /// A node config whose launch stops after planning (`dry_run`), with
 /// fixture kernel and initrd files.
 fn dry_run_config(dir: &Path, state: &Path, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
+    // Enough of a bzImage for the config check: the boot protocol magic.
+    let mut kernel = vec![0u8; 0x400];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(dir.join("vmlinuz"), kernel).unwrap();
     std::fs::write(dir.join("initrd.img"), b"i").unwrap();
     let d = dir.display();
     let text = format!(
