@@ -710,6 +710,24 @@ mod tests {
     }
 
     #[test]
+    fn annotation_keys_are_exact_so_other_cases_change_nothing() {
+        // Kubernetes annotation keys are case-sensitive: these are not
+        // Cocoon's, need no allow-listing, and reach no launch input.
+        let spec = spec_with(&[
+            ("IO.COCOON.SECRET.key", "kbs:///a/b/c"),
+            ("Io.Katacontainers.Config.Hypervisor.Cc_Init_Data", "eA=="),
+            ("CDI.K8S.IO/gpu", "nvidia.com/pgpu=0"),
+        ]);
+        let config = NodeConfig::dev_defaults().unwrap();
+        let r = ContainerRequest::from_spec(&create("c"), &spec).unwrap();
+        check_annotations(&r.annotations, &config).unwrap();
+        assert!(r.secrets().unwrap().is_empty());
+        assert!(r.initdata().unwrap().is_none());
+        assert!(r.devices.is_empty());
+        assert_eq!(r.sizing().unwrap(), Sizing::default());
+    }
+
+    #[test]
     fn bad_requests_name_the_field() {
         let mut req = create("");
         let e = ContainerRequest::parse(&req).unwrap_err().to_string();
