@@ -524,3 +524,29 @@ async fn specs_the_guest_cannot_honour_are_refused_with_the_field() {
     // Nothing of the refused containers remains.
     create(&a, "bad", &["true"]).await.unwrap();
 }
+
+#[tokio::test]
+async fn created_containers_do_not_outlive_a_dead_agent() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut a = agent().await;
+    let pid = create(&a, "orphan", &["sleep", "1000"]).await.unwrap().pid;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // The never-started child sees its start pipe close and exits.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true)
+    };
+    let start = std::time::Instant::now();
+    while !gone() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "container process {pid} outlived its agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

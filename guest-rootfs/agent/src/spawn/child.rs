@@ -176,6 +176,10 @@ pub struct ChildSpec {
     pub envp: Vec<CString>,
     /// Capabilities, rlimits, seccomp.
     pub security: ChildSecurity,
+    /// The agent's ends of this child's start and report pipes, closed
+    /// first thing in the child: holding its own start pipe's write end, a
+    /// child whose agent died would wait for a start forever.
+    pub parent_ends: [RawFd; 2],
     /// Write end of the report pipe.
     pub report_fd: RawFd,
     /// Read end of the start pipe.
@@ -677,6 +681,10 @@ pub fn exec_arrays(spec: &ChildSpec) -> (Vec<*const c_char>, Vec<*const c_char>)
 ///
 /// `argv`/`envp` come from [`exec_arrays`] of the same `spec`.
 pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    for fd in spec.parent_ends {
+        // SAFETY: closing this child's copies of the agent's pipe ends.
+        unsafe { libc::close(fd) };
+    }
     // SAFETY: resetting signal dispositions and the mask of this child only;
     // the Rust runtime set SIGPIPE to SIG_IGN, which must not leak into the
     // container's processes.

@@ -531,14 +531,10 @@ fn validate(p: &ProcessSpec) -> Result<()> {
     Ok(())
 }
 
-fn base_spec(
-    p: &ProcessSpec,
-    ns: NsSetup,
-    stdio: ChildStdio,
-    report_w: &OwnedFd,
-    start_r: &OwnedFd,
-) -> Result<ChildSpec> {
+fn base_spec(p: &ProcessSpec, ns: NsSetup, stdio: ChildStdio, ctl: &Control) -> Result<ChildSpec> {
+    let (report_w, start_r) = (&ctl.report_w, &ctl.start_r);
     Ok(ChildSpec {
+        parent_ends: [ctl.start_w.as_raw_fd(), ctl.report_r.as_raw_fd()],
         ns,
         stdio,
         uid: p.uid,
@@ -696,7 +692,7 @@ pub fn spawn_container(
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
     let ctl = Control::new()?;
-    let spec = base_spec(p, ns, stdio, &ctl.report_w, &ctl.start_r)?;
+    let spec = base_spec(p, ns, stdio, &ctl)?;
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if cgroup.is_some() {
@@ -750,7 +746,7 @@ pub fn spawn_exec(
     };
     let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
     let ctl = Control::new()?;
-    let spec = base_spec(p, ns, stdio, &ctl.report_w, &ctl.start_r)?;
+    let spec = base_spec(p, ns, stdio, &ctl)?;
     // Joining a PID namespace only affects the children of the calling
     // thread, so clone from a short-lived thread that joined it.
     let cloned = std::thread::scope(|s| {
