@@ -14,17 +14,16 @@ use super::rootfs;
 
 /// Cleans up after the container in `bundle`.
 pub fn cleanup(bundle: &Path) {
-    let Some(rec) = Record::read(bundle) else {
-        return;
-    };
-    if rec.owns_vm {
-        // The VM recorded the process groups it started (QEMU, helpers).
-        cocoon_vmm::vm::kill_recorded(&rec.pod_dir.join("vm"));
-        drop(rootfs::DirGuard::adopt(rec.pod_dir));
-    } else if let Some(parent) = rec.rootfs.parent() {
-        drop(rootfs::DirGuard::adopt(parent.to_path_buf()));
+    if let Some(rec) = Record::read(bundle) {
+        if rec.owns_vm {
+            // The VM recorded the process groups it started (QEMU, helpers).
+            cocoon_vmm::vm::kill_recorded(&rec.pod_dir.join("vm"));
+            drop(rootfs::DirGuard::adopt(rec.pod_dir));
+        } else if let Some(parent) = rec.rootfs.parent() {
+            drop(rootfs::DirGuard::adopt(parent.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(bundle.join(super::record::FILE));
     }
-    let _ = std::fs::remove_file(bundle.join(super::record::FILE));
     remove_stale_socket(bundle, Path::new(super::bootstrap::SOCKET_ROOT));
 }
 

@@ -34,6 +34,11 @@ pub async fn serve(args: &Args, log: Logger) -> anyhow::Result<()> {
             services.insert(V3.into(), v3);
         }
     }
+    // Not inherited by QEMU and the helpers: the socket must stop
+    // listening when this process dies (containerd's `delete` then removes
+    // it).
+    // SAFETY: fcntl on fd 3, which this process owns.
+    unsafe { libc::fcntl(LISTEN_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: fd 3 is the listening socket `start` bound and passed to this
     // process alone; the server takes ownership of it.
     let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(LISTEN_FD) }?;
