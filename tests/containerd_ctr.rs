@@ -10,14 +10,7 @@ use cocoon_tests::containerd::{out, output_with_timeout, Containerd, Flavor, IMA
 use cocoon_tests::{env_or_skip, snp_firmware, Env, GpuHost, Sandbox};
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
-    let env = env_or_skip(test)?;
-    let Some(flavor) = Flavor::system() else {
-        eprintln!("SKIP {test}: containerd is not installed (make deps)");
-        return None;
-    };
-    let sb = Sandbox::new(&env, |_| {});
-    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
-    Some((env, sb, ctd))
+    cocoon_tests::containerd::setup(test, &["default"])
 }
 
 fn task_status(ctd: &Containerd, id: &str) -> String {

@@ -4,9 +4,8 @@
 //! volumes, default capabilities and seccomp profile — compared with runc on
 //! the same dockerd.
 
-use cocoon_tests::containerd::{out, Containerd, Flavor};
+use cocoon_tests::containerd::out;
 use cocoon_tests::docker::{Docker, DOCKER_IMAGE};
-use cocoon_tests::{env_or_skip, Sandbox};
 
 const PROBE: &str = "\
 grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t ' ' '; \
@@ -21,13 +20,9 @@ echo lo-up $(( $(cat /sys/class/net/lo/flags) & 1 ))";
 #[test]
 fn docker_run_with_the_cocoon_runtime_behaves_like_runc() {
     let test = "docker_run_with_the_cocoon_runtime_behaves_like_runc";
-    let Some(env) = env_or_skip(test) else { return };
-    let Some(flavor) = Flavor::system() else {
-        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+    let Some((_env, sb, ctd)) = cocoon_tests::containerd::setup(test, &[]) else {
         return;
     };
-    let sb = Sandbox::new(&env, |_| {});
-    let ctd = Containerd::start(&env, &sb, flavor, &[]);
     let Some(docker) = Docker::start(&ctd, test) else {
         return;
     };

@@ -5,20 +5,13 @@
 
 use std::path::Path;
 
-use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
-use cocoon_tests::{env_or_skip, Env, Sandbox};
+use cocoon_tests::containerd::{out, Containerd, IMAGE, RUNTIME};
+use cocoon_tests::{Env, Sandbox};
 
 const RUNC: &str = "io.containerd.runc.v2";
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
-    let env = env_or_skip(test)?;
-    let Some(flavor) = Flavor::system() else {
-        eprintln!("SKIP {test}: containerd is not installed (make deps)");
-        return None;
-    };
-    let sb = Sandbox::new(&env, |_| {});
-    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
-    Some((env, sb, ctd))
+    cocoon_tests::containerd::setup(test, &["default"])
 }
 
 /// What the probe prints, one fact per line.

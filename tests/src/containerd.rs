@@ -84,6 +84,20 @@ impl Flavor {
     }
 }
 
+/// The usual start of a containerd test: the VM environment (else a printed
+/// SKIP), a sandbox with the default node config, and the system
+/// containerd with the test images in `namespaces`.
+pub fn setup(test: &str, namespaces: &[&str]) -> Option<(Env, Sandbox, Containerd)> {
+    let env = crate::env_or_skip(test)?;
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return None;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let ctd = Containerd::start(&env, &sb, flavor, namespaces);
+    Some((env, sb, ctd))
+}
+
 /// A running private containerd.
 #[derive(Debug)]
 pub struct Containerd {
