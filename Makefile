@@ -14,7 +14,21 @@ DEV_CONFIG  := $(BUILD)/cocoon-dev.toml
 PREFIX      ?= /usr/local
 CARGO       ?= cargo
 
-.PHONY: deps build agent guest config test test-unit test-integration test-hw demo bench install lint fmt clean
+# The guest kernel: `cocoon` (built here from pinned Debian source with
+# guest-rootfs/kernel/cocoon.config, reproducible) or `debian` (Debian's
+# generic linux-image, unpacked by `make deps`).
+KERNEL      ?= cocoon
+ifeq ($(KERNEL),debian)
+KERNEL_DIR  := $(BUILD)/kernel
+KERNEL_DEP  :=
+else ifeq ($(KERNEL),cocoon)
+KERNEL_DIR  := $(BUILD)/kernel-cocoon
+KERNEL_DEP  := kernel
+else
+$(error KERNEL must be "cocoon" or "debian", not "$(KERNEL)")
+endif
+
+.PHONY: deps build agent kernel guest config test test-unit test-repro test-integration test-hw demo bench install lint fmt clean
 
 ## deps: Debian packages, virtiofsd, vhost-device-vsock and the guest kernel (idempotent)
 deps:
@@ -29,10 +43,15 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
 	LIBSECCOMP_LIB_PATH=/usr/lib/$$(gcc -print-multiarch) $(CARGO) build --release --locked -p cocoon-agent --target $(TARGET)
 
-## guest: build/guest/{vmlinuz,initrd.img,manifest.json}
-guest: agent
+## kernel: Cocoon's guest kernel into build/kernel-cocoon (cached in
+## $$COCOON_CACHE_DIR, default ~/.cache/cocoon; about 8 minutes when not cached)
+kernel:
+	guest-rootfs/kernel/build.sh $(BUILD)/kernel-cocoon
+
+## guest: build/guest/{vmlinuz,initrd.img,manifest.json} (KERNEL=cocoon|debian)
+guest: agent $(KERNEL_DEP)
 	$(CARGO) run --release --locked -q -p cocoon-guest-builder -- \
-		--kernel-dir $(BUILD)/kernel --agent $(AGENT) --out $(GUEST)
+		--kernel-dir $(KERNEL_DIR) --agent $(AGENT) --out $(GUEST)
 
 ## config: a node config that uses this build tree (build/cocoon-dev.toml)
 config: $(DEV_CONFIG)
@@ -50,6 +69,11 @@ test: deps build guest config
 ## test-unit: only the hermetic tests (no VM)
 test-unit:
 	$(CARGO) test --locked --workspace
+
+## test-repro: a second, uncached kernel build in another directory must be
+## byte-identical to build/kernel-cocoon (about 8 minutes)
+test-repro: kernel
+	tests/kernel-repro.sh $(BUILD)/kernel-cocoon
 
 ## test-hw: tests that need SEV-SNP/TDX/GPU hardware (bare-metal runners)
 test-hw: deps build guest config

@@ -67,6 +67,52 @@ echo "ratio cocoon/baseline: $(python3 -c "print(round($mc/$mb,2))")"
 echo "host RSS of QEMU + helpers (1 GiB guest): $((rss_kb / 1024)) MiB ($parts )"
 echo "initrd size: $initrd bytes ($((initrd / 1024)) KiB)"
 
+# --- the guest kernel: Cocoon's slim build vs Debian's generic kernel --------
+# Same agent, same initrd builder, same VM; runs interleaved.
+agent_bin=${COCOON_AGENT_BIN:-$root/target/x86_64-unknown-linux-gnu/release/cocoon-agent}
+kinfo() { sed -n "s/^$1=//p" "$root/build/kernel-cocoon/build-info" 2>/dev/null; }
+if [ -d "$root/build/kernel/boot" ] && [ -x "$bin/cocoon-guest-build" ] && [ -x "$agent_bin" ]; then
+    "$bin/cocoon-guest-build" --kernel-dir "$root/build/kernel" --agent "$agent_bin" --out "$work/guest-debian" >/dev/null
+    sed -e "s#^kernel = .*#kernel = \"$work/guest-debian/vmlinuz\"#" \
+        -e "s#^initrd = .*#initrd = \"$work/guest-debian/initrd.img\"#" "$config" >"$work/debian.toml"
+    declare -A ready wallt
+    for _ in $(seq "$runs"); do
+        for k in cocoon debian; do
+            cfg=$config; [ $k = debian ] && cfg=$work/debian.toml
+            t0=$(date +%s%N)
+            ms=$("$bin/cocoon" --config "$cfg" run --timing --rootfs "$rootfs" -- true 2>&1 >/dev/null \
+                | sed -n 's/^cocoon: agent ready after \([0-9]*\) ms$/\1/p')
+            t1=$(date +%s%N)
+            ready[$k]="${ready[$k]:-} $ms"; wallt[$k]="${wallt[$k]:-} $(( (t1 - t0) / 1000000 ))"
+        done
+    done
+    peak_rss() { # config → QEMU's peak RSS in MiB while `sleep 4` runs
+        "$bin/cocoon" --config "$1" run --rootfs "$rootfs" -- sleep 4 >/dev/null 2>&1 &
+        local r=$! q="" kb=0
+        while kill -0 "$r" 2>/dev/null; do
+            q=$(for p in $(pgrep -f "$state/run-" || true); do
+                    case "$(ps -o comm= -p "$p" 2>/dev/null)" in qemu*) echo "$p" ;; esac
+                done | head -n1)
+            [ -n "$q" ] && kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$q/status" 2>/dev/null || echo "$kb")
+            sleep 0.5
+        done
+        wait "$r" || true
+        echo $((kb / 1024))
+    }
+    rc=$(median ${ready[cocoon]}); rd=$(median ${ready[debian]})
+    wc_=$(median ${wallt[cocoon]}); wd=$(median ${wallt[debian]})
+    echo "== guest kernel: Cocoon's $(cat "$root/build/kernel-cocoon/release" 2>/dev/null) vs Debian's $(cat "$root/build/kernel/package")"
+    echo "launch -> agent ready: cocoon median ${rc} ms (${ready[cocoon]# }) vs debian ${rd} ms (${ready[debian]# }); ratio $(python3 -c "print(round($rc/$rd,2))") (goal <= 0.5)"
+    echo "whole cocoon run -- true: cocoon median ${wc_} ms vs debian ${wd} ms; ratio $(python3 -c "print(round($wc_/$wd,2))")"
+    echo "QEMU peak RSS (1 GiB guest): cocoon $(peak_rss "$config") MiB vs debian $(peak_rss "$work/debian.toml") MiB"
+    echo "bzImage: cocoon $(stat -c %s "$kernel") bytes vs debian $(stat -c %s "$work/guest-debian/vmlinuz") bytes"
+    if [ -f "$root/build/kernel-cocoon/build-seconds" ]; then
+        echo "kernel build (clean, $(nproc) cores, recorded when built): $(cat "$root/build/kernel-cocoon/build-seconds") s"
+    fi
+else
+    echo "== guest kernel: SKIP (needs build/kernel from make deps, cocoon-guest-build and the agent)"
+fi
+
 # --- containerd: ctr run --rm ... echo, Cocoon vs runc ----------------------
 echo "== containerd (private instance, same image): ctr run --rm IMG id echo hi"
 ctd="$work/ctd"; mkdir -p "$ctd"

@@ -47,7 +47,7 @@ EOF
 fi
 
 # --- Debian packages --------------------------------------------------------
-PKGS="containerd protobuf-compiler procps time bsdutils mount python3 python3-venv cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod"
+PKGS="containerd protobuf-compiler procps time bsdutils mount python3 python3-venv cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod gcc make bc bison flex dwarves libelf-dev libssl-dev zstd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

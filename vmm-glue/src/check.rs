@@ -272,6 +272,50 @@ fn firmware_findings(config: &Config, wants: Tee, add: &mut Add<'_>) {
     }
 }
 
+/// Which guest kernel the configuration boots, and whether it is Cocoon's
+/// reproducible build (which a third party can rebuild bit for bit to
+/// recompute the launch measurement).
+fn kernel_finding(config: &Config, wants: Tee, add: &mut Add<'_>) {
+    let path = &config.qemu.kernel;
+    let image = match crate::kernel::KernelImage::read(path) {
+        Ok(image) => image,
+        // A missing or unreadable file is the config check's finding.
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidData => return,
+        Err(e) => {
+            return add(
+                "kernel",
+                Severity::Error,
+                format!("{}: {e}; name the guest's vmlinuz", path.display()),
+            )
+        }
+    };
+    if image.is_cocoon_build() {
+        add(
+            "kernel",
+            Severity::Ok,
+            format!(
+                "{}: Cocoon's reproducible guest kernel {} (rebuild it with `make kernel` to check)",
+                path.display(),
+                image.release
+            ),
+        );
+    } else {
+        add(
+            "kernel",
+            if wants == Tee::None {
+                Severity::Info
+            } else {
+                Severity::Warn
+            },
+            format!(
+                "{}: {} is not Cocoon's reproducible guest kernel: a verifier cannot rebuild it bit for bit to recompute the measurement, and it boots about twice as slowly; `make guest` builds Cocoon's",
+                path.display(),
+                image.release
+            ),
+        );
+    }
+}
+
 /// Runs every check. `vm_types` is the host's `KVM_CAP_VM_TYPES`
 /// ([`kvm_vm_types`], or a recorded value).
 pub fn run(
@@ -297,6 +341,7 @@ pub fn run(
     gpu_findings(config, host, &mut add);
     vsock_finding(host, &mut add);
     qemu_findings(config, wants, &mut add);
+    kernel_finding(config, wants, &mut add);
     match config.check_files() {
         Ok(()) => add(
             "config",
@@ -445,13 +490,78 @@ mod tests {
     use super::*;
     use crate::fixtures::host::{cpuid_amd_snp as amd, cpuid_intel as intel, host as tree};
 
-    fn config(extra: &str) -> Config {
+    /// A bzImage header with a version string, in a directory that lives
+    /// as long as the test process.
+    fn kernel_image(version: &str) -> std::path::PathBuf {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        img[0x300..0x300 + version.len()].copy_from_slice(version.as_bytes());
+        let path = dir.path().join(version.split(' ').next().unwrap());
+        std::fs::write(&path, img).unwrap();
+        path
+    }
+
+    fn config_with_kernel(kernel: &Path, extra: &str) -> Config {
         // Files that exist on any Linux host, so only host facts vary.
         Config::from_toml(
-            &format!("[hypervisor.qemu]\npath = \"/bin/true\"\nkernel = \"/bin/sh\"\ninitrd = \"/bin/sh\"\nvirtio_fs_daemon = \"/bin/sh\"\nvhost_user_vsock_daemon = \"/bin/sh\"\n{extra}"),
+            &format!("[hypervisor.qemu]\npath = \"/bin/true\"\nkernel = \"{}\"\ninitrd = \"/bin/sh\"\nvirtio_fs_daemon = \"/bin/sh\"\nvhost_user_vsock_daemon = \"/bin/sh\"\n{extra}", kernel.display()),
             "fixture.toml",
         )
         .unwrap()
+    }
+
+    fn config(extra: &str) -> Config {
+        config_with_kernel(
+            &kernel_image("6.12.95-cocoon (cocoon@cocoon) #1 SMP PREEMPT_DYNAMIC"),
+            extra,
+        )
+    }
+
+    #[test]
+    fn the_kernel_in_use_is_named_and_classified() {
+        let d = tree(&[("dev/kvm", "")]);
+        let host = HostRoots::under(d.path());
+        let f = run(&config(""), &host, &intel, None);
+        let k = find(&f, "kernel");
+        assert_eq!(k.severity, Severity::Ok);
+        assert!(
+            k.detail.contains("6.12.95-cocoon") && k.detail.contains("reproducible"),
+            "{}",
+            k.detail
+        );
+        let debian = kernel_image("6.12.95+deb12-amd64 (debian-kernel@lists.debian.org) #1 SMP");
+        let f = run(&config_with_kernel(&debian, ""), &host, &intel, None);
+        let k = find(&f, "kernel");
+        assert_eq!(k.severity, Severity::Info);
+        assert!(
+            k.detail
+                .contains("6.12.95+deb12-amd64 is not Cocoon's reproducible"),
+            "{}",
+            k.detail
+        );
+        let f = run(
+            &config_with_kernel(&debian, "tee = \"snp\"\naccel = \"kvm\""),
+            &host,
+            &amd,
+            None,
+        );
+        assert_eq!(find(&f, "kernel").severity, Severity::Warn);
+        let f = run(
+            &config_with_kernel(Path::new("/bin/sh"), ""),
+            &host,
+            &intel,
+            None,
+        );
+        let k = find(&f, "kernel");
+        assert_eq!(k.severity, Severity::Error);
+        assert!(
+            k.detail.contains("/bin/sh") && k.detail.contains("HdrS"),
+            "{}",
+            k.detail
+        );
     }
 
     fn find<'a>(f: &'a [Finding], check: &str) -> &'a Finding {

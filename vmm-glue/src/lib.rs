@@ -27,6 +27,7 @@ pub mod firmware;
 pub mod fixtures;
 pub mod gpu;
 pub mod host;
+pub mod kernel;
 pub mod launch;
 pub mod measure;
 pub mod pci;

@@ -11,7 +11,8 @@ use crate::modules::{ModuleDb, ModulesError};
 /// Modules every guest loads: the virtio vsock transport the agent serves
 /// on, and the TEE report interfaces the agent reads HOST_DATA / MRCONFIGID
 /// and attestation evidence from (configfs-tsm, the SEV-SNP and TDX guest
-/// drivers; each binds only on its own hardware).
+/// drivers; each binds only on its own hardware). Cocoon's kernel has them
+/// all built in (`modules.builtin`), so its initrd carries none.
 pub const DEFAULT_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "tsm",
@@ -26,7 +27,7 @@ pub const LOAD_ORDER_PATH: &str = "lib/modules/load-order";
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// No or several kernels in the tree.
-    #[error("expected exactly one boot/vmlinuz-* in {dir}, found {found}; run `make deps` to unpack the guest kernel")]
+    #[error("expected exactly one boot/vmlinuz-* in {dir}, found {found}; run `make kernel` (Cocoon's kernel) or `make deps` (Debian's, for KERNEL=debian)")]
     Kernel {
         /// Kernel tree.
         dir: PathBuf,
@@ -70,7 +71,8 @@ pub enum BuildError {
 /// Inputs of a guest build.
 #[derive(Debug, Clone)]
 pub struct GuestInputs {
-    /// Unpacked Debian kernel package (`boot/`, `lib/modules/`).
+    /// Kernel tree (`boot/`, `lib/modules/`): Cocoon's build or an unpacked
+    /// Debian package.
     pub kernel_dir: PathBuf,
     /// The static `cocoon-agent` binary.
     pub agent: PathBuf,
@@ -102,6 +104,14 @@ pub struct Manifest {
     pub agent_sha256: String,
     /// Modules in the initrd, in load order.
     pub modules: Vec<String>,
+    /// SHA-256 of the kernel's build configuration (`boot/config-<release>`),
+    /// where the kernel tree has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_config_sha256: Option<String>,
+    /// What the kernel was built from (`source=` of `build-info`), for a
+    /// kernel Cocoon built itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_source: Option<String>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
@@ -244,6 +254,7 @@ pub fn build(inputs: &GuestInputs, out_dir: &Path) -> Result<Manifest, BuildErro
     })?;
     write_atomic(&out_dir.join("vmlinuz"), &kernel)?;
     write_atomic(&out_dir.join("initrd.img"), &initrd)?;
+    let manifest_release = release.clone();
     let manifest = Manifest {
         kernel_release: release,
         kernel: Artifact {
@@ -258,6 +269,19 @@ pub fn build(inputs: &GuestInputs, out_dir: &Path) -> Result<Manifest, BuildErro
         },
         agent_sha256,
         modules,
+        kernel_config_sha256: std::fs::read(
+            inputs
+                .kernel_dir
+                .join(format!("boot/config-{}", manifest_release)),
+        )
+        .ok()
+        .map(|c| sha256_hex(&c)),
+        kernel_source: std::fs::read_to_string(inputs.kernel_dir.join("build-info"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("source=").map(str::to_string))
+            }),
     };
     let mut json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     json.push(b'\n');

@@ -10,7 +10,9 @@ use cocoon_guest_builder::build::{self, GuestInputs, DEFAULT_MODULES};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Unpacked Debian linux-image package (contains boot/ and lib/modules/).
+    /// A kernel tree: boot/vmlinuz-<release> and lib/modules/<release>/ (the
+    /// output of guest-rootfs/kernel/build.sh, or an unpacked Debian
+    /// linux-image package).
     #[arg(long)]
     kernel_dir: PathBuf,
     /// The static cocoon-agent binary; it becomes /init.

@@ -31,20 +31,50 @@ fn module_name(rel: &str) -> String {
     normalise(stem)
 }
 
-/// The parsed `modules.dep` of one kernel release.
+/// The parsed `modules.dep` (and `modules.builtin`) of one kernel release.
 #[derive(Debug, Clone)]
 pub struct ModuleDb {
     /// name → (relative path, dependency paths)
     by_name: BTreeMap<String, (String, Vec<String>)>,
+    /// Names of the modules built into the kernel image.
+    builtin: HashSet<String>,
 }
 
 impl ModuleDb {
-    /// Reads `<modules_dir>/modules.dep`.
+    /// Reads `<modules_dir>/modules.dep` and, where the kernel has one,
+    /// `modules.builtin`.
     pub fn load(modules_dir: &Path) -> Result<Self, ModulesError> {
         let path = modules_dir.join("modules.dep");
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ModulesError::ReadDep { path, source })?;
-        Ok(Self::parse(&text))
+        let builtin_path = modules_dir.join("modules.builtin");
+        let builtin = match std::fs::read_to_string(&builtin_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ModulesError::ReadDep {
+                    path: builtin_path,
+                    source,
+                })
+            }
+        };
+        Ok(Self::parse(&text).with_builtin(&builtin))
+    }
+
+    /// Adds the text of a `modules.builtin`: modules named there are part
+    /// of the kernel image, so a request for one needs no file.
+    pub fn with_builtin(mut self, text: &str) -> Self {
+        self.builtin.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(module_name),
+        );
+        self
+    }
+
+    /// Whether `name` is built into the kernel image.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalise(name))
     }
 
     /// Parses the text of a `modules.dep`.
@@ -58,11 +88,15 @@ impl ModuleDb {
             let deps = deps.split_whitespace().map(str::to_string).collect();
             by_name.insert(module_name(&module), (module, deps));
         }
-        Self { by_name }
+        Self {
+            by_name,
+            builtin: HashSet::new(),
+        }
     }
 
     /// Relative paths of `names` and everything they depend on, in an order
-    /// where each module comes after its dependencies.
+    /// where each module comes after its dependencies. Built-in modules are
+    /// left out: the kernel has them already.
     pub fn load_order(&self, names: &[&str]) -> Result<Vec<String>, ModulesError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -78,7 +112,7 @@ impl ModuleDb {
         seen: &mut HashSet<String>,
         out: &mut Vec<String>,
     ) -> Result<(), ModulesError> {
-        if !seen.insert(name.to_string()) {
+        if !seen.insert(name.to_string()) || self.builtin.contains(name) {
             return Ok(());
         }
         let (path, deps) = self
@@ -125,6 +159,27 @@ kernel/drivers/virt/coco/tsm.ko.xz:
         let order = db.load_order(&["sev_guest", "tsm"]).unwrap();
         assert_eq!(order.len(), 2);
         assert!(order[0].ends_with("tsm.ko.xz"));
+    }
+
+    #[test]
+    fn built_in_modules_need_no_file() {
+        let db = ModuleDb::parse(DEP).with_builtin(
+            "kernel/net/vmw_vsock/vsock.ko\nkernel/drivers/virt/coco/tsm.ko\nkernel/drivers/virt/coco/sev-guest/sev-guest.ko\n",
+        );
+        assert!(db.is_builtin("sev-guest") && !db.is_builtin("vmw_vsock_virtio_transport"));
+        // A module whose dependency is built in loads alone.
+        let order = db.load_order(&["vmw_vsock_virtio_transport"]).unwrap();
+        assert_eq!(
+            order,
+            vec![
+                "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz",
+                "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz",
+            ]
+        );
+        // Built-in modules are not in modules.dep at all, and need nothing.
+        let slim = ModuleDb::parse("").with_builtin("kernel/drivers/virt/coco/tsm.ko\n");
+        assert!(slim.load_order(&["tsm"]).unwrap().is_empty());
+        assert!(slim.load_order(&["sev_guest"]).is_err());
     }
 
     #[test]

@@ -256,6 +256,24 @@ impl RawQemu {
                 format!("{p:?} is set by Cocoon itself; remove it"),
             ));
         }
+        // Under TCG, pages virtiofsd fills through the shared memory file
+        // can keep stale translations of code that was there before, and
+        // programs on the virtio-fs root crash; zeroing pages on allocation
+        // makes TCG notice the change (docs/guest-kernel.md).
+        if self.accel != Accel::Kvm {
+            if let Some(p) = params.iter().find(|p| {
+                p.strip_prefix("init_on_alloc=")
+                    .is_some_and(|v| matches!(v, "0" | "n" | "N" | "off"))
+            }) {
+                return Err(Problem::quoted(
+                    "hypervisor.qemu.kernel_params",
+                    &self.kernel_params,
+                    format!(
+                        "{p:?} breaks guests under TCG (programs on the virtio-fs root crash); remove it, or set accel = \"kvm\""
+                    ),
+                ));
+            }
+        }
         Ok(params)
     }
 

@@ -324,6 +324,30 @@ fn dangerous_values_are_refused() {
     let e = err(&format!("[runtime]\nstate_dir = \"/run/{long}\"\n"));
     assert!(e.contains("at most 255 bytes"), "{e}");
     Config::from_toml("[runtime]\nstate_dir = \"/run/cocoon-test\"\n", "t").unwrap();
+    // Zero-on-allocate off breaks virtio-fs roots under TCG: refused unless
+    // the node says it runs on KVM.
+    for accel in ["auto", "tcg"] {
+        let e = err(&format!(
+            "[hypervisor.qemu]\naccel = \"{accel}\"\nkernel_params = \"quiet init_on_alloc=0\"\n"
+        ));
+        assert!(
+            e.contains("hypervisor.qemu.kernel_params")
+                && e.contains("\"init_on_alloc=0\"")
+                && e.contains("accel = \"kvm\""),
+            "{accel}: {e}"
+        );
+    }
+    let kvm = Config::from_toml(
+        "[hypervisor.qemu]\naccel = \"kvm\"\nkernel_params = \"init_on_alloc=0\"\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(kvm.qemu.kernel_params, vec!["init_on_alloc=0"]);
+    Config::from_toml(
+        "[hypervisor.qemu]\nkernel_params = \"init_on_alloc=1\"\n",
+        "t",
+    )
+    .unwrap();
     for params in ["a\\nb", "x\\u0000", "tab\\there"] {
         let e = err(&format!(
             "[hypervisor.qemu]\nkernel_params = \"{params}\"\n"
