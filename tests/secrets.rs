@@ -174,3 +174,230 @@ fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {
     ctd.assert_no_shims();
     sb.assert_clean();
 }
+
+/// Runs `cocoon seal model` (the owner's machine) and returns the key.
+fn seal_model(env: &cocoon_tests::Env, input: &Path, out: &Path, uri: &str, key: &Path) -> Vec<u8> {
+    let o = std::process::Command::new(env.bin_dir.join("cocoon"))
+        .args(["seal", "model", "--in"])
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(["--key-uri", uri, "--key-out"])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out_text(&o));
+    std::fs::read(key).unwrap()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    out(o)
+}
+
+#[test]
+fn sealed_models_open_only_inside_the_pod() {
+    let test = "sealed_models_open_only_inside_the_pod";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let Some(bin) = kbs_binary(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        eprintln!("SKIP {test}: no trustee KBS (set COCOON_KBS_BIN, or `make deps` unpacks it into build/kbs)");
+        return;
+    };
+    // The owner's machine: a model directory, sealed twice (one key URI the
+    // pod's initdata allows, one it does not). Kept outside every
+    // directory the node uses.
+    let owner = tempfile::tempdir().unwrap();
+    let model = owner.path().join("model");
+    std::fs::create_dir_all(model.join("tokenizer")).unwrap();
+    let weights = cocoon_tests::pseudo_random((1 << 20) + 5, 0xc0c0_5eed);
+    std::fs::write(model.join("weights.safetensors"), &weights).unwrap();
+    std::fs::write(model.join("tokenizer/vocab.txt"), b"cocoon\nmodel\n").unwrap();
+    // The node's volume holding the sealed files (ciphertext only).
+    let volume = tempfile::tempdir().unwrap();
+    let key = seal_model(
+        &env,
+        &model,
+        &volume.path().join("model.sealed"),
+        "kbs:///default/model/demo",
+        &owner.path().join("model.key"),
+    );
+    seal_model(
+        &env,
+        &model,
+        &volume.path().join("other.sealed"),
+        "kbs:///other/model/demo",
+        &owner.path().join("other.key"),
+    );
+    std::os::unix::fs::symlink(
+        "../../../../../etc/hostname",
+        volume.path().join("escape.sealed"),
+    )
+    .unwrap();
+    let kbs = Kbs::start(&bin);
+    kbs.allow_sample_and_store("default/model/demo", &key);
+    let kbs_url = format!("http://{}", kbs.addr);
+    let sb = Sandbox::new(&env, |t| {
+        let mut a = toml::Table::new();
+        a.insert("kbs_url".into(), kbs_url.clone().into());
+        a.insert(
+            "allowed_resources".into(),
+            vec![toml::Value::from("kbs:///default/model/*")].into(),
+        );
+        t.insert("attestation".into(), toml::Value::Table(a));
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from("io.cocoon.model.*")].into(),
+        );
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        volume.path().display()
+    );
+    let run = |id: &str, annotation: &str, detach: bool, cmd: &[&str]| {
+        let mut args = vec!["run"];
+        args.push(if detach { "-d" } else { "--rm" });
+        args.extend([
+            "--mount",
+            &mount,
+            "--annotation",
+            annotation,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+        ]);
+        args.extend(cmd);
+        ctd.ctr(&args).unwrap()
+    };
+
+    // The model is at /models/demo, hash for hash, read-only.
+    let o = run(
+        "m1",
+        "io.cocoon.model.demo=/data/model.sealed",
+        false,
+        &["sh", "-c", "cd /models/demo && sha256sum weights.safetensors tokenizer/vocab.txt; touch x 2>&1; echo touch=$?"],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", out(&o));
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(&weights));
+    assert!(
+        text.contains(&format!("{want}  weights.safetensors")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&hex::encode(sha2::Sha256::digest(b"cocoon\nmodel\n"))),
+        "{text}"
+    );
+    assert!(
+        text.contains("Read-only file system") && text.contains("touch=1"),
+        "{text}"
+    );
+    let log = ctd.log();
+    assert!(
+        log.contains("sealed model decrypted in the guest") && log.contains("\"bytes\":1048594"),
+        "no decryption report in the shim log"
+    );
+
+    // Exec into a container that holds a model: refused without the
+    // policy's explicit consent.
+    let o = run(
+        "m2",
+        "io.cocoon.model.demo=/data/model.sealed",
+        true,
+        &["sleep", "1000"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    ctd.wait_running("m2");
+    let o = ctd
+        .ctr(&["task", "exec", "--exec-id", "e1", "m2", "true"])
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(out(&o).contains("it mounts sealed models"), "{}", out(&o));
+    ctd.kill_and_remove("m2");
+
+    // No host artefact holds the plaintext or the key: the VM's state, the
+    // share, containerd's root (snapshots) and log.
+    for (what, needle) in [
+        ("plaintext", &weights[4096..4096 + 64]),
+        ("key", key.as_slice()),
+    ] {
+        let mut found = Vec::new();
+        files_containing(&sb.state_dir, needle, &mut found);
+        files_containing(sb.dir.path(), needle, &mut found);
+        files_containing(ctd.dir.path(), needle, &mut found);
+        files_containing(volume.path(), needle, &mut found);
+        assert!(
+            found.is_empty(),
+            "the model's {what} is on the host in {found:?}"
+        );
+        assert!(
+            !ctd.log()
+                .as_bytes()
+                .windows(needle.len())
+                .any(|w| w == needle),
+            "the model's {what} is in containerd's log"
+        );
+    }
+
+    // Refusals, each naming the problem; nothing is left.
+    for (id, annotation, needle) in [
+        (
+            "r1",
+            "io.cocoon.model.demo=/data/other.sealed",
+            "kbs:///other/model/demo is not in the initdata's allowed_resources",
+        ),
+        (
+            "r2",
+            "io.cocoon.model.Demo=/data/model.sealed",
+            "not a model name",
+        ),
+        (
+            "r3",
+            "io.cocoon.model.demo=/data/../etc/passwd",
+            "not a clean absolute path",
+        ),
+        (
+            "r4",
+            "io.cocoon.model.demo=/data/escape.sealed",
+            "escape.sealed",
+        ),
+        (
+            "r5",
+            "io.cocoon.model.demo=/data/missing.sealed",
+            "does not exist in the container",
+        ),
+        (
+            "r6",
+            "io.cocoon.model.demo=/bin/busybox",
+            "not a Cocoon sealed model",
+        ),
+    ] {
+        let o = run(id, annotation, false, &["true"]);
+        assert!(!o.status.success(), "{id}: {}", out(&o));
+        let err = String::from_utf8_lossy(&o.stderr).replace("\\\"", "\"");
+        assert!(err.contains(needle), "{id}: {err}");
+        let _ = ctd.ctr(&["c", "rm", id]);
+    }
+    // The KBS down: a clear error.
+    drop(kbs);
+    let o = run(
+        "r7",
+        "io.cocoon.model.demo=/data/model.sealed",
+        false,
+        &["true"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("KBS"),
+        "{}",
+        out(&o)
+    );
+    let _ = ctd.ctr(&["c", "rm", "r7"]);
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}

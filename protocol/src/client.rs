@@ -22,6 +22,9 @@ pub mod timeouts {
     /// `CreateContainer`: namespaces and the rootfs over virtio-fs, which
     /// can be slow on a loaded emulated guest.
     pub const CREATE_CONTAINER: Duration = Duration::from_secs(60);
+    /// `CreateContainer` that decrypts sealed models first (gigabytes at
+    /// memory speed, much slower under emulation).
+    pub const CREATE_CONTAINER_WITH_MODELS: Duration = Duration::from_secs(1800);
     /// `StartProcess` and `ExecProcess`.
     pub const START: Duration = Duration::from_secs(30);
     /// Signals, removals, resizes, listings, stats.
@@ -131,10 +134,22 @@ impl GuestClient {
     /// `CreateContainer`: returns the guest PID of its init process
     /// (created, not started).
     pub async fn create_container(&self, req: &CreateContainerRequest) -> GuestResult<u32> {
+        self.create_container_reply(req).await.map(|r| r.pid)
+    }
+
+    /// `CreateContainer`, with the whole reply (the models it decrypted).
+    pub async fn create_container_reply(
+        &self,
+        req: &CreateContainerRequest,
+    ) -> GuestResult<CreateContainerResponse> {
+        let timeout = if req.models.is_empty() {
+            timeouts::CREATE_CONTAINER
+        } else {
+            timeouts::CREATE_CONTAINER_WITH_MODELS
+        };
         self.inner
-            .create_container(ctx(timeouts::CREATE_CONTAINER), req)
+            .create_container(ctx(timeout), req)
             .await
-            .map(|r| r.pid)
             .map_err(|e| GuestError::new("create the container in the guest", e))
     }
 

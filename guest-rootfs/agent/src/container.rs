@@ -133,6 +133,9 @@ pub struct Container {
     pub seccomp: Option<crate::oci::Seccomp>,
     /// Its cgroup, when the guest has cgroup v2.
     pub cgroup: Option<Arc<crate::cgroup::ContainerCgroup>>,
+    /// Whether it mounts sealed models (exec then needs the policy's
+    /// explicit consent).
+    pub has_models: bool,
 }
 
 impl Container {

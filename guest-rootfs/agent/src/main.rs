@@ -21,6 +21,7 @@ mod error;
 mod init;
 mod initdata;
 mod kbs;
+mod models;
 mod oci;
 mod reaper;
 mod secrets;

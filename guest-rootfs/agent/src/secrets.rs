@@ -51,6 +51,14 @@ pub const GUEST_OWNING_CAPS: &[(u8, &str)] = &[
 ];
 
 impl PodPolicy {
+    /// Whether the initdata allows fetching `uri`.
+    pub fn allows(&self, uri: &ResourceUri) -> bool {
+        let canonical = uri.to_string();
+        self.allowed_resources
+            .iter()
+            .any(|a| matches(a, &canonical))
+    }
+
     /// Refuses a container whose bounding set holds a capability that owns
     /// the guest kernel, unless the policy (or, unset, the lack of a TEE)
     /// allows it.
@@ -198,7 +206,7 @@ pub fn check(
             )));
         };
         let canonical = parsed.to_string();
-        if !p.allowed_resources.iter().any(|a| matches(a, &canonical)) {
+        if !p.allows(&parsed) {
             return Err(Error::PermissionDenied(format!(
                 "secret {name:?}: {canonical} is not in the initdata's allowed_resources {:?}",
                 p.allowed_resources
@@ -258,6 +266,27 @@ fn io_err(op: &str, p: &Path, e: &std::io::Error) -> Error {
     )
 }
 
+/// Attests once and fetches every resource of `uris`, in order.
+pub async fn fetch_resources(
+    policy: &PodPolicy,
+    initdata: &str,
+    uris: &[&ResourceUri],
+    tee: &GuestTee,
+) -> Result<Vec<Vec<u8>>> {
+    let url = policy.kbs_url.as_deref().unwrap_or_default();
+    let client = Client::new(HostRelay, &kbs_host(url)?);
+    let evidence = evidence_for(tee);
+    let session = client
+        .attest(kbs::evidence::tee_name(tee), &*evidence, Some(initdata))
+        .await
+        .map_err(kbs_error)?;
+    let mut out = Vec::with_capacity(uris.len());
+    for uri in uris {
+        out.push(client.resource(&session, uri).await.map_err(kbs_error)?);
+    }
+    Ok(out)
+}
+
 /// Attests once and fetches every secret into `store` (mode 0400).
 pub async fn fetch(
     policy: &PodPolicy,
@@ -266,16 +295,10 @@ pub async fn fetch(
     tee: &GuestTee,
     store: &Path,
 ) -> Result<()> {
-    let url = policy.kbs_url.as_deref().unwrap_or_default();
-    let client = Client::new(HostRelay, &kbs_host(url)?);
-    let evidence = evidence_for(tee);
-    let session = client
-        .attest(kbs::evidence::tee_name(tee), &*evidence, Some(initdata))
-        .await
-        .map_err(kbs_error)?;
+    let uris: Vec<&ResourceUri> = wanted.iter().map(|(_, u)| u).collect();
+    let data = fetch_resources(policy, initdata, &uris, tee).await?;
     std::fs::create_dir_all(store).map_err(|e| io_err("mkdir", store, &e))?;
-    for (name, uri) in wanted {
-        let data = client.resource(&session, uri).await.map_err(kbs_error)?;
+    for ((name, _), data) in wanted.iter().zip(data) {
         write_private(&store.join(name), &data, None)?;
     }
     Ok(())

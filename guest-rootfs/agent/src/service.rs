@@ -28,6 +28,9 @@ struct State {
     initdata_taken: bool,
     /// The pod's policy from its verified initdata (default without).
     policy: crate::secrets::PodPolicy,
+    /// The verified initdata document (empty: none), which attestation
+    /// binds to the evidence.
+    initdata: Vec<u8>,
     shared_mounted: bool,
     containers: HashMap<String, Arc<Container>>,
 }
@@ -43,6 +46,9 @@ pub struct AgentService {
     poweroff: bool,
     /// Container cgroups, when the guest has cgroup v2.
     cgroups: Option<crate::cgroup::Cgroups>,
+    /// Serializes the decryption of sealed models (one per pod, whichever
+    /// container asks first).
+    models: tokio::sync::Mutex<()>,
 }
 
 fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str> {
@@ -130,6 +136,7 @@ impl AgentService {
             shared_dir,
             poweroff,
             cgroups,
+            models: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -183,7 +190,9 @@ impl AgentService {
             }
         }
         if !initdata.is_empty() {
-            self.state().policy = crate::secrets::policy(&initdata)?;
+            let mut st = self.state();
+            st.policy = crate::secrets::policy(&initdata)?;
+            st.initdata.clone_from(&initdata);
         }
         if !req.secrets.is_empty() {
             let wanted: std::collections::BTreeMap<String, String> =
@@ -227,6 +236,7 @@ impl AgentService {
         for c in containers {
             let _ = c.init.signal(Signal::SIGKILL);
         }
+        crate::models::remove_all(std::path::Path::new(crate::models::STORE));
         let mounted = std::mem::take(&mut self.state().shared_mounted);
         if mounted {
             let dir = self.shared_dir.clone();
@@ -240,7 +250,10 @@ impl AgentService {
         Ok(())
     }
 
-    async fn do_create_container(&self, req: CreateContainerRequest) -> Result<u32> {
+    async fn do_create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<(u32, Vec<ModelReport>)> {
         let id = required("container_id", &req.container_id)?.to_string();
         // containerd's identifier rule; the id also names guest paths.
         if !cocoon_protocol::resource::is_container_id(&id) {
@@ -268,12 +281,14 @@ impl AgentService {
         let cgroups = self.cgroups.clone();
         let policy = self.state().policy.clone();
         // Decoding compiles the seccomp filter: blocking work.
+        let spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
+        policy.check_privileged(
+            spec.process.security.caps.bounding,
+            &crate::initdata::GuestRoots::default().tee(),
+        )?;
+        let (model_binds, reports) = self.prepare_models(&req.models, &rootfs, &spec).await?;
+        let has_models = !model_binds.is_empty();
         let (spec, spawned, cgroup) = blocking(move || {
-            let spec = ContainerSpec::from_json(&oci_spec)?;
-            policy.check_privileged(
-                spec.process.security.caps.bounding,
-                &crate::initdata::GuestRoots::default().tee(),
-            )?;
             let cgroup = cgroups
                 .as_ref()
                 .map(|c| c.create(&cid, &spec.limits))
@@ -286,8 +301,9 @@ impl AgentService {
                 spec.process.uid,
                 spec.process.gid,
             )? {
-                binds.push((dir, crate::secrets::IN_CONTAINER));
+                binds.push((dir, crate::secrets::IN_CONTAINER.to_string()));
             }
+            binds.extend(model_binds);
             let spawned = spawn::spawn_container(
                 &reaper,
                 &rootfs,
@@ -315,6 +331,7 @@ impl AgentService {
             execs: Mutex::default(),
             seccomp: spec.process.security.seccomp.clone(),
             cgroup: cgroup.map(Arc::new),
+            has_models,
         });
         let mut st = self.state();
         if st.containers.contains_key(&id) {
@@ -325,13 +342,100 @@ impl AgentService {
             });
         }
         st.containers.insert(id, container);
-        Ok(pid)
+        Ok((pid, reports))
+    }
+
+    /// Decrypts the sealed models `wanted` (name → path in the container)
+    /// that the pod has not decrypted yet, and returns the binds of all of
+    /// them at `/models/<name>` and a report per model decrypted now.
+    /// Every model is checked (policy, header, memory) before a key is
+    /// fetched; the keys come in one attested KBS session.
+    async fn prepare_models(
+        &self,
+        wanted: &std::collections::HashMap<String, String>,
+        rootfs: &Path,
+        spec: &ContainerSpec,
+    ) -> Result<(Vec<(PathBuf, String)>, Vec<ModelReport>)> {
+        use crate::models;
+        if wanted.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let _one_at_a_time = self.models.lock().await;
+        let store = Path::new(models::STORE);
+        let (policy, initdata) = {
+            let st = self.state();
+            (st.policy.clone(), st.initdata.clone())
+        };
+        let mut names: Vec<(&String, &String)> = wanted.iter().collect();
+        names.sort();
+        let mut binds = Vec::new();
+        let mut todo = Vec::new();
+        for (name, path) in names {
+            let target = format!("{}/{name}", models::IN_CONTAINER);
+            if let Some(dir) = models::decrypted(store, name) {
+                binds.push((dir, target));
+                continue;
+            }
+            let (root, shared, mounts) = (
+                rootfs.to_path_buf(),
+                self.shared_dir.clone(),
+                spec.mounts.clone(),
+            );
+            let (name, path, policy) = (name.clone(), path.clone(), policy.clone());
+            let with_initdata = !initdata.is_empty();
+            let planned = blocking(move || {
+                let sealed = models::locate(&root, &shared, &mounts, &name, &path)?;
+                models::plan(with_initdata.then_some(&policy), &name, sealed)
+            })
+            .await?;
+            todo.push((planned, target));
+        }
+        if todo.is_empty() {
+            return Ok((binds, Vec::new()));
+        }
+        let start = std::time::Instant::now();
+        let tee = crate::initdata::GuestRoots::default().tee();
+        let uris: Vec<&cocoon_protocol::resource::ResourceUri> =
+            todo.iter().map(|(m, _)| &m.uri).collect();
+        let keys = crate::secrets::fetch_resources(
+            &policy,
+            &String::from_utf8_lossy(&initdata),
+            &uris,
+            &tee,
+        )
+        .await?;
+        let mut reports = Vec::new();
+        for ((m, target), mut bytes) in todo.into_iter().zip(keys) {
+            let key = cocoon_seal::ModelKey::from_bytes(&bytes);
+            zeroize::Zeroize::zeroize(&mut bytes);
+            let key = key.map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "model {:?}: the KBS resource {} is not a model key: {e}",
+                    m.name, m.uri
+                ))
+            })?;
+            let mut report = ModelReport::new();
+            report.name.clone_from(&m.name);
+            report.bytes = m.header.plaintext_len();
+            let dir = blocking(move || models::decrypt(&m, &key, store)).await?;
+            report.millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            binds.push((dir, target));
+            reports.push(report);
+        }
+        Ok((binds, reports))
     }
 
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<u32> {
         let policy = self.state().policy.clone();
         policy.check_exec(&crate::initdata::GuestRoots::default().tee())?;
         let container = self.container(required("container_id", &req.container_id)?)?;
+        if container.has_models {
+            crate::models::check_exec(
+                &policy,
+                &crate::initdata::GuestRoots::default().tee(),
+                &container.id,
+            )?;
+        }
         let exec_id = required("exec_id", &req.exec_id)?.to_string();
         if container
             .execs
@@ -472,7 +576,9 @@ impl Agent for AgentService {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
         let mut r = CreateContainerResponse::new();
-        r.pid = self.do_create_container(req).await?;
+        let (pid, models) = self.do_create_container(req).await?;
+        r.pid = pid;
+        r.models = models;
         Ok(r)
     }
 

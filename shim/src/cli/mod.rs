@@ -5,6 +5,7 @@ mod config;
 mod gpu;
 mod measure;
 mod run;
+mod seal;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Check or show the node configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Encrypted models: seal a model for a pod, verify, inspect or open it.
+    #[command(subcommand)]
+    Seal(seal::SealCommand),
 }
 
 impl Cli {
@@ -81,6 +85,7 @@ pub fn main() -> i32 {
             Command::Check(a) => check::run(&cli, a),
             Command::Measure(a) => measure::run(&cli, a),
             Command::Gpu(c) => gpu::run(&cli, c),
+            Command::Seal(c) => seal::run(&cli, c),
         }
     });
     match result {

@@ -60,6 +60,9 @@ pub struct Pod {
     /// VFIO device nodes passed through at launch (what later containers
     /// of the pod may use).
     pub device_nodes: Vec<String>,
+    /// Sealed models the pod's containers get: name → path of the sealed
+    /// file in the container (`io.cocoon.model.<name>` pod annotations).
+    pub models: std::collections::BTreeMap<String, String>,
     /// QEMU's host PID: the PID containerd gets for every process of the
     /// pod (as with Kata), since guest PIDs mean nothing on the host —
     /// clients such as Docker open `/proc/<pid>/ns/*`.
@@ -114,6 +117,8 @@ pub struct PodLaunch<'a> {
     pub initdata: Option<Vec<u8>>,
     /// Secrets to fetch in the guest: file name → resource URI.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Sealed models for the pod's containers: name → path in them.
+    pub models: std::collections::BTreeMap<String, String>,
 }
 
 impl Pod {
@@ -177,6 +182,7 @@ impl Pod {
             config,
             guest,
             device_nodes: devices.nodes,
+            models: p.models,
             vm_pid,
             paused: std::sync::atomic::AtomicBool::new(false),
             vm: Mutex::new(Some(vm)),

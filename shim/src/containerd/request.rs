@@ -35,6 +35,10 @@ pub const CDI_PREFIX: &str = "cdi.k8s.io/";
 /// `io.cocoon.secret.<name>=kbs:///<repo>/<type>/<tag>`: a secret the guest
 /// fetches from the KBS and places at `/run/secrets/cocoon/<name>`.
 pub const SECRET_PREFIX: &str = "io.cocoon.secret.";
+/// `io.cocoon.model.<name>=<path of a sealed model in the container>`: a
+/// model the guest decrypts with a key from the KBS and binds read-only at
+/// `/models/<name>` in the pod's containers.
+pub const MODEL_PREFIX: &str = "io.cocoon.model.";
 
 /// containerd's CRI: the pod's summed CPU quota (µs per period).
 pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
@@ -405,6 +409,41 @@ impl ContainerRequest {
                 .parse()
                 .map_err(|e: cocoon_protocol::resource::BadUri| invalid(e.to_string()))?;
             out.insert(name.to_string(), uri.to_string());
+        }
+        Ok(out)
+    }
+
+    /// The sealed models the pod asks for (name → path of the sealed file
+    /// in its containers), from `io.cocoon.model.<name>` annotations.
+    pub fn models(&self) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &self.annotations {
+            let Some(name) = key.strip_prefix(MODEL_PREFIX) else {
+                continue;
+            };
+            let invalid = |problem: String| ShimError::Invalid {
+                field: format!("annotation {key}"),
+                problem,
+            };
+            if !cocoon_protocol::resource::is_dns_label(name) {
+                return Err(invalid(format!(
+                    "{name:?} is not a model name Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
+                )));
+            }
+            let path = value.trim();
+            let clean = path.starts_with('/')
+                && path.len() <= 4096
+                && !path.contains('\0')
+                && path
+                    .split('/')
+                    .skip(1)
+                    .all(|c| !c.is_empty() && c != "." && c != "..");
+            if !clean {
+                return Err(invalid(format!(
+                    "{path:?} is not a clean absolute path of the sealed model in the container (no `.`, `..` or empty components)"
+                )));
+            }
+            out.insert(name.to_string(), path.to_string());
         }
         Ok(out)
     }

@@ -613,7 +613,8 @@ fn finish_spawn(
 
 /// Sets up the init process of a new container rooted at `rootfs`, with
 /// bind sources resolved in `shared`; `binds` are guest directories bound
-/// in as well (the pod's secrets).
+/// in as well, read-only (the pod's secrets and models), with their paths
+/// in the container.
 ///
 /// Blocking: call from a blocking thread.
 pub fn spawn_container(
@@ -621,7 +622,7 @@ pub fn spawn_container(
     rootfs: &Path,
     shared: &Path,
     c: &ContainerSpec,
-    binds: &[(PathBuf, &str)],
+    binds: &[(PathBuf, String)],
     cgroup: Option<std::os::fd::RawFd>,
 ) -> Result<Spawned> {
     let p = &c.process;
@@ -649,8 +650,9 @@ pub fn spawn_container(
         .collect();
     let (mut mounts, symlinks) = container_mounts(rootfs, shared, &spec_mounts)?;
     for (source, target) in binds {
-        // Guest-memory directories bound into the container (secrets); the
-        // mount point is made here, its content never reaches the share.
+        // Guest-memory directories bound into the container (secrets,
+        // models); the mount point is made here, its content never reaches
+        // the share.
         let at = resolve_in_root(rootfs, target);
         let mut op = MountOp::simple(
             cpath("secrets", source)?,

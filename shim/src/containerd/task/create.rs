@@ -105,14 +105,16 @@ fn create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
 /// sandbox. Say so when a later container carries them, rather than
 /// ignore them silently.
 fn warn_pod_level(creq: &ContainerRequest, log: &slog::Logger) {
-    use super::super::request::{KATA_INITDATA, SECRET_PREFIX};
+    use super::super::request::{KATA_INITDATA, MODEL_PREFIX, SECRET_PREFIX};
     let ignored: Vec<&String> = creq
         .annotations
         .keys()
-        .filter(|k| *k == KATA_INITDATA || k.starts_with(SECRET_PREFIX))
+        .filter(|k| {
+            *k == KATA_INITDATA || k.starts_with(SECRET_PREFIX) || k.starts_with(MODEL_PREFIX)
+        })
         .collect();
     if !ignored.is_empty() {
-        slog::warn!(log, "annotations of a pod container are ignored: initdata and secrets come from the pod sandbox (every container of the pod gets the pod's secrets)";
+        slog::warn!(log, "annotations of a pod container are ignored: initdata, secrets and models come from the pod sandbox (every container of the pod gets the pod's secrets and models)";
             "container" => &creq.id, "annotations" => format!("{ignored:?}"));
     }
 }
@@ -190,6 +192,7 @@ async fn launch_pod(
         None => config.vm.attestation.node_initdata(),
     };
     let secrets = creq.secrets()?;
+    let models = creq.models()?;
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
@@ -199,6 +202,7 @@ async fn launch_pod(
         devices: resolved,
         initdata,
         secrets,
+        models,
     };
     let pod = Pod::launch(launch, config, dir, &svc.log).await?;
     Ok((pod, rootfs))
@@ -214,10 +218,22 @@ async fn create_in_pod(
     areq.container_id = creq.id.clone();
     areq.rootfs = rootfs.guest_path.clone();
     areq.oci_spec = creq.guest.to_json()?;
+    // The pod's sealed models, for its application containers (a CRI
+    // sandbox's pause container has no use for them).
+    if creq.kind != Kind::PodSandbox {
+        areq.models = pod.models.clone().into_iter().collect();
+    }
     for note in &creq.guest.notes {
         slog::warn!(svc.log, "the guest differs from runc here"; "container" => &creq.id, "note" => note);
     }
-    let guest_pid = pod.guest.create_container(&areq).await?;
+    let reply = pod.guest.create_container_reply(&areq).await?;
+    for m in &reply.models {
+        let secs = (m.millis as f64 / 1000.0).max(0.001);
+        info!(svc.log, "sealed model decrypted in the guest"; "container" => &creq.id,
+              "model" => &m.name, "bytes" => m.bytes, "ms" => m.millis,
+              "mib_per_s" => format!("{:.1}", m.bytes as f64 / 1048576.0 / secs));
+    }
+    let guest_pid = reply.pid;
     let init = Arc::new(Proc::new(
         ProcessRef::init(&creq.id),
         pod.vm_pid,
