@@ -5,6 +5,8 @@
 #   busybox init that powers off at once (QEMU start -> exit), and the ratio;
 # - host RSS of QEMU + helpers while a VM runs;
 # - initrd size;
+# - Cocoon's guest kernel vs Debian's: boot, whole run, QEMU RSS, size;
+# - sealed models: cocoon seal and in-guest decryption vs openssl;
 # - ctr run under Cocoon vs runc, pods with secrets, volumes (read
 #   throughput vs the host, cost per volume), launch measurement.
 set -euo pipefail
@@ -187,6 +189,35 @@ if [ -x "$root/build/kbs/kbs" ]; then
         for i in $(seq "$runs"); do t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 $(secret_flags "$k") cocoon.bench/busybox:1 k$k-$i sh -c 'cat /run/secrets/cocoon/* 2>/dev/null | wc -c')"); done
         echo "with $k secret(s): median $(median "${t[@]}") ms  (${t[*]})"
     done
+    # --- sealed models: seal on the host, decrypt in the guest, vs openssl --
+    model_mib=${BENCH_MODEL_MIB:-1024}; guest_mib=${BENCH_GUEST_MODEL_MIB:-256}
+    echo "== sealed models: cocoon seal of a ${model_mib} MiB model on the host, in-guest decryption of ${guest_mib} MiB, vs openssl"
+    mkdir -p "$work/model" "$work/mvol"
+    head -c $((model_mib << 20)) /dev/urandom >"$work/model/weights.bin"
+    cat "$work/model/weights.bin" >/dev/null
+    seal_out=$( { /usr/bin/time -f 'rss_kb=%M' "$bin/cocoon" seal model --in "$work/model/weights.bin" --out "$work/mvol/big.sealed" \
+        --key-uri kbs:///default/model/big --key-out "$work/model/big.key" | head -n1; } 2>&1)
+    seal_rate=$(echo "$seal_out" | sed -n 's/.*(\([0-9]*\) MiB\/s).*/\1/p' | head -n1)
+    seal_rss=$(echo "$seal_out" | sed -n 's/^rss_kb=//p')
+    ossl=$(/usr/bin/time -o "$work/ossl.time" -f '%M' openssl speed -evp aes-256-gcm -bytes 1048576 -seconds 3 2>/dev/null | tail -n1)
+    ossl_rate=$(echo "$ossl" | awk 'tolower($1) == "aes-256-gcm" {v = $2; sub(/k$/, "", v); printf "%d", v * 1000 / 1048576}')
+    ossl_rss=$(tail -n1 "$work/ossl.time")
+    echo "cocoon seal (AES-256-GCM, 1 MiB chunks, $(nproc) threads): ${seal_rate} MiB/s, peak RSS $((seal_rss / 1024)) MiB"
+    echo "openssl speed -evp aes-256-gcm (1 MiB blocks, 1 thread):    ${ossl_rate} MiB/s, peak RSS $((ossl_rss / 1024)) MiB; ratio cocoon/openssl $(python3 -c "print(round(${seal_rate:-0}/max(${ossl_rate:-1},1),2))")"
+    rm -f "$work/mvol/big.sealed"
+    head -c $((guest_mib << 20)) "$work/model/weights.bin" >"$work/model/guest.bin"; rm -f "$work/model/weights.bin"
+    "$bin/cocoon" seal model --in "$work/model/guest.bin" --out "$work/mvol/guest.sealed" \
+        --key-uri kbs:///default/model/guest --key-out "$work/model/guest.key" >/dev/null
+    kbs_store default/model/guest "$work/model/guest.key"
+    sed -i -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*", "kbs:///default/model/*"]#' \
+        -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*", "io.cocoon.model.*"]#' "$ctd/cocoon.toml"
+    # The VM grows with the pod's memory limit (the model lives in guest RAM).
+    $ctr run --rm --runtime io.containerd.cocoon.v2 --memory-limit $(( (guest_mib + 512) << 20 )) \
+        --mount "type=bind,src=$work/mvol,dst=/data,options=rbind:ro" \
+        --annotation io.cocoon.model.guest=/data/guest.sealed cocoon.bench/busybox:1 model-1 true >/dev/null
+    rep=$(grep -o '"msg":"sealed model decrypted in the guest"[^}]*' "$ctd/containerd.log" | tail -n1)
+    g_ms=$(echo "$rep" | grep -o '"ms":[0-9]*' | cut -d: -f2); g_rate=$(echo "$rep" | grep -o '"mib_per_s":"[0-9.]*"' | cut -d'"' -f4)
+    echo "in-guest decryption of ${guest_mib} MiB (TCG, key fetch included): ${g_ms} ms, ${g_rate} MiB/s; ratio to host openssl $(python3 -c "print(round(${g_rate:-0}/max(${ossl_rate:-1},1),3))")"
     kill "$kbs_pid"; wait "$kbs_pid" 2>/dev/null || true; kbs_pid=""
 else
     echo "secrets: skipped (no trustee KBS in build/kbs; make deps unpacks it where available)"

@@ -3,8 +3,10 @@
 # busybox image, one task run through Cocoon, its output printed; then
 # everything is stopped again.
 # When trustee's KBS is available (build/kbs/kbs, from make deps), a second
-# task reads a secret the guest fetched from it, and the demo shows that no
-# host artefact holds the secret.
+# task reads a secret the guest fetched from it, and a third a sealed model
+# made and sealed on the spot, decrypted only in the guest with a key from
+# the KBS; the demo shows that no host artefact holds the secret, the
+# model's plaintext or its key.
 #   tests/demo.sh NODE_CONFIG BIN_DIR
 set -euo pipefail
 config=$1 bin=$2
@@ -36,8 +38,16 @@ if [ -x "$kbs_bin" ]; then
     printf '%s' "$secret" >"$work/kbs/demo-secret"
     kbs_store default/key/demo "$work/kbs/demo-secret"
     sed -i -e "s#^kbs_url = .*#kbs_url = \"http://127.0.0.1:$port\"#" \
-        -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*"]#' \
-        -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*"]#' "$work/cocoon.toml"
+        -e 's#^allowed_resources = .*#allowed_resources = ["kbs:///default/key/*", "kbs:///default/model/*"]#' \
+        -e 's#^allowed_annotations = .*#allowed_annotations = ["io.cocoon.secret.*", "io.cocoon.model.*"]#' "$work/cocoon.toml"
+    echo "== the model owner's machine: a small model, sealed with a fresh key; the key goes to the KBS"
+    mkdir -p "$work/owner/model" "$work/volume"
+    head -c $((4 << 20)) /dev/urandom >"$work/owner/model/weights.safetensors"
+    printf '{"architecture": "demo", "layers": 2}\n' >"$work/owner/model/config.json"
+    "$bin/cocoon" seal model --in "$work/owner/model" --out "$work/volume/demo.sealed" \
+        --key-uri kbs:///default/model/demo --key-out "$work/owner/demo.key" | sed -n '1,2p'
+    kbs_store default/model/demo "$work/owner/demo.key"
+    model_sha=$(sha256sum "$work/owner/model/weights.safetensors" | cut -d' ' -f1)
 else
     echo "== no trustee KBS in build/kbs (make deps unpacks it where available): skipping the secret demo"
 fi
@@ -81,5 +91,35 @@ if [ -n "$secret" ]; then
         exit 1
     fi
     echo "   not found: the secret existed only in the guest (and in the KBS's own store)"
+fi
+if [ -n "$secret" ]; then
+    echo "== ctr run --mount <volume with demo.sealed> --annotation io.cocoon.model.demo=/data/demo.sealed ..."
+    $ctr run --rm --runtime io.containerd.cocoon.v2 \
+        --mount "type=bind,src=$work/volume,dst=/data,options=rbind:ro" \
+        --annotation io.cocoon.model.demo=/data/demo.sealed cocoon.demo/busybox:1 demo-model \
+        sh -c 'echo "the pod sees its model at /models/demo (read-only):"; cd /models/demo && sha256sum weights.safetensors && cat config.json' \
+        | tee "$work/model.out"
+    grep -q "$model_sha  weights.safetensors" "$work/model.out" || { echo "the model's hash differs from the owner's ($model_sha)" >&2; exit 1; }
+    echo "   same sha256 as on the owner's machine: $model_sha"
+    grep -o '"msg":"sealed model decrypted in the guest"[^}]*' "$work/containerd.log" | tail -n1 | sed 's/^/   shim log: /'
+    echo "== looking for the model's plaintext and its key in every host artefact (not the owner's dir, not the KBS's store)"
+    python3 - "$work" "$work/owner/model/weights.safetensors" "$work/owner/demo.key" <<'EOF3'
+import os, sys
+work, weights, key = sys.argv[1:]
+needles = {"plaintext": open(weights, "rb").read()[65536:65536 + 64], "key": open(key, "rb").read()}
+skip = {os.path.join(work, "owner"), os.path.join(work, "kbs")}
+found = []
+for d, dirs, files in os.walk(work):
+    dirs[:] = [x for x in dirs if os.path.join(d, x) not in skip]
+    for f in files:
+        p = os.path.join(d, f)
+        if os.path.islink(p) or not os.path.isfile(p):
+            continue
+        data = open(p, "rb").read()
+        found += ["%s in %s" % (w, p) for w, n in needles.items() if n in data]
+if found:
+    sys.exit("found on the host: " + "; ".join(found))
+print("   not found: the model was plaintext only in the owner's hands and in the guest's memory")
+EOF3
 fi
 echo "== stopping containerd"
