@@ -59,8 +59,9 @@ pub mod resource;
 pub use protobuf;
 pub use ttrpc;
 
-/// Version of this API. Bump on every incompatible change to `agent.proto`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version of this API. Bump on every incompatible change to `agent.proto`
+/// (4: `CreateContainerRequest.models`, which an older agent would ignore).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// AF_VSOCK port the agent serves on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
