@@ -236,6 +236,25 @@ fn sealed_models_open_only_inside_the_pod() {
         volume.path().join("escape.sealed"),
     )
     .unwrap();
+    // A header promising 1 TiB (refused before any byte is written), and
+    // a model from a newer format version.
+    let huge = cocoon_seal::Header {
+        cipher: cocoon_seal::format::CIPHER.into(),
+        kdf: cocoon_seal::format::KDF.into(),
+        salt: "00".repeat(32),
+        chunk_size: 1 << 20,
+        key_uri: "kbs:///default/model/demo".into(),
+        kind: cocoon_seal::Kind::File,
+        files: vec![cocoon_seal::FileEntry {
+            path: "huge.bin".into(),
+            size: 1 << 40,
+            mode: 0o644,
+        }],
+    };
+    std::fs::write(volume.path().join("huge.sealed"), huge.encode().unwrap()).unwrap();
+    let mut future = std::fs::read(volume.path().join("model.sealed")).unwrap();
+    future[8] = 2;
+    std::fs::write(volume.path().join("future.sealed"), future).unwrap();
     let kbs = Kbs::start(&bin);
     kbs.allow_sample_and_store("default/model/demo", &key);
     let kbs_url = format!("http://{}", kbs.addr);
@@ -375,6 +394,16 @@ fn sealed_models_open_only_inside_the_pod() {
             "r6",
             "io.cocoon.model.demo=/bin/busybox",
             "not a Cocoon sealed model",
+        ),
+        (
+            "r8",
+            "io.cocoon.model.demo=/data/huge.sealed",
+            "needs 1048578 MiB of guest memory",
+        ),
+        (
+            "r9",
+            "io.cocoon.model.demo=/data/future.sealed",
+            "format version 2",
         ),
     ] {
         let o = run(id, annotation, false, &["true"]);
