@@ -18,7 +18,44 @@
 #   ($COCOON_KBS_BIN, or the prebuilt kbs.xz next to the checkout).
 #
 # A second run finds everything in place and says so.
+#
+# The Debian mirror for the sources this script adds (bookworm-backports,
+# and unstable for the unpacked-only packages) is the one the host's own
+# apt configuration uses for bookworm (sources.list, or deb822 files in
+# sources.list.d), so a node behind a local mirror or proxy keeps using it;
+# deb.debian.org only when the host names none. `tests/deps.sh
+# --print-mirror` prints the choice.
 set -eu
+
+APT_ETC=${COCOON_APT_ETC:-/etc/apt}
+
+# The URI the host's apt uses for Debian bookworm (not -security).
+host_mirror() {
+    m=""
+    if [ -f "$APT_ETC/sources.list" ]; then
+        m=$(sed -n 's/^[[:space:]]*deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([a-z+]*:\/\/[^[:space:]]*\)[[:space:]]\{1,\}bookworm[[:space:]].*/\2/p' \
+            "$APT_ETC/sources.list" | head -n1)
+    fi
+    if [ -z "$m" ]; then
+        for f in "$APT_ETC"/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            # deb822: the URIs of a stanza whose Suites include bookworm.
+            m=$(awk '
+                /^[[:space:]]*$/ { if (suite && uri) { print uri; exit } suite = 0; uri = ""; next }
+                /^[[:space:]]*#/ { next }
+                tolower($1) == "uris:" { uri = $2 }
+                tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") suite = 1 }
+                END { if (suite && uri) print uri }' "$f" | head -n1)
+            [ -n "$m" ] && break
+        done
+    fi
+    echo "${m:-http://deb.debian.org/debian}" | sed 's#/*$##'
+}
+MIRROR=$(host_mirror)
+if [ "${1:-}" = "--print-mirror" ]; then
+    echo "$MIRROR"
+    exit 0
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=${1:-$ROOT/build/tools}
@@ -34,14 +71,14 @@ export DEBIAN_FRONTEND=noninteractive
 # --- apt sources ------------------------------------------------------------
 BACKPORTS=/etc/apt/sources.list.d/cocoon-bookworm-backports.sources
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    cat >"$BACKPORTS" <<'EOF'
+    cat >"$BACKPORTS" <<EOF
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $MIRROR
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-    say "added bookworm-backports to apt sources"
+    say "added bookworm-backports ($MIRROR) to apt sources"
     apt-get update -qq
     changed=1
 fi
@@ -116,7 +153,7 @@ sid=$ROOT/build/apt-unstable
 sid_ready=0
 sid_download() {
     mkdir -p "$sid/lists/partial" "$sid/cache/archives/partial"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian unstable main" >"$sid/sources.list"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR unstable main" >"$sid/sources.list"
     opts="-o Dir::Etc::SourceList=$sid/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$sid/lists -o Dir::Cache=$sid/cache -o APT::Sandbox::User=root"
     if [ $sid_ready -eq 0 ]; then
         apt-get $opts update -qq >/dev/null 2>&1 || return 1
