@@ -304,6 +304,51 @@ fn killed_qemu_reports_exit_and_cleans_up() {
 }
 
 #[test]
+fn tasks_survive_a_containerd_restart() {
+    let test = "tasks_survive_a_containerd_restart";
+    let Some((_env, sb, mut ctd)) = cocoon_tests::containerd::setup(test, &["default"]) else {
+        return;
+    };
+    let o = ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "r1",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    ctd.wait_running("r1");
+    let shims = ctd.shims();
+    // The shim and the VM outlive containerd; the new containerd
+    // reconnects to the shim from its state, and every verb still works.
+    ctd.restart();
+    assert_eq!(ctd.shims(), shims, "the shim did not survive the restart");
+    ctd.wait_running("r1");
+    let o = ctd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "after",
+            "r1",
+            "sh",
+            "-c",
+            "echo alive",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alive\n");
+    ctd.kill_and_remove("r1");
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+#[test]
 fn a_pods_state_is_private_to_root() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;

@@ -108,6 +108,26 @@ pub struct Containerd {
     pub sock: PathBuf,
     /// The flavor.
     pub flavor: Flavor,
+    path_env: String,
+    cocoon_config: PathBuf,
+}
+
+/// Starts containerd on the config in `dir`, appending to its log.
+fn spawn(flavor: &Flavor, dir: &Path, path: &str, cocoon_config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    Command::new(&flavor.containerd)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path)
+        .env("COCOON_CONFIG", cocoon_config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Containerd {
@@ -151,35 +171,16 @@ impl Containerd {
         if let Some(p) = &flavor.path {
             path = format!("{}:{path}", p.display());
         }
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new(&flavor.containerd)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("COCOON_CONFIG", &sb.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn(&flavor, d, &path, &sb.config);
         let c = Self {
             child,
             dir,
             sock,
             flavor,
+            path_env: path,
+            cocoon_config: sb.config.clone(),
         };
-        let start = Instant::now();
-        while c
-            .ctr(&["version"])
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not start: {}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.wait_up();
         let (busybox, pause) = image_archives();
         for ns in namespaces {
             for archive in [busybox, pause] {
@@ -196,6 +197,36 @@ impl Containerd {
             }
         }
         c
+    }
+
+    fn wait_up(&self) {
+        let start = Instant::now();
+        while self
+            .ctr(&["version"])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops containerd (SIGTERM: shims and their tasks keep running) and
+    /// starts it again on the same state, as a service restart does.
+    pub fn restart(&mut self) {
+        let _ = nix_kill(self.child.id(), libc_sigterm());
+        let _ = self.child.wait();
+        self.child = spawn(
+            &self.flavor,
+            self.dir.path(),
+            &self.path_env,
+            &self.cocoon_config,
+        );
+        self.wait_up();
     }
 
     /// `ctr -a <sock> -n <ns> args...`.
