@@ -550,3 +550,98 @@ async fn created_containers_do_not_outlive_a_dead_agent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The agent's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A hostile-but-valid cycle: output nobody reads, an exec, requests that
+/// fail, a kill and a remove.
+async fn rough_cycle(a: &Agent, id: &str) {
+    create(a, id, &["sh", "-c", "head -c 300000 /dev/zero; sleep 100"])
+        .await
+        .unwrap();
+    start(a, id, "").await.unwrap();
+    let mut req = ExecProcessRequest::new();
+    req.container_id = id.into();
+    req.exec_id = "x".into();
+    req.oci_process = serde_json::to_vec(&process(&["sh", "-c", "echo exec"])).unwrap();
+    a.client.exec_process(ctx(), &req).await.unwrap();
+    start(a, id, "x").await.unwrap();
+    assert_eq!(wait(a, id, "x").await, 0);
+    // Failing requests: a duplicate, an unknown exec, a bad spec.
+    assert!(create(a, id, &["true"]).await.is_err());
+    assert!(start(a, id, "nope").await.is_err());
+    let mut bad = CreateContainerRequest::new();
+    bad.container_id = format!("{id}-bad");
+    bad.rootfs = "rootfs".into();
+    bad.oci_spec = b"{not json".to_vec();
+    assert!(a.client.create_container(ctx(), &bad).await.is_err());
+    let mut kill = SignalProcessRequest::new();
+    kill.container_id = id.into();
+    kill.signal = 9;
+    kill.all = true;
+    a.client.signal_process(ctx(), &kill).await.unwrap();
+    wait(a, id, "").await;
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = id.into();
+    a.client.remove_container(ctx(), &req).await.unwrap();
+}
+
+async fn cycle(a: &Agent, id: &str) {
+    create(a, id, &["sh", "-c", "echo out; echo err >&2; exec true"])
+        .await
+        .unwrap();
+    start(a, id, "").await.unwrap();
+    assert_eq!(read_all(a, id, "", StdioStream::STDOUT).await, b"out\n");
+    assert_eq!(read_all(a, id, "", StdioStream::STDERR).await, b"err\n");
+    assert_eq!(wait(a, id, "").await, 0);
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = id.into();
+    a.client.remove_container(ctx(), &req).await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_over_many_containers() {
+    if !root_or_skip() {
+        return;
+    }
+    let a = agent().await;
+    let pid = a.child.id();
+    // Warm up (allocator pools, the runtime's threads), then measure.
+    for i in 0..40 {
+        cycle(&a, &format!("w{i}")).await;
+    }
+    let before = rss_kib(pid);
+    let n = 400;
+    for i in 0..n {
+        cycle(&a, &format!("c{i}")).await;
+    }
+    let after = rss_kib(pid);
+    eprintln!("agent RSS: {before} KiB after warm-up, {after} KiB after {n} more create/start/wait/remove cycles");
+    assert!(
+        after <= before + 4096,
+        "the agent's memory grew by {} KiB over {n} containers (from {before} KiB)",
+        after.saturating_sub(before)
+    );
+    for i in 0..20 {
+        rough_cycle(&a, &format!("rw{i}")).await;
+    }
+    let before = rss_kib(pid);
+    for i in 0..200 {
+        rough_cycle(&a, &format!("r{i}")).await;
+    }
+    let after = rss_kib(pid);
+    eprintln!("agent RSS: {before} KiB, {after} KiB after 200 cycles with unread output, execs, failures and kills");
+    assert!(
+        after <= before + 4096,
+        "the agent's memory grew by {} KiB over 200 rough cycles (from {before} KiB)",
+        after.saturating_sub(before)
+    );
+}
