@@ -28,7 +28,7 @@ else
 $(error KERNEL must be "cocoon" or "debian", not "$(KERNEL)")
 endif
 
-.PHONY: deps build agent kernel guest config test test-unit test-repro test-integration test-hw demo bench install lint fmt clean
+.PHONY: deps build agent kernel guest config test test-unit test-repro test-integration test-hw demo bench soak install lint fmt clean
 
 ## deps: Debian packages, virtiofsd, vhost-device-vsock and the guest kernel (idempotent)
 deps:
@@ -87,6 +87,12 @@ demo: deps build guest config
 ## bench: boot time vs a minimal init, host RSS, initrd size
 bench: deps build guest config
 	COCOON_BIN_DIR=$(BIN) tests/bench.sh $(DEV_CONFIG)
+
+## soak: parallel ctr run cycles with random kill -9 of QEMU / virtiofsd /
+## vhost-device-vsock / the shim and a leak audit after each
+## (SOAK_SECONDS, default 1800; not part of make test)
+soak: deps build guest config
+	tests/soak.sh $(DEV_CONFIG) $(BIN)
 
 ## install: binaries to $(PREFIX)/bin, guest to $(PREFIX)/share/cocoon, helpers to
 ## $(PREFIX)/libexec/cocoon, config to /etc/cocoon/config.toml (never overwritten)

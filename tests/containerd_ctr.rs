@@ -279,6 +279,52 @@ fn killed_shim_leaves_no_vm() {
 }
 
 #[test]
+fn a_shim_killed_while_its_vm_boots_leaves_nothing() {
+    let Some((_env, sb, ctd)) = setup("a_shim_killed_while_its_vm_boots_leaves_nothing") else {
+        return;
+    };
+    let mut run = std::process::Command::new(&ctd.flavor.ctr);
+    run.arg("-a")
+        .arg(&ctd.sock)
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "kb", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = run.spawn().unwrap();
+    // The VM records its processes as it starts them; the agent is not
+    // up yet: kill the shim now, in the middle of Create.
+    let processes = sb.state_dir.join("kb/vm/processes.json");
+    let start = Instant::now();
+    while !processes.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the VM never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for pid in ctd.shims() {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        !o.status.success(),
+        "Create cannot succeed without its shim"
+    );
+    let _ = ctd.ctr(&["task", "rm", "-f", "kb"]);
+    let _ = ctd.ctr(&["c", "rm", "kb"]);
+    ctd.assert_no_shims();
+    // No VM process, no mount of the rootfs, no pod directory.
+    sb.assert_clean();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&sb.state_dir.display().to_string()),
+        "a mount under the state dir is left"
+    );
+}
+
+#[test]
 fn killed_qemu_reports_exit_and_cleans_up() {
     let Some((_env, sb, ctd)) = setup("killed_qemu_reports_exit_and_cleans_up") else {
         return;

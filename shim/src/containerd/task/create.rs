@@ -54,16 +54,21 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
                 pod.id
             )))
         }
-        (_, None) => {
-            let (pod, rootfs) = launch_pod(svc, req, &creq).await?;
-            (pod, rootfs, true)
-        }
+        (_, None) => match launch_pod(svc, req, &creq).await {
+            Ok((pod, rootfs)) => (pod, rootfs, true),
+            Err(e) => {
+                // Everything the record names is gone already.
+                let _ = std::fs::remove_file(creq.bundle.join(super::super::record::FILE));
+                return Err(e);
+            }
+        },
     };
     let c = match create_in_pod(svc, &creq, &pod, rootfs).await {
         Ok(c) => c,
         Err(e) => {
             if new_pod {
                 pod.shutdown().await;
+                let _ = std::fs::remove_file(creq.bundle.join(super::super::record::FILE));
             }
             return Err(e);
         }
@@ -196,6 +201,24 @@ async fn launch_pod(
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
+    // Recorded before the VM starts: if this shim dies during the launch,
+    // containerd's `delete` finds the pod directory and the processes the
+    // VM records as it starts them, and removes everything.
+    Record {
+        pod_dir: dir.path().to_path_buf(),
+        rootfs: rootfs.target.clone(),
+        owns_vm: creq.kind.owns_vm(),
+    }
+    .write(&creq.bundle)
+    .map_err(|e| {
+        ShimError::io(
+            format!(
+                "write {}",
+                creq.bundle.join(super::super::record::FILE).display()
+            ),
+            e,
+        )
+    })?;
     let launch = PodLaunch {
         id: &creq.id,
         hostname: &creq.hostname,
