@@ -46,6 +46,7 @@ pod_pids() { pgrep -f "$state/$1/" || true; }
 victim_pid() { # id kind
     case $2 in
         shim) pgrep -f "containerd-shim-cocoon-v2 .*-id $1( |$)" | head -n1 ;;
+        # (comm is cut at 15 characters: vhost-device-vs)
         *) for p in $(pod_pids "$1"); do
                case "$(ps -o comm= -p "$p" 2>/dev/null)" in "$2"*) echo "$p"; break ;; esac
            done ;;
@@ -68,7 +69,7 @@ worker() { # n
         i=$((i + 1))
         local id="w$n-$i" kind=none
         if [ $((RANDOM % 100)) -lt "$faults" ]; then
-            kind=$(printf 'qemu\nvirtiofsd\nvhost-device-vso\nshim\n' | shuf -n1)
+            kind=$(printf 'qemu\nvirtiofsd\nvhost-device-vs\nshim\n' | shuf -n1)
         fi
         local t0; t0=$(date +%s%N)
         $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.soak/busybox:1 "$id" \

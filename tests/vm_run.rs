@@ -273,6 +273,59 @@ fn bad_input_gets_one_clear_error() {
 }
 
 #[test]
+fn a_helper_dying_during_boot_fails_the_launch_at_once() {
+    let Some(env) = env_or_skip("a_helper_dying_during_boot_fails_the_launch_at_once") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let start = Instant::now();
+    let child = sb
+        .cocoon()
+        .args(["run", "--rootfs"])
+        .arg(busybox_rootfs())
+        .args(["--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the vsock helper as soon as it runs, long before the guest's
+    // agent can answer.
+    let killed = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the helper never started"
+        );
+        let victim = sb
+            .leftover_processes()
+            .into_iter()
+            .find(|p| p.contains("vhost-device-vsock"));
+        if let Some(p) = victim {
+            let pid = p.split(':').next().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap();
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("vhost-device-vsock exited") && err.contains("before the agent answered"),
+        "{err}"
+    );
+    // Not the 30 s agent timeout: the death is noticed within a second or two.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}: {err}",
+        killed.elapsed()
+    );
+    sb.assert_clean();
+}
+
+#[test]
 fn bad_arguments_are_refused_before_a_vm_boots() {
     let Some(env) = env_or_skip("bad_arguments_are_refused_before_a_vm_boots") else {
         return;

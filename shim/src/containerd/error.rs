@@ -125,6 +125,7 @@ fn vm_code(e: &cocoon_vmm::vm::VmError) -> Code {
         }
         VmError::Exists(_) => Code::ALREADY_EXISTS,
         VmError::QemuExited { .. }
+        | VmError::HelperExited { .. }
         | VmError::AgentTimeout { .. }
         | VmError::Agent(_)
         | VmError::Qmp(_) => Code::UNAVAILABLE,

@@ -1,5 +1,5 @@
-//! Waiting for a booting guest's agent, racing QEMU's exit and the
-//! deadline.
+//! Waiting for a booting guest's agent, racing QEMU's and the helpers'
+//! exit and the deadline.
 
 use std::time::{Duration, Instant};
 
@@ -42,16 +42,38 @@ async fn vsock_driver_ready(plan: &LaunchPlan, qmp: &Qmp) -> Result<bool, String
     }
 }
 
+/// Resolves when any helper has exited (polled: the helpers' exits are
+/// also watched by the VM once it runs).
+async fn helper_died(helpers: &[Daemon]) {
+    loop {
+        if helpers.iter().any(|h| h.try_wait().is_some()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connects to the agent and checks its protocol version; returns the
 /// client and the guest kernel release.
 pub(super) async fn wait_for_agent(
     plan: &LaunchPlan,
     qemu: &Daemon,
+    helpers: &[Daemon],
     qmp: &Qmp,
     started: Instant,
 ) -> Result<(GuestClient, String), VmError> {
     let deadline = started + plan.dial_timeout;
     let mut exit = qemu.exit_watch();
+    let helper_exited = || {
+        helpers.iter().find_map(|h| {
+            h.try_wait().map(|status| VmError::HelperExited {
+                helper: h.name(),
+                status,
+                secs: started.elapsed().as_secs_f64(),
+                log: log_tail(h.log(), 3),
+            })
+        })
+    };
     let mut driver_ready = false;
     let mut last_attempt = String::from("none yet");
     loop {
@@ -63,6 +85,10 @@ pub(super) async fn wait_for_agent(
                 qemu_log: log_tail(qemu.log(), 3),
                 console: console_tail(plan),
             });
+        }
+        // A dead helper (virtio-fs, vsock) means no agent will ever answer.
+        if let Some(e) = helper_exited() {
+            return Err(e);
         }
         if Instant::now() >= deadline {
             return Err(VmError::AgentTimeout {
@@ -92,6 +118,7 @@ pub(super) async fn wait_for_agent(
             r = tokio::time::timeout(left, agent::connect_checked(&plan.agent, HANDSHAKE_TIMEOUT.min(left))) => r,
             // Reported at the top of the loop.
             _ = exit.wait_for(Option::is_some) => continue,
+            () = helper_died(helpers) => continue,
         };
         match attempt {
             Ok(Ok(ok)) => return Ok(ok),

@@ -69,6 +69,18 @@ pub enum VmError {
         /// Tail of the console log.
         console: String,
     },
+    /// A helper daemon died before the agent answered.
+    #[error("{helper} exited with {status} after {secs:.1} s, before the agent answered; its log: {log}")]
+    HelperExited {
+        /// The helper's name.
+        helper: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Seconds since the launch started.
+        secs: f64,
+        /// Tail of its log.
+        log: String,
+    },
     /// The agent never answered.
     #[error("agent did not answer within {secs} s (qemu is running; last attempt: {last_attempt}); guest console: {console}")]
     AgentTimeout {
@@ -247,7 +259,8 @@ impl Vm {
         records.extend(qemu.record());
         write_state(plan.dir.join(PROCESSES_FILE), &records)?;
         let qmp = Qmp::new(&plan.qmp_socket);
-        let (guest, kernel_release) = boot::wait_for_agent(&plan, &qemu, &qmp, started).await?;
+        let (guest, kernel_release) =
+            boot::wait_for_agent(&plan, &qemu, &helpers, &qmp, started).await?;
         let boot_time = started.elapsed();
         info!(log, "agent ready"; "boot_ms" => u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX), "kernel" => &kernel_release);
         Ok(Self {
