@@ -1,4 +1,4 @@
-//! `cocoon run` end to end: real QEMU (TCG here), the Debian guest kernel,
+//! `cocoon run` end to end: real QEMU (TCG here), Cocoon's guest kernel,
 //! the static agent from the initrd, virtiofsd and vhost-device-vsock.
 
 use std::io::Write;
