@@ -288,18 +288,21 @@ fn a_helper_dying_during_boot_fails_the_launch_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the vsock helper as soon as it runs, long before the guest's
-    // agent can answer.
+    // Kill the vsock helper once QEMU has run for a moment (it has
+    // connected to the helper then), long before the guest's agent can
+    // answer (the kernel alone takes over a second under TCG).
     let killed = loop {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "the helper never started"
+            "QEMU never started"
         );
-        let victim = sb
-            .leftover_processes()
-            .into_iter()
-            .find(|p| p.contains("vhost-device-vsock"));
+        let procs = sb.leftover_processes();
+        let victim = procs
+            .iter()
+            .find(|p| p.contains("vhost-device-vsock"))
+            .filter(|_| procs.iter().any(|p| p.contains("qemu-system")));
         if let Some(p) = victim {
+            std::thread::sleep(Duration::from_millis(300));
             let pid = p.split(':').next().unwrap().to_string();
             std::process::Command::new("kill")
                 .args(["-9", &pid])

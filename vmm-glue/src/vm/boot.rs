@@ -87,7 +87,16 @@ pub(super) async fn wait_for_agent(
             });
         }
         // A dead helper (virtio-fs, vsock) means no agent will ever answer.
+        // A helper also ends when QEMU does (its peer went away): then
+        // QEMU's exit is the cause to report, so give it a moment.
         if let Some(e) = helper_exited() {
+            let grace = Instant::now() + Duration::from_millis(500);
+            while qemu.try_wait().is_none() && Instant::now() < grace {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if qemu.try_wait().is_some() {
+                continue;
+            }
             return Err(e);
         }
         if Instant::now() >= deadline {
