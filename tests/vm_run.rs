@@ -431,6 +431,17 @@ fn a_killed_cocoon_run_is_swept_by_the_next() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(run_dir.exists(), "kill -9 leaves the directory behind");
+    // A process tearing down its memory has no command line any more but
+    // is not gone yet (a 1 GiB QEMU takes a while on a loaded host); the
+    // sweep rightly waits for it, so does this test.
+    let start = Instant::now();
+    while cocoon_vmm::vm::recorded_alive(&run_dir) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "recorded processes never ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let o = sb.run(&["true"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(!run_dir.exists(), "the next run sweeps it");
