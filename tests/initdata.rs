@@ -109,7 +109,9 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
 
     // A pod whose initdata policy refuses exec: the agent says no, with
     // the rule, whatever the host asks.
-    let closed = format!("{DOC}\"cocoon-policy.toml\" = 'exec = false'\n");
+    let closed = format!(
+        "{DOC}\"cocoon-policy.toml\" = '''\nexec = false\nsignals = false\nstats = false\n'''\n"
+    );
     let annotation = format!("{KATA_INITDATA}={}", encode(closed.as_bytes()));
     let o = ctd
         .ctr(&[
@@ -132,8 +134,56 @@ fn initdata_from_the_kata_annotation_is_measured_and_delivered() {
         .unwrap();
     assert!(!o.status.success(), "{}", out(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("exec is refused by the pod's policy"), "{err}");
+    assert!(
+        err.contains("exec into \"i2\" is refused by the pod's policy")
+            && err.contains("exec = false"),
+        "{err}"
+    );
+    // Process lists and signals other than SIGKILL follow the policy too.
+    for (args, needle) in [
+        (&["task", "ps", "i2"][..], "stats = false"),
+        (
+            &["task", "kill", "-s", "SIGTERM", "i2"][..],
+            "signals = false",
+        ),
+    ] {
+        let o = ctd.ctr(args).unwrap();
+        assert!(!o.status.success(), "{args:?}: {}", out(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(needle) && err.contains("refused"),
+            "{args:?}: {err}"
+        );
+    }
+    ctd.wait_running("i2");
+    // SIGKILL is always delivered (the host can stop the VM anyway).
     ctd.kill_and_remove("i2");
+
+    // A pod whose policy keeps output in the guest: the process runs, its
+    // output never reaches the host, and the shim says why.
+    let quiet = format!("{DOC}\"cocoon-policy.toml\" = 'logs = false'\n");
+    let annotation = format!("{KATA_INITDATA}={}", encode(quiet.as_bytes()));
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--annotation",
+            &annotation,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "i4",
+            "echo",
+            "kept-in-the-guest",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(!out(&o).contains("kept-in-the-guest"), "{}", out(&o));
+    let log = ctd.log();
+    assert!(
+        log.contains("the guest refused the process's output") && log.contains("logs = false"),
+        "containerd log lacks the refusal"
+    );
 
     // A pod whose policy refuses privileged containers: CAP_SYS_ADMIN is
     // refused by the agent, naming the capability and the rule.

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use base64::Engine;
 use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
-use cocoon_tests::kbs::{kbs_binary, Kbs};
+use cocoon_tests::kbs::Kbs;
+use cocoon_tests::pod_kbs::{attest_to, kbs_or_skip};
 use cocoon_tests::{env_or_skip, Sandbox};
 
 /// Files under `dir` (not following links) whose bytes contain `needle`.
@@ -41,28 +42,14 @@ fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {
         eprintln!("SKIP {test}: containerd is not installed (make deps)");
         return;
     };
-    let Some(bin) = kbs_binary(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
-        eprintln!("SKIP {test}: no trustee KBS (set COCOON_KBS_BIN, or `make deps` unpacks it into build/kbs)");
-        return;
-    };
+    let Some(bin) = kbs_or_skip(test) else { return };
     let kbs = Kbs::start(&bin);
     let mut rnd = [0u8; 12];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut rnd).unwrap();
     let secret = format!("cocoon-secret-{}", hex::encode(rnd));
     kbs.allow_sample_and_store("default/key/demo", secret.as_bytes());
-    let kbs_url = format!("http://{}", kbs.addr);
     let sb = Sandbox::new(&env, |t| {
-        let mut a = toml::Table::new();
-        a.insert("kbs_url".into(), kbs_url.clone().into());
-        a.insert(
-            "allowed_resources".into(),
-            vec![toml::Value::from("kbs:///default/key/*")].into(),
-        );
-        t.insert("attestation".into(), toml::Value::Table(a));
-        t["runtime"].as_table_mut().unwrap().insert(
-            "allowed_annotations".into(),
-            vec![toml::Value::from("io.cocoon.secret.*")].into(),
-        );
+        attest_to(t, &kbs, &["kbs:///default/key/*"], &["io.cocoon.secret.*"]);
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let o = ctd
@@ -202,10 +189,7 @@ fn sealed_models_open_only_inside_the_pod() {
         eprintln!("SKIP {test}: containerd is not installed (make deps)");
         return;
     };
-    let Some(bin) = kbs_binary(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
-        eprintln!("SKIP {test}: no trustee KBS (set COCOON_KBS_BIN, or `make deps` unpacks it into build/kbs)");
-        return;
-    };
+    let Some(bin) = kbs_or_skip(test) else { return };
     // The owner's machine: a model directory, sealed twice (one key URI the
     // pod's initdata allows, one it does not). Kept outside every
     // directory the node uses.
@@ -257,19 +241,8 @@ fn sealed_models_open_only_inside_the_pod() {
     std::fs::write(volume.path().join("future.sealed"), future).unwrap();
     let kbs = Kbs::start(&bin);
     kbs.allow_sample_and_store("default/model/demo", &key);
-    let kbs_url = format!("http://{}", kbs.addr);
     let sb = Sandbox::new(&env, |t| {
-        let mut a = toml::Table::new();
-        a.insert("kbs_url".into(), kbs_url.clone().into());
-        a.insert(
-            "allowed_resources".into(),
-            vec![toml::Value::from("kbs:///default/model/*")].into(),
-        );
-        t.insert("attestation".into(), toml::Value::Table(a));
-        t["runtime"].as_table_mut().unwrap().insert(
-            "allowed_annotations".into(),
-            vec![toml::Value::from("io.cocoon.model.*")].into(),
-        );
+        attest_to(t, &kbs, &["kbs:///default/model/*"], &["io.cocoon.model.*"]);
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let mount = format!(
@@ -427,6 +400,117 @@ fn sealed_models_open_only_inside_the_pod() {
         out(&o)
     );
     let _ = ctd.ctr(&["c", "rm", "r7"]);
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+/// Seals `name` for the key at `kid` with the independent Python
+/// implementation (a fresh signing key, its public JWK written to
+/// `jwk_out`); `None` when the test venv is missing.
+fn seal_secret(kid: &str, name: &str, jwk_out: &Path) -> Option<String> {
+    let python = cocoon_tests::repo_root().join("build/measure-venv/bin/python3");
+    if !python.exists() {
+        return None;
+    }
+    let o = std::process::Command::new(python)
+        .arg(cocoon_tests::repo_root().join("tests/fixtures/sealed_secret.py"))
+        .args([kid, name])
+        .arg(jwk_out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    Some(String::from_utf8(o.stdout).unwrap().trim().to_string())
+}
+
+#[test]
+fn sealed_environment_values_are_unsealed_in_the_guest() {
+    let test = "sealed_environment_values_are_unsealed_in_the_guest";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let Some(bin) = kbs_or_skip(test) else { return };
+    // The secret owner's side: a signing key and two sealed values, one
+    // signed with a key the KBS does not hold under that kid.
+    let owner = tempfile::tempdir().unwrap();
+    let kid = "kbs:///default/sealing/key";
+    let Some(sealed) = seal_secret(kid, "kbs:///default/secret/token", &owner.path().join("k1"))
+    else {
+        eprintln!("SKIP {test}: build/measure-venv with `cryptography` missing (make deps)");
+        return;
+    };
+    let forged = seal_secret(kid, "kbs:///default/secret/token", &owner.path().join("k2")).unwrap();
+    let outside = seal_secret(kid, "kbs:///other/secret/token", &owner.path().join("k3")).unwrap();
+    let mut rnd = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut rnd).unwrap();
+    let secret = format!("cocoon-token-{}", hex::encode(rnd));
+    let kbs = Kbs::start(&bin);
+    kbs.allow_sample_and_store("default/secret/token", secret.as_bytes());
+    kbs.store(
+        "default/sealing/key",
+        &std::fs::read(owner.path().join("k1")).unwrap(),
+    );
+    let sb = Sandbox::new(&env, |t| {
+        attest_to(t, &kbs, &["kbs:///default/*"], &[]);
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let run = |id: &str, value: &str| {
+        ctd.ctr(&[
+            "run",
+            "--rm",
+            "--env",
+            &format!("TOKEN={value}"),
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            "echo \"[$TOKEN]\"",
+        ])
+        .unwrap()
+    };
+    // The process sees the plaintext; the host only ever had the sealed
+    // string.
+    let o = run("v1", &sealed);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("[{secret}]\n"),
+        "{}",
+        out(&o)
+    );
+    let mut found = Vec::new();
+    files_containing(&sb.state_dir, secret.as_bytes(), &mut found);
+    files_containing(sb.dir.path(), secret.as_bytes(), &mut found);
+    assert!(found.is_empty(), "the secret is on the host in {found:?}");
+    let log = ctd.log();
+    assert!(
+        !log.contains(&secret),
+        "containerd's log holds the plaintext (it may hold the sealed value)"
+    );
+
+    // Another signer, a URI outside the policy, an unsigned value: refused.
+    for (id, value, needle) in [
+        ("v2", forged.as_str(), "signature does not verify"),
+        (
+            "v3",
+            outside.as_str(),
+            "not in the initdata's allowed_resources",
+        ),
+        (
+            "v4",
+            "sealed.fakejwsheader.e30.fakesignature",
+            "is unsigned",
+        ),
+    ] {
+        let o = run(id, value);
+        assert!(!o.status.success(), "{id}: {}", out(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("TOKEN") && err.contains(needle), "{id}: {err}");
+        let _ = ctd.ctr(&["c", "rm", id]);
+    }
     ctd.assert_no_shims();
     sb.assert_clean();
 }

@@ -122,7 +122,13 @@ print(f"cycle time: p50 {q(0.5)} ms, p99 {q(0.99)} ms, max {times[-1]} ms")
 PY
 nleaks=$(wc -l <"$work/leaks")
 echo "leaks after cycles: $nleaks"
-[ "$nleaks" -gt 0 ] && head -n 20 "$work/leaks"
+if [ "$nleaks" -gt 0 ]; then
+    head -n 20 "$work/leaks"
+    # Keep the evidence (the work directory goes at exit).
+    keep=$(mktemp /tmp/cocoon-soak-containerd.XXXXXX.log)
+    cp "$work/containerd.log" "$keep"
+    echo "containerd's log (with the shims' lines) kept in $keep"
+fi
 echo "containerd fds: $fds0 -> $fds1; /run/containerd/s sockets: $socks0 -> $socks1"
 failed=$(awk '$2 == "none" && $4 != "1"' "$work/results" | wc -l)
 [ "$nleaks" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use ttrpc::context::Context;
 use ttrpc::Code;
 
@@ -97,6 +98,10 @@ impl ProcessRef {
 #[derive(Clone)]
 pub struct GuestClient {
     inner: AgentClient,
+    /// Set (with the reason) once the VM is gone: every pending and later
+    /// call fails at once instead of waiting for a guest that cannot
+    /// answer.
+    gone: Option<watch::Receiver<Option<String>>>,
 }
 
 impl std::fmt::Debug for GuestClient {
@@ -108,27 +113,61 @@ impl std::fmt::Debug for GuestClient {
 impl GuestClient {
     /// Wraps a connected ttrpc client.
     pub fn new(inner: AgentClient) -> Self {
-        Self { inner }
+        Self { inner, gone: None }
+    }
+
+    /// This client, failing every call once `gone` holds a reason (the VM
+    /// stopped: QEMU or a helper it needs exited).
+    #[must_use]
+    pub fn until_gone(mut self, gone: watch::Receiver<Option<String>>) -> Self {
+        self.gone = Some(gone);
+        self
+    }
+
+    /// Runs one call, mapping its error, unless the VM is gone first.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = ttrpc::Result<T>>,
+    ) -> GuestResult<T> {
+        let Some(mut gone) = self.gone.clone() else {
+            return call.await.map_err(|e| GuestError::new(op, e));
+        };
+        let lost = |why: Option<String>| GuestError {
+            op,
+            code: None,
+            message: why.unwrap_or_else(|| "the VM is gone".into()),
+        };
+        if let Some(why) = gone.borrow().clone() {
+            return Err(lost(Some(why)));
+        }
+        tokio::select! {
+            r = call => r.map_err(|e| GuestError::new(op, e)),
+            w = gone.wait_for(Option::is_some) => Err(lost(w.ok().and_then(|w| w.clone()))),
+        }
     }
 
     /// `Version`: the agent's protocol version and kernel release.
     pub async fn version(&self) -> GuestResult<VersionResponse> {
         let mut req = VersionRequest::new();
         req.protocol_version = crate::PROTOCOL_VERSION;
-        self.inner
-            .version(ctx(timeouts::VERSION), &req)
-            .await
-            .map_err(|e| GuestError::new("ask the agent its version", e))
+        self.call(
+            "ask the agent its version",
+            self.inner.version(ctx(timeouts::VERSION), &req),
+        )
+        .await
     }
 
     /// `CreateSandbox`: mounts the share tagged `shared_fs_tag`, hands over
     /// the pod's initdata document (empty: none) and the secrets to fetch.
     pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> GuestResult<()> {
-        self.inner
-            .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("create the sandbox in the guest", e))
+        self.call(
+            "create the sandbox in the guest",
+            self.inner
+                .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `CreateContainer`: returns the guest PID of its init process
@@ -147,10 +186,11 @@ impl GuestClient {
         } else {
             timeouts::CREATE_CONTAINER_WITH_MODELS
         };
-        self.inner
-            .create_container(ctx(timeout), req)
-            .await
-            .map_err(|e| GuestError::new("create the container in the guest", e))
+        self.call(
+            "create the container in the guest",
+            self.inner.create_container(ctx(timeout), req),
+        )
+        .await
     }
 
     /// `StartProcess`.
@@ -158,11 +198,12 @@ impl GuestClient {
         let mut req = StartProcessRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
-        self.inner
-            .start_process(ctx(timeouts::START), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(|e| GuestError::new("start the process in the guest", e))
+        self.call(
+            "start the process in the guest",
+            self.inner.start_process(ctx(timeouts::START), &req),
+        )
+        .await
+        .map(|r| r.pid)
     }
 
     /// `ExecProcess`: creates (not starts) an exec process from its OCI
@@ -172,11 +213,12 @@ impl GuestClient {
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
         req.oci_process = oci_process;
-        self.inner
-            .exec_process(ctx(timeouts::START), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(|e| GuestError::new("create the exec process in the guest", e))
+        self.call(
+            "create the exec process in the guest",
+            self.inner.exec_process(ctx(timeouts::START), &req),
+        )
+        .await
+        .map(|r| r.pid)
     }
 
     /// `SignalProcess` (to every process of the container with `all`).
@@ -186,11 +228,12 @@ impl GuestClient {
         req.exec_id.clone_from(&p.exec_id);
         req.signal = signal;
         req.all = all;
-        self.inner
-            .signal_process(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("signal the process in the guest", e))
+        self.call(
+            "signal the process in the guest",
+            self.inner.signal_process(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `WaitProcess`: blocks (no timeout) until the process exits; its exit
@@ -204,10 +247,11 @@ impl GuestClient {
         let mut req = WaitProcessRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
-        self.inner
-            .wait_process(Context::default(), &req)
-            .await
-            .map_err(|e| GuestError::new("wait for the process in the guest", e))
+        self.call(
+            "wait for the process in the guest",
+            self.inner.wait_process(Context::default(), &req),
+        )
+        .await
     }
 
     /// `UpdateContainer`: new `linux.resources` (JSON) for the container's
@@ -216,11 +260,12 @@ impl GuestClient {
         let mut req = UpdateContainerRequest::new();
         req.container_id = container_id.to_string();
         req.oci_resources = oci_resources;
-        self.inner
-            .update_container(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("update the container's resources in the guest", e))
+        self.call(
+            "update the container's resources in the guest",
+            self.inner.update_container(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `RemoveProcess` (an exec's bookkeeping).
@@ -228,22 +273,24 @@ impl GuestClient {
         let mut req = RemoveProcessRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
-        self.inner
-            .remove_process(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("remove the process in the guest", e))
+        self.call(
+            "remove the process in the guest",
+            self.inner.remove_process(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `RemoveContainer`.
     pub async fn remove_container(&self, container_id: &str) -> GuestResult<()> {
         let mut req = RemoveContainerRequest::new();
         req.container_id = container_id.to_string();
-        self.inner
-            .remove_container(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("remove the container in the guest", e))
+        self.call(
+            "remove the container in the guest",
+            self.inner.remove_container(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `ReadStream`: blocks (no timeout) until output or end of stream;
@@ -254,10 +301,11 @@ impl GuestClient {
         req.exec_id.clone_from(&p.exec_id);
         req.stream = stream.into();
         let r = self
-            .inner
-            .read_stream(Context::default(), &req)
-            .await
-            .map_err(|e| GuestError::new("read the process's output", e))?;
+            .call(
+                "read the process's output",
+                self.inner.read_stream(Context::default(), &req),
+            )
+            .await?;
         Ok((!r.eof).then_some(r.data))
     }
 
@@ -267,11 +315,12 @@ impl GuestClient {
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
         req.data = data;
-        self.inner
-            .write_stdin(ctx(timeouts::STDIN), &req)
-            .await
-            .map(|r| r.written)
-            .map_err(|e| GuestError::new("write to the process's stdin", e))
+        self.call(
+            "write to the process's stdin",
+            self.inner.write_stdin(ctx(timeouts::STDIN), &req),
+        )
+        .await
+        .map(|r| r.written)
     }
 
     /// `CloseStdin`.
@@ -279,11 +328,12 @@ impl GuestClient {
         let mut req = CloseStdinRequest::new();
         req.container_id.clone_from(&p.container_id);
         req.exec_id.clone_from(&p.exec_id);
-        self.inner
-            .close_stdin(ctx(timeouts::STDIN), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("close the process's stdin", e))
+        self.call(
+            "close the process's stdin",
+            self.inner.close_stdin(ctx(timeouts::STDIN), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `ResizeTty`.
@@ -293,41 +343,46 @@ impl GuestClient {
         req.exec_id.clone_from(&p.exec_id);
         req.rows = rows;
         req.cols = cols;
-        self.inner
-            .resize_tty(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("resize the terminal in the guest", e))
+        self.call(
+            "resize the terminal in the guest",
+            self.inner.resize_tty(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(drop)
     }
 
     /// `ListProcesses`: guest PIDs of the container.
     pub async fn list_processes(&self, container_id: &str) -> GuestResult<Vec<u32>> {
         let mut req = ListProcessesRequest::new();
         req.container_id = container_id.to_string();
-        self.inner
-            .list_processes(ctx(timeouts::CONTROL), &req)
-            .await
-            .map(|r| r.pids)
-            .map_err(|e| GuestError::new("list the container's processes in the guest", e))
+        self.call(
+            "list the container's processes in the guest",
+            self.inner.list_processes(ctx(timeouts::CONTROL), &req),
+        )
+        .await
+        .map(|r| r.pids)
     }
 
     /// `Stats`.
     pub async fn stats(&self, container_id: &str) -> GuestResult<StatsResponse> {
         let mut req = StatsRequest::new();
         req.container_id = container_id.to_string();
-        self.inner
-            .stats(ctx(timeouts::CONTROL), &req)
-            .await
-            .map_err(|e| GuestError::new("read the container's stats in the guest", e))
+        self.call(
+            "read the container's stats in the guest",
+            self.inner.stats(ctx(timeouts::CONTROL), &req),
+        )
+        .await
     }
 
     /// `Shutdown`: asks the guest to power off.
     pub async fn shutdown(&self) -> GuestResult<()> {
-        self.inner
-            .shutdown(ctx(timeouts::SHUTDOWN), &ShutdownRequest::new())
-            .await
-            .map(drop)
-            .map_err(|e| GuestError::new("ask the guest to power off", e))
+        self.call(
+            "ask the guest to power off",
+            self.inner
+                .shutdown(ctx(timeouts::SHUTDOWN), &ShutdownRequest::new()),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -348,5 +403,39 @@ mod tests {
         );
         let e = GuestError::new("x", ttrpc::Error::LocalClosed);
         assert_eq!(e.code, None);
+    }
+
+    /// A guest that never answers (its VM lost a helper): calls pending
+    /// and later fail as soon as the VM is known to be gone, with why,
+    /// instead of waiting for their timeouts.
+    #[tokio::test]
+    async fn calls_fail_at_once_when_the_vm_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let silent = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let client = ttrpc::r#async::Client::connect(&format!("unix://{}", path.display()))
+            .await
+            .unwrap();
+        let _conn = silent.join().unwrap().unwrap();
+        let (tx, rx) = watch::channel(None);
+        let guest = GuestClient::new(AgentClient::new(client)).until_gone(rx);
+        let started = std::time::Instant::now();
+        let pending = tokio::spawn({
+            let guest = guest.clone();
+            async move { guest.version().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "the call ended before the VM went");
+        tx.send_replace(Some("the VM stopped: virtiofsd exited".into()));
+        let e = pending.await.unwrap().unwrap_err();
+        assert_eq!(e.code, None);
+        assert_eq!(
+            e.to_string(),
+            "ask the agent its version: the VM stopped: virtiofsd exited"
+        );
+        assert!(started.elapsed() < timeouts::VERSION);
+        let e = guest.stats("c1").await.unwrap_err();
+        assert!(e.to_string().contains("virtiofsd exited"), "{e}");
     }
 }

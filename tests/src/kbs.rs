@@ -180,10 +180,15 @@ storage_backend_type = "kvstorage"
             "application/json",
             body.as_bytes(),
         );
+        self.store(path, secret);
+    }
+
+    /// Stores resource `path` (`<repo>/<type>/<tag>`).
+    pub fn store(&self, path: &str, data: &[u8]) {
         self.admin_post(
             &format!("/kbs/v0/resource/{path}"),
             "application/octet-stream",
-            secret,
+            data,
         );
     }
 }

@@ -15,6 +15,7 @@
 pub mod containerd;
 pub mod docker;
 pub mod kbs;
+pub mod pod_kbs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -136,6 +136,9 @@ pub struct Container {
     /// Whether it mounts sealed models (exec then needs the policy's
     /// explicit consent).
     pub has_models: bool,
+    /// Whether it holds secrets (the pod's KBS secrets or a sealed model):
+    /// the policy's stdin default depends on it.
+    pub holds_secrets: bool,
 }
 
 impl Container {

@@ -13,9 +13,8 @@ use cocoon_seal::open::{self, OpenOptions};
 use cocoon_seal::{Header, Kind, ModelKey};
 
 use crate::error::{Error, Result};
-use crate::initdata::GuestTee;
 use crate::oci::{MountKind, SpecMount};
-use crate::secrets::PodPolicy;
+use crate::policy::PodPolicy;
 
 /// Where decrypted models live: one tmpfs per model (guest memory).
 pub const STORE: &str = "/run/cocoon/models";
@@ -279,7 +278,7 @@ pub fn remove_all(store: &Path) {
 
 /// The TEE default for exec into a container that mounts a model: only
 /// when the policy says `exec = true` explicitly.
-pub fn check_exec(policy: &PodPolicy, _tee: &GuestTee, container: &str) -> Result<()> {
+pub fn check_exec(policy: &PodPolicy, container: &str) -> Result<()> {
     if policy.exec == Some(true) {
         return Ok(());
     }

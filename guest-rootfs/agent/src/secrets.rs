@@ -13,6 +13,7 @@ use cocoon_protocol::resource::{is_dns_label, ResourceUri};
 use crate::error::{Error, Result};
 use crate::initdata::GuestTee;
 use crate::kbs::{self, Client, Connect, Connecting, KbsError, Stream};
+use crate::policy::PodPolicy;
 
 /// Where fetched secrets are kept (guest tmpfs).
 pub const STORE: &str = "/run/cocoon/secrets";
@@ -20,153 +21,6 @@ pub const STORE: &str = "/run/cocoon/secrets";
 pub const PER_CONTAINER: &str = "/run/cocoon/containers";
 /// Where containers see them.
 pub const IN_CONTAINER: &str = "run/secrets/cocoon";
-
-/// What the pod's initdata says about the KBS.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodPolicy {
-    /// `aa.toml` `[token_configs.kbs] url`.
-    pub kbs_url: Option<String>,
-    /// `cocoon-policy.toml` `allowed_resources` (a trailing `*` matches
-    /// the rest).
-    pub allowed_resources: Vec<String>,
-    /// `cocoon-policy.toml` `exec`: whether the host may run new processes
-    /// in the pod's containers (unset: yes without a TEE, no in one).
-    pub exec: Option<bool>,
-    /// `cocoon-policy.toml` `privileged`: whether a container may hold
-    /// capabilities that own the guest kernel ([`GUEST_OWNING_CAPS`]; unset:
-    /// yes without a TEE, no in one).
-    pub privileged: Option<bool>,
-}
-
-/// Capabilities that give a container the guest kernel (and with it every
-/// secret in the TEE): mounting anything, loading modules, raw I/O and
-/// `/dev/mem`, rebooting, BPF and perf.
-pub const GUEST_OWNING_CAPS: &[(u8, &str)] = &[
-    (16, "CAP_SYS_MODULE"),
-    (17, "CAP_SYS_RAWIO"),
-    (21, "CAP_SYS_ADMIN"),
-    (22, "CAP_SYS_BOOT"),
-    (38, "CAP_PERFMON"),
-    (39, "CAP_BPF"),
-];
-
-impl PodPolicy {
-    /// Whether the initdata allows fetching `uri`.
-    pub fn allows(&self, uri: &ResourceUri) -> bool {
-        let canonical = uri.to_string();
-        self.allowed_resources
-            .iter()
-            .any(|a| matches(a, &canonical))
-    }
-
-    /// Refuses a container whose bounding set holds a capability that owns
-    /// the guest kernel, unless the policy (or, unset, the lack of a TEE)
-    /// allows it.
-    pub fn check_privileged(&self, bounding: u64, tee: &GuestTee) -> Result<()> {
-        let held: Vec<&str> = GUEST_OWNING_CAPS
-            .iter()
-            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
-            .map(|(_, name)| *name)
-            .collect();
-        if held.is_empty() {
-            return Ok(());
-        }
-        match (self.privileged, tee) {
-            (Some(true), _) | (None, GuestTee::None) => Ok(()),
-            (Some(false), _) => Err(Error::PermissionDenied(format!(
-                "process.capabilities.bounding holds {}: refused by the pod's policy (cocoon-policy.toml in its initdata: privileged = false)",
-                held.join(", ")
-            ))),
-            (None, _) => Err(Error::PermissionDenied(format!(
-                "process.capabilities.bounding holds {}, which would own the guest kernel: refused in a confidential pod by default; its initdata's cocoon-policy.toml may allow it with privileged = true",
-                held.join(", ")
-            ))),
-        }
-    }
-
-    /// Refuses `ExecProcess` unless the policy (or, unset, the guest's TEE
-    /// default) allows it.
-    pub fn check_exec(&self, tee: &GuestTee) -> Result<()> {
-        match (self.exec, tee) {
-            (Some(true), _) | (None, GuestTee::None) => Ok(()),
-            (Some(false), _) => Err(Error::PermissionDenied(
-                "exec is refused by the pod's policy (cocoon-policy.toml in its initdata: exec = false)".into(),
-            )),
-            (None, _) => Err(Error::PermissionDenied(
-                "exec is refused in a confidential pod by default; its initdata's cocoon-policy.toml may allow it with exec = true".into(),
-            )),
-        }
-    }
-}
-
-fn bad(problem: String) -> Error {
-    Error::InvalidArgument {
-        field: "initdata",
-        problem,
-    }
-}
-
-/// Reads the KBS URL and the allowed resources from an initdata document.
-pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        #[serde(default)]
-        data: BTreeMap<String, String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Aa {
-        token_configs: Option<TokenConfigs>,
-    }
-    #[derive(serde::Deserialize)]
-    struct TokenConfigs {
-        kbs: Option<KbsConfig>,
-    }
-    #[derive(serde::Deserialize)]
-    struct KbsConfig {
-        url: String,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Cocoon {
-        #[serde(default)]
-        allowed_resources: Vec<String>,
-        exec: Option<bool>,
-        privileged: Option<bool>,
-    }
-    let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
-    let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
-    let kbs_url = match doc.data.get("aa.toml") {
-        Some(aa) => {
-            let aa: Aa =
-                toml::from_str(aa).map_err(|e| bad(format!("aa.toml: {}", e.message())))?;
-            aa.token_configs.and_then(|t| t.kbs).map(|k| k.url)
-        }
-        None => None,
-    };
-    let cocoon = match doc.data.get("cocoon-policy.toml") {
-        Some(p) => toml::from_str::<Cocoon>(p)
-            .map_err(|e| bad(format!("cocoon-policy.toml: {}", e.message())))?,
-        None => Cocoon {
-            allowed_resources: Vec::new(),
-            exec: None,
-            privileged: None,
-        },
-    };
-    Ok(PodPolicy {
-        kbs_url,
-        allowed_resources: cocoon.allowed_resources,
-        exec: cocoon.exec,
-        privileged: cocoon.privileged,
-    })
-}
-
-/// Whether `pattern` (a URI, or a prefix ending in `*`) allows `uri`.
-fn matches(pattern: &str, uri: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => uri.starts_with(prefix),
-        None => pattern == uri,
-    }
-}
 
 /// `host:port` of an `http://` KBS URL (the Host header; the connection
 /// itself goes through the host's relay).
@@ -350,6 +204,7 @@ pub fn for_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::policy;
 
     const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://10.0.0.5:8080\"\n'''\n\"cocoon-policy.toml\" = '''\nallowed_resources = [\"kbs:///default/key/*\", \"kbs:///other/x/y\"]\n'''\n";
 
@@ -406,66 +261,6 @@ mod tests {
             .to_string();
         assert!(e.contains("names no KBS"), "{e}");
         assert!(kbs_host("https://kbs:443").is_err());
-        assert!(policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'debug = true'\n").is_err());
-    }
-
-    #[test]
-    fn exec_follows_the_policy_and_the_tee() {
-        let open = PodPolicy::default();
-        open.check_exec(&GuestTee::None).unwrap();
-        let e = open.check_exec(&GuestTee::Snp).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("refused in a confidential pod by default"),
-            "{e}"
-        );
-        let closed = PodPolicy {
-            exec: Some(false),
-            ..PodPolicy::default()
-        };
-        let e = closed.check_exec(&GuestTee::None).unwrap_err().to_string();
-        assert!(e.contains("exec = false"), "{e}");
-        let allowed = PodPolicy {
-            exec: Some(true),
-            ..PodPolicy::default()
-        };
-        allowed.check_exec(&GuestTee::Tdx).unwrap();
-        let p = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'exec = false'\n").unwrap();
-        assert_eq!(p.exec, Some(false));
-    }
-
-    #[test]
-    fn guest_owning_capabilities_follow_the_policy_and_the_tee() {
-        // containerd's default set (no CAP_SYS_ADMIN) is always fine.
-        let default_caps: u64 = 0xa804_25fb;
-        let admin = default_caps | (1 << 21) | (1 << 16);
-        let open = PodPolicy::default();
-        open.check_privileged(default_caps, &GuestTee::Snp).unwrap();
-        open.check_privileged(admin, &GuestTee::None).unwrap();
-        let e = open
-            .check_privileged(admin, &GuestTee::Tdx)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("CAP_SYS_MODULE, CAP_SYS_ADMIN") && e.contains("privileged = true"),
-            "{e}"
-        );
-        let closed = PodPolicy {
-            privileged: Some(false),
-            ..PodPolicy::default()
-        };
-        let e = closed
-            .check_privileged(admin, &GuestTee::None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("privileged = false"), "{e}");
-        let allowed = PodPolicy {
-            privileged: Some(true),
-            ..PodPolicy::default()
-        };
-        allowed.check_privileged(u64::MAX, &GuestTee::Snp).unwrap();
-        let p = policy(b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = 'privileged = true'\n").unwrap();
-        assert_eq!(p.privileged, Some(true));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ttrpc::r#async::TtrpcContext;
 use crate::container::{Container, Process};
 use crate::error::{Error, Result};
 use crate::oci::{ContainerSpec, ProcessSpec};
+use crate::policy::Rule;
 use crate::reaper::Reaper;
 use crate::spawn;
 
@@ -27,7 +28,7 @@ struct State {
     /// the VM's life, also after DestroySandbox.
     initdata_taken: bool,
     /// The pod's policy from its verified initdata (default without).
-    policy: crate::secrets::PodPolicy,
+    policy: crate::policy::PodPolicy,
     /// The verified initdata document (empty: none), which attestation
     /// binds to the evidence.
     initdata: Vec<u8>,
@@ -49,6 +50,8 @@ pub struct AgentService {
     /// Serializes the decryption of sealed models (one per pod, whichever
     /// container asks first).
     models: tokio::sync::Mutex<()>,
+    /// The guest's TEE (decides the policy's defaults).
+    tee: crate::initdata::GuestTee,
 }
 
 fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str> {
@@ -101,7 +104,7 @@ async fn fetch_secrets(
     let policy = if initdata.is_empty() {
         None
     } else {
-        Some(crate::secrets::policy(initdata)?)
+        Some(crate::policy::policy(initdata)?)
     };
     let checked = crate::secrets::check(policy.as_ref(), wanted)?;
     let policy = policy.unwrap_or_default();
@@ -137,7 +140,20 @@ impl AgentService {
             poweroff,
             cgroups,
             models: tokio::sync::Mutex::new(()),
+            tee: crate::initdata::GuestRoots::default().tee(),
         }
+    }
+
+    /// Refuses a host request on container `c` that the pod's policy does
+    /// not allow (PERMISSION_DENIED naming the rule).
+    fn allow(&self, rule: Rule, c: &Container, what: &str) -> Result<()> {
+        let st = self.state();
+        st.policy.check(
+            rule,
+            &self.tee,
+            c.holds_secrets,
+            &format!("{what} {:?}", c.id),
+        )
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -191,7 +207,7 @@ impl AgentService {
         }
         if !initdata.is_empty() {
             let mut st = self.state();
-            st.policy = crate::secrets::policy(&initdata)?;
+            st.policy = crate::policy::policy(&initdata)?;
             st.initdata.clone_from(&initdata);
         }
         if !req.secrets.is_empty() {
@@ -281,20 +297,18 @@ impl AgentService {
         let cgroups = self.cgroups.clone();
         let policy = self.state().policy.clone();
         // Decoding compiles the seccomp filter: blocking work.
-        let spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
-        policy.check_privileged(
-            spec.process.security.caps.bounding,
-            &crate::initdata::GuestRoots::default().tee(),
-        )?;
+        let mut spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
+        policy.check_privileged(spec.process.security.caps.bounding, &self.tee)?;
+        self.unseal_env(&mut spec.process.env).await?;
         let (model_binds, reports) = self.prepare_models(&req.models, &rootfs, &spec).await?;
         let has_models = !model_binds.is_empty();
-        let (spec, spawned, cgroup) = blocking(move || {
+        let (spec, spawned, cgroup, has_secrets) = blocking(move || {
             let cgroup = cgroups
                 .as_ref()
                 .map(|c| c.create(&cid, &spec.limits))
                 .transpose()?;
             let mut binds = Vec::new();
-            if let Some(dir) = crate::secrets::for_container(
+            let has_secrets = if let Some(dir) = crate::secrets::for_container(
                 std::path::Path::new(crate::secrets::STORE),
                 std::path::Path::new(crate::secrets::PER_CONTAINER),
                 &cid,
@@ -302,7 +316,10 @@ impl AgentService {
                 spec.process.gid,
             )? {
                 binds.push((dir, crate::secrets::IN_CONTAINER.to_string()));
-            }
+                true
+            } else {
+                false
+            };
             binds.extend(model_binds);
             let spawned = spawn::spawn_container(
                 &reaper,
@@ -313,7 +330,7 @@ impl AgentService {
                 cgroup.as_ref().map(|c| c.fd()),
             );
             match spawned {
-                Ok(s) => Ok((spec, s, cgroup)),
+                Ok(s) => Ok((spec, s, cgroup, has_secrets)),
                 Err(e) => {
                     if let Some(c) = cgroup {
                         c.remove();
@@ -332,6 +349,7 @@ impl AgentService {
             seccomp: spec.process.security.seccomp.clone(),
             cgroup: cgroup.map(Arc::new),
             has_models,
+            holds_secrets: has_secrets || has_models,
         });
         let mut st = self.state();
         if st.containers.contains_key(&id) {
@@ -343,6 +361,55 @@ impl AgentService {
         }
         st.containers.insert(id, container);
         Ok((pid, reports))
+    }
+
+    /// Replaces the sealed secrets among `env`'s values by their plaintext:
+    /// both URIs of each checked against the policy, then the signers' keys
+    /// and the secrets fetched in one attested KBS session, each signature
+    /// verified.
+    async fn unseal_env(&self, env: &mut [String]) -> Result<()> {
+        let found = crate::sealed::find(env)?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let (policy, initdata) = {
+            let st = self.state();
+            (st.policy.clone(), st.initdata.clone())
+        };
+        let var = &found[0].1.var;
+        if initdata.is_empty() {
+            return Err(Error::PermissionDenied(format!(
+                "{var}: a sealed secret needs the pod's initdata to name a KBS and allow its resources; the pod has none"
+            )));
+        }
+        for (_, s) in &found {
+            s.check(&policy)?;
+        }
+        if policy.kbs_url.is_none() {
+            return Err(Error::PermissionDenied(format!(
+                "{var}: the initdata names no KBS ([token_configs.kbs] url in aa.toml) to unseal it with"
+            )));
+        }
+        let uris: Vec<&cocoon_protocol::resource::ResourceUri> = found
+            .iter()
+            .flat_map(|(_, s)| [&s.key, &s.secret])
+            .collect();
+        let mut fetched = crate::secrets::fetch_resources(
+            &policy,
+            &String::from_utf8_lossy(&initdata),
+            &uris,
+            &self.tee,
+        )
+        .await?
+        .into_iter();
+        for (i, s) in &found {
+            let (Some(key), Some(secret)) = (fetched.next(), fetched.next()) else {
+                break;
+            };
+            env[*i] = format!("{}={}", s.var, s.open(&key, secret)?);
+        }
+        crate::log(&format!("unsealed {} environment value(s)", found.len()));
+        Ok(())
     }
 
     /// Decrypts the sealed models `wanted` (name → path in the container)
@@ -426,15 +493,11 @@ impl AgentService {
     }
 
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<u32> {
-        let policy = self.state().policy.clone();
-        policy.check_exec(&crate::initdata::GuestRoots::default().tee())?;
         let container = self.container(required("container_id", &req.container_id)?)?;
+        self.allow(Rule::Exec, &container, "exec into")?;
         if container.has_models {
-            crate::models::check_exec(
-                &policy,
-                &crate::initdata::GuestRoots::default().tee(),
-                &container.id,
-            )?;
+            let policy = self.state().policy.clone();
+            crate::models::check_exec(&policy, &container.id)?;
         }
         let exec_id = required("exec_id", &req.exec_id)?.to_string();
         if container
@@ -455,6 +518,7 @@ impl AgentService {
             )));
         }
         let mut spec = ProcessSpec::from_json(&req.oci_process)?;
+        self.unseal_env(&mut spec.env).await?;
         // Like runc: an exec runs under the container's seccomp filter.
         spec.security.seccomp = container.seccomp.clone();
         let reaper = self.reaper.clone();
@@ -611,6 +675,11 @@ impl Agent for AgentService {
     ) -> ttrpc::Result<SignalProcessResponse> {
         let sig = signal_from(req.signal)?;
         let c = self.container(&req.container_id)?;
+        // SIGKILL is always delivered: the host can remove the container
+        // or stop the VM anyway.
+        if sig != Signal::SIGKILL {
+            self.allow(Rule::Signals, &c, &format!("{sig} to"))?;
+        }
         if req.all {
             c.signal_all(sig);
         } else {
@@ -657,7 +726,9 @@ impl Agent for AgentService {
         _: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        let p = self.process(&req.container_id, &req.exec_id)?;
+        let c = self.container(&req.container_id)?;
+        self.allow(Rule::Logs, &c, "reading the output of")?;
+        let p = c.process(&req.exec_id)?;
         let out = match req.stream.enum_value_or_default() {
             StdioStream::STDOUT => &p.stdout,
             StdioStream::STDERR => &p.stderr,
@@ -675,7 +746,9 @@ impl Agent for AgentService {
         _: &TtrpcContext,
         req: WriteStdinRequest,
     ) -> ttrpc::Result<WriteStdinResponse> {
-        let p = self.process(&req.container_id, &req.exec_id)?;
+        let c = self.container(&req.container_id)?;
+        self.allow(Rule::Stdin, &c, "writing to the stdin of")?;
+        let p = c.process(&req.exec_id)?;
         let n = p
             .stdin
             .write_all(&req.data)
@@ -723,6 +796,7 @@ impl Agent for AgentService {
         req: ListProcessesRequest,
     ) -> ttrpc::Result<ListProcessesResponse> {
         let c = self.container(&req.container_id)?;
+        self.allow(Rule::Stats, &c, "listing the processes of")?;
         let mut r = ListProcessesResponse::new();
         r.pids = c.pids();
         Ok(r)
@@ -730,6 +804,7 @@ impl Agent for AgentService {
 
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let c = self.container(&req.container_id)?;
+        self.allow(Rule::Stats, &c, "statistics of")?;
         let mut r = StatsResponse::new();
         let mut limit = None;
         if let Some(cg) = &c.cgroup {
@@ -758,6 +833,7 @@ impl Agent for AgentService {
         req: UpdateContainerRequest,
     ) -> ttrpc::Result<UpdateContainerResponse> {
         let c = self.container(&req.container_id)?;
+        self.allow(Rule::Update, &c, "updating the resources of")?;
         let limits = crate::oci::limits_from_json(&req.oci_resources)?;
         let Some(cg) = c.cgroup.clone() else {
             return Err(Error::FailedPrecondition(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use cocoon_protocol::agent::StdioStream;
 use cocoon_protocol::client::{GuestClient, ProcessRef};
-use slog::{debug, Logger};
+use slog::{debug, warn, Logger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
@@ -49,6 +49,11 @@ pub async fn spawn_output(
                         continue;
                     }
                 }
+                Err(e) if e.code == Some(ttrpc::Code::PERMISSION_DENIED) => {
+                    // The pod's policy keeps this output in the guest.
+                    warn!(log, "the guest refused the process's output"; "error" => e.to_string());
+                    break;
+                }
                 Err(e) => {
                     debug!(log, "output stream ended"; "error" => e.to_string());
                     break;
@@ -64,6 +69,7 @@ pub async fn spawn_input(
     guest: GuestClient,
     target: ProcessRef,
     path: &Path,
+    log: Logger,
 ) -> Result<JoinHandle<()>> {
     let mut input = pipe::OpenOptions::new()
         .open_receiver(path)
@@ -74,7 +80,11 @@ pub async fn spawn_input(
             match input.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if guest.write_stdin(&target, buf[..n].to_vec()).await.is_err() {
+                    if let Err(e) = guest.write_stdin(&target, buf[..n].to_vec()).await {
+                        if e.code == Some(ttrpc::Code::PERMISSION_DENIED) {
+                            warn!(log, "the guest refused input for the process"; "error" => e.to_string());
+                            break;
+                        }
                         return;
                     }
                 }
@@ -200,7 +210,7 @@ mod tests {
         let (mut server, guest) = serve(dir.path(), peer.clone()).await;
         let path = dir.path().join("stdin");
         fifo(&path);
-        let task = spawn_input(guest, ProcessRef::init("c1"), &path)
+        let task = spawn_input(guest, ProcessRef::init("c1"), &path, logger())
             .await
             .unwrap();
         let writer = {
@@ -226,10 +236,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let peer = Arc::new(StdioPeer::default());
         let (mut server, guest) = serve(dir.path(), peer).await;
-        let e = spawn_input(guest, ProcessRef::init("c1"), &dir.path().join("nope"))
-            .await
-            .unwrap_err()
-            .full_message();
+        let e = spawn_input(
+            guest,
+            ProcessRef::init("c1"),
+            &dir.path().join("nope"),
+            logger(),
+        )
+        .await
+        .unwrap_err()
+        .full_message();
         assert!(e.contains("open fifo") && e.contains("nope"), "{e}");
         server.shutdown().await.unwrap();
     }

@@ -118,6 +118,15 @@ pub struct Stopped {
     pub status: Option<ExitStatus>,
 }
 
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "the VM stopped: {} exited ({s})", self.who),
+            None => write!(f, "the VM stopped: {} exited", self.who),
+        }
+    }
+}
+
 /// A running VM with a connected agent. Dropping it kills everything and
 /// removes its state directory; [`Vm::shutdown`] does it gracefully.
 pub struct Vm {
@@ -263,7 +272,7 @@ impl Vm {
             boot::wait_for_agent(&plan, &qemu, &helpers, &qmp, started).await?;
         let boot_time = started.elapsed();
         info!(log, "agent ready"; "boot_ms" => u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX), "kernel" => &kernel_release);
-        Ok(Self {
+        let mut vm = Self {
             _relays: relays,
             guest,
             qemu,
@@ -275,7 +284,17 @@ impl Vm {
             log,
             measurement: plan.measurement,
             run_dir,
-        })
+        };
+        // Once QEMU or a helper exits, the guest cannot answer: every call
+        // fails at once, naming who died, instead of at its timeout.
+        let stopped = vm.stopped();
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let why = stopped.await.to_string();
+            tx.send_replace(Some(why));
+        });
+        vm.guest = vm.guest.clone().until_gone(rx);
+        Ok(vm)
     }
 
     /// The reference values of this launch.

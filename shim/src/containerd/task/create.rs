@@ -324,6 +324,7 @@ pub(super) async fn attach_io(svc: &Service, pod: &Pod, p: &Proc) -> Result<()> 
             pod.guest.clone(),
             p.target.clone(),
             Path::new(&p.stdio.stdin),
+            svc.log.clone(),
         )
         .await?;
         *p.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
