@@ -206,13 +206,39 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
     }
     let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
     let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
-    let kbs_url = match doc.data.get("aa.toml") {
+    #[derive(serde::Deserialize)]
+    struct Cdh {
+        kbc: Option<Kbc>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Kbc {
+        url: Option<String>,
+    }
+    let aa_url = match doc.data.get("aa.toml") {
         Some(aa) => {
             let aa: Aa =
                 toml::from_str(aa).map_err(|e| bad(format!("aa.toml: {}", e.message())))?;
             aa.token_configs.and_then(|t| t.kbs).map(|k| k.url)
         }
         None => None,
+    };
+    // Kata's initdata usually names the KBS twice, for the attestation
+    // agent and for the confidential data hub; one agent does both here.
+    let cdh_url = match doc.data.get("cdh.toml") {
+        Some(cdh) => {
+            let cdh: Cdh =
+                toml::from_str(cdh).map_err(|e| bad(format!("cdh.toml: {}", e.message())))?;
+            cdh.kbc.and_then(|k| k.url)
+        }
+        None => None,
+    };
+    let kbs_url = match (aa_url, cdh_url) {
+        (Some(a), Some(c)) if a.trim_end_matches('/') != c.trim_end_matches('/') => {
+            return Err(bad(format!(
+                "aa.toml names the KBS {a:?} and cdh.toml names {c:?}; they must be the same KBS"
+            )))
+        }
+        (a, c) => a.or(c),
     };
     let mut policy = match doc.data.get("cocoon-policy.toml") {
         Some(p) => toml::from_str::<PodPolicy>(p)
@@ -263,6 +289,21 @@ mod tests {
             )
         );
         assert_eq!(p.kbs_url, None);
+        // The KBS from cdh.toml when aa.toml has none; both must agree.
+        let with = |aa: &str, cdh: &str| {
+            policy(format!("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = '''\n{aa}\n'''\n\"cdh.toml\" = '''\n{cdh}\n'''\n").as_bytes())
+        };
+        let kbc = "[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.0.5:8080\"";
+        let p = with("", kbc).unwrap();
+        assert_eq!(p.kbs_url.as_deref(), Some("http://10.0.0.5:8080"));
+        let p = with("[token_configs.kbs]\nurl = \"http://10.0.0.5:8080/\"", kbc).unwrap();
+        assert_eq!(p.kbs_url.as_deref(), Some("http://10.0.0.5:8080/"));
+        let e = with("[token_configs.kbs]\nurl = \"http://10.9.9.9:8080\"", kbc)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be the same KBS"), "{e}");
+        let e = with("", "kbc = 3").unwrap_err().to_string();
+        assert!(e.contains("cdh.toml"), "{e}");
         // Unknown keys (a typo, a rule this agent does not know) are refused,
         // not ignored: a policy must never mean less than it says.
         let e = policy(&doc("debug = true")).unwrap_err().to_string();

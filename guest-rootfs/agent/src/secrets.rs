@@ -130,15 +130,15 @@ pub async fn fetch_resources(
     let url = policy.kbs_url.as_deref().unwrap_or_default();
     let client = Client::new(HostRelay, &kbs_host(url)?);
     let evidence = evidence_for(tee);
-    let session = client
-        .attest(kbs::evidence::tee_name(tee), &*evidence, Some(initdata))
+    client
+        .fetch(
+            kbs::evidence::tee_name(tee),
+            &*evidence,
+            Some(initdata),
+            uris,
+        )
         .await
-        .map_err(kbs_error)?;
-    let mut out = Vec::with_capacity(uris.len());
-    for uri in uris {
-        out.push(client.resource(&session, uri).await.map_err(kbs_error)?);
-    }
-    Ok(out)
+        .map_err(kbs_error)
 }
 
 /// Attests once and fetches every secret into `store` (mode 0400).

@@ -294,6 +294,53 @@ impl<C: Connect> Client<C> {
         })?;
         Ok(jwe::decrypt(&jwe, &session.key)?)
     }
+
+    /// Attests once and fetches every resource of `uris`, in order; after
+    /// a transient failure (unreachable, a broken connection, a 5xx) the
+    /// whole exchange is tried again, three attempts in all, with growing
+    /// waits ([`RETRY_DELAYS`]).
+    pub async fn fetch(
+        &self,
+        tee: &str,
+        evidence: &EvidenceFn,
+        initdata: Option<&str>,
+        uris: &[&ResourceUri],
+    ) -> Result<Vec<Vec<u8>>, KbsError> {
+        let mut attempt = 0;
+        loop {
+            let fetched: Result<Vec<Vec<u8>>, KbsError> = async {
+                let session = self.attest(tee, evidence, initdata).await?;
+                let mut out = Vec::with_capacity(uris.len());
+                for uri in uris {
+                    out.push(self.resource(&session, uri).await?);
+                }
+                Ok(out)
+            }
+            .await;
+            match fetched {
+                Err(e) if attempt < RETRY_DELAYS.len() && e.is_transient() => {
+                    eprintln!("cocoon-agent: {e}; trying again");
+                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The waits before the second and third attempt at the KBS.
+pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
+
+impl KbsError {
+    /// Whether another attempt may succeed (a refusal or garbage will not).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KbsError::Unreachable { .. } | KbsError::Http { .. } => true,
+            KbsError::Refused { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]

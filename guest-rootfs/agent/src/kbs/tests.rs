@@ -173,3 +173,69 @@ async fn a_kbs_answering_garbage_is_an_error() {
         .unwrap_err();
     assert!(matches!(e, KbsError::Garbage { step: "auth", .. }), "{e}");
 }
+
+/// Refuses the first `failures` connections, then connects over TCP.
+struct Flaky {
+    addr: String,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+impl Connect for Flaky {
+    fn connect(&self) -> Connecting<'_> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+            }
+            let s = tokio::net::TcpStream::connect(&self.addr).await?;
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_kbs_that_is_briefly_unreachable_is_tried_again_then_given_up() {
+    let Some(bin) = kbs_binary(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        eprintln!("SKIP a_kbs_that_is_briefly_unreachable_is_tried_again_then_given_up: no KBS binary (set COCOON_KBS_BIN, or `make deps` unpacks trustee's kbs into build/kbs)");
+        return;
+    };
+    let kbs = Kbs::start(&bin);
+    kbs.allow_sample_and_store("default/key/retry", b"after two refusals");
+    let uri: ResourceUri = "kbs:///default/key/retry".parse().unwrap();
+    let flaky = |failures: usize| {
+        Client::new(
+            Flaky {
+                addr: kbs.addr.clone(),
+                failures: failures.into(),
+            },
+            &kbs.addr,
+        )
+    };
+    // Two refused connections, then the KBS: the third attempt succeeds.
+    let started = std::time::Instant::now();
+    let got = flaky(2)
+        .fetch("sample", &sample_evidence, Some(INITDATA), &[&uri])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![b"after two refusals".to_vec()]);
+    assert!(started.elapsed() >= RETRY_DELAYS[0] + RETRY_DELAYS[1]);
+    // Three refusals: given up after three attempts, naming the cause.
+    let e = flaky(3)
+        .fetch("sample", &sample_evidence, Some(INITDATA), &[&uri])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::Unreachable { .. }), "{e}");
+    // A refusal by the KBS is not transient: no second attempt.
+    let missing: ResourceUri = "kbs:///default/key/none".parse().unwrap();
+    let started = std::time::Instant::now();
+    let e = flaky(0)
+        .fetch("sample", &sample_evidence, Some(INITDATA), &[&missing])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KbsError::Refused { .. }), "{e}");
+    assert!(started.elapsed() < RETRY_DELAYS[0]);
+}
