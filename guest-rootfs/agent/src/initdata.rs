@@ -178,7 +178,7 @@ fn io_err(op: &str, p: &Path, e: &std::io::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sha2::{Digest, Sha256, Sha384};
 
@@ -243,7 +243,7 @@ mod tests {
     }
 
     /// A real SEV-SNP report (Milan), as the `sev` crate's tests ship it.
-    fn milan_report() -> Option<Vec<u8>> {
+    pub(crate) fn milan_report() -> Option<Vec<u8>> {
         let home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;

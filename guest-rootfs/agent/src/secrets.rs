@@ -95,14 +95,21 @@ impl Connect for HostRelay {
 fn evidence_for(tee: &GuestTee) -> Box<kbs::EvidenceFn> {
     match tee {
         GuestTee::None => Box::new(|rd: &[u8; 48]| Ok(kbs::evidence::sample(rd))),
-        other => {
-            let name = kbs::evidence::tee_name(other);
-            Box::new(move |_: &[u8; 48]| {
-                Err(KbsError::Evidence(format!(
-                    "{name} evidence for the KBS is not implemented yet"
-                )))
-            })
-        }
+        // Reports come from configfs-tsm (`tsm_report`, with `sev-guest`
+        // or `tdx-guest` providing them), the same interface for both.
+        GuestTee::Snp => Box::new(|rd: &[u8; 48]| {
+            let data = kbs::evidence::tee_report_data(rd);
+            let report = crate::tsm::report(Path::new("/sys"), &data, "sev_guest")
+                .map_err(|e| KbsError::Evidence(format!("SEV-SNP report: {e}")))?;
+            kbs::evidence::snp(&report)
+        }),
+        GuestTee::Tdx => Box::new(|rd: &[u8; 48]| {
+            let data = kbs::evidence::tee_report_data(rd);
+            let quote = crate::tsm::report(Path::new("/sys"), &data, "tdx_guest")
+                .map_err(|e| KbsError::Evidence(format!("TDX quote: {e}")))?;
+            let ccel = std::fs::read("/sys/firmware/acpi/tables/data/CCEL").ok();
+            Ok(kbs::evidence::tdx(&quote, ccel.as_deref()))
+        }),
     }
 }
 

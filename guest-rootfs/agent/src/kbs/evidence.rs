@@ -10,6 +10,7 @@ use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 
+use super::KbsError;
 use crate::initdata::GuestTee;
 
 /// Writes `v` canonically: object keys sorted (by UTF-16 code units, which
@@ -68,6 +69,42 @@ pub fn sample(report_data: &[u8; 48]) -> Value {
     })
 }
 
+/// The 64 bytes a TEE report carries for `report_data` (the 48-byte
+/// digest, then zeros), as trustee's SNP and TDX verifiers expect.
+pub fn tee_report_data(report_data: &[u8; 48]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..48].copy_from_slice(report_data);
+    out
+}
+
+/// SEV-SNP evidence for trustee's verifier: the 1184-byte attestation
+/// report in the `sev` crate's serde form (the form trustee deserializes)
+/// and no certificate chain (the verifier then takes the VCEK from AMD's
+/// key server or its own store).
+pub fn snp(report: &[u8]) -> Result<Value, KbsError> {
+    use sev::parser::ByteParser;
+    let parsed = sev::firmware::guest::AttestationReport::from_bytes(report).map_err(|e| {
+        KbsError::Evidence(format!(
+            "the SEV-SNP attestation report ({} bytes) does not parse: {e}",
+            report.len()
+        ))
+    })?;
+    let report = serde_json::to_value(parsed)
+        .map_err(|e| KbsError::Evidence(format!("SEV-SNP report as JSON: {e}")))?;
+    Ok(serde_json::json!({ "attestation_report": report, "cert_chain": null }))
+}
+
+/// TDX evidence for trustee's verifier: the quote (from configfs-tsm) and,
+/// when the firmware published one, the CC event log (ACPI CCEL), both in
+/// standard base64.
+pub fn tdx(quote: &[u8], cc_eventlog: Option<&[u8]>) -> Value {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    serde_json::json!({
+        "cc_eventlog": cc_eventlog.map(b64),
+        "quote": b64(quote),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +138,51 @@ mod tests {
             sample(&rd)["report_data"],
             "Iy+N/rOAco5wxfiwbVfyQthH46yU8P+KK/umHMIVaHgidT2GoL+MmABN+ygNz+ic"
         );
+    }
+
+    /// The sev crate's recorded Milan report, as trustee receives it: the
+    /// JSON deserializes back into the same report (the type trustee's
+    /// verifier reads), report data and HOST_DATA in place.
+    #[test]
+    fn snp_evidence_carries_the_report_as_trustee_reads_it() {
+        let Some(report) = crate::initdata::tests::milan_report() else {
+            eprintln!("SKIP: the sev crate's report_milan.hex is not in the cargo registry");
+            return;
+        };
+        let e = snp(&report).unwrap();
+        assert!(e["cert_chain"].is_null());
+        let back: sev::firmware::guest::AttestationReport =
+            serde_json::from_value(e["attestation_report"].clone()).unwrap();
+        use sev::parser::ByteParser;
+        assert_eq!(
+            back,
+            sev::firmware::guest::AttestationReport::from_bytes(&report).unwrap()
+        );
+        assert_eq!(back.report_data[..], report[0x50..0x90]);
+        assert_eq!(back.host_data[..], report[0xc0..0xe0]);
+        let a = &e["attestation_report"];
+        for field in [
+            "version",
+            "policy",
+            "measurement",
+            "host_data",
+            "report_data",
+            "signature",
+            "current_tcb",
+        ] {
+            assert!(!a[field].is_null(), "no {field} in {a}");
+        }
+        let err = snp(&report[..100]).unwrap_err().to_string();
+        assert!(err.contains("100 bytes"), "{err}");
+        let rd = tee_report_data(&[9u8; 48]);
+        assert_eq!((&rd[..48], &rd[48..]), (&[9u8; 48][..], &[0u8; 16][..]));
+    }
+
+    #[test]
+    fn tdx_evidence_is_the_quote_and_the_event_log_in_base64() {
+        let e = tdx(b"quote bytes", Some(b"CCEL"));
+        assert_eq!(e["quote"], "cXVvdGUgYnl0ZXM=");
+        assert_eq!(e["cc_eventlog"], "Q0NFTA==");
+        assert!(tdx(b"q", None)["cc_eventlog"].is_null());
     }
 }

@@ -5,7 +5,8 @@
 //! answers as JWE to that key, decrypted here. Plaintext exists only in
 //! guest memory.
 //!
-//! - [`evidence`]: report-data binding and the sample TEE's evidence;
+//! - [`evidence`]: report-data binding and the evidence of each TEE
+//!   (sample, SEV-SNP report, TDX quote);
 //!   [`jwe`]: the JWE answers. Resource URIs are
 //!   [`cocoon_protocol::resource`]'s.
 //!
