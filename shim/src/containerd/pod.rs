@@ -169,7 +169,11 @@ impl Pod {
         sb.shared_fs_tag = SHARE_TAG.into();
         sb.initdata = p.initdata.unwrap_or_default();
         sb.secrets = p.secrets.into_iter().collect();
-        guest.create_sandbox(sb).await?;
+        if let Err(e) = guest.create_sandbox(sb).await {
+            // Reaped before the pod directory goes with the error.
+            vm.kill_all().await;
+            return Err(e.into());
+        }
         // boot_ms: planning (measurement, TEE, devices) to agent ready.
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
               "boot_ms" => boot_ms);
@@ -212,9 +216,9 @@ impl Pod {
             warn!(pod.log, "VM exited unexpectedly"; "status" => status);
         } else {
             warn!(pod.log, "a helper of the VM died; stopping the VM"; "helper" => stopped.who, "status" => status);
-            vm.kill().await;
         }
-        // Dropping the VM stops the helpers and removes its directory.
+        // Everything is reaped before dropping the VM removes its directory.
+        vm.kill_all().await;
         drop(vm);
         pod.dead.send_replace(true);
     }
@@ -273,7 +277,19 @@ impl Pod {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        drop(guard);
+        if let Some(dir) = guard.map(DirGuard::release) {
+            // A process of the VM that was still exiting may hold a mount
+            // or add a file for a moment: try a few times, then say so.
+            let mut tries = 0;
+            while let Err(e) = super::rootfs::remove_unmounted(&dir) {
+                tries += 1;
+                if tries == 10 {
+                    warn!(self.log, "the pod's state directory could not be removed"; "dir" => dir.display().to_string(), "error" => e.to_string());
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
         info!(self.log, "pod stopped"; "pod" => &self.id);
     }
 }

@@ -225,6 +225,13 @@ pub fn recorded_alive(vm_dir: &Path) -> usize {
         .count()
 }
 
+/// Kills each daemon and waits until it is reaped.
+async fn reap_all(daemons: &[Daemon]) {
+    for d in daemons {
+        d.kill().await;
+    }
+}
+
 impl Vm {
     /// Follows `plan`: creates its state directory, starts the helpers and
     /// QEMU, then waits for the agent.
@@ -257,19 +264,43 @@ impl Vm {
         for h in &plan.helpers {
             let d = Daemon::spawn(h.name, &h.program, &h.args, &h.log)?;
             records.extend(d.record());
-            write_state(plan.dir.join(PROCESSES_FILE), &records)?;
-            d.wait_for_socket(&h.ready_socket, boot::HELPER_TIMEOUT)
-                .await?;
+            let ready = match write_state(plan.dir.join(PROCESSES_FILE), &records) {
+                Ok(()) => d
+                    .wait_for_socket(&h.ready_socket, boot::HELPER_TIMEOUT)
+                    .await
+                    .map_err(VmError::from),
+                Err(e) => Err(e),
+            };
             helpers.push(d);
+            if let Err(e) = ready {
+                reap_all(&helpers).await;
+                return Err(e);
+            }
         }
         info!(log, "starting qemu"; "accel" => ?plan.accel, "transport" => ?plan.transport,
               "argv" => plan.qemu_command_line());
-        let qemu = Daemon::spawn("qemu", &plan.qemu, &plan.qemu_args, &plan.qemu_log)?;
+        let qemu = match Daemon::spawn("qemu", &plan.qemu, &plan.qemu_args, &plan.qemu_log) {
+            Ok(q) => q,
+            Err(e) => {
+                reap_all(&helpers).await;
+                return Err(e.into());
+            }
+        };
         records.extend(qemu.record());
-        write_state(plan.dir.join(PROCESSES_FILE), &records)?;
         let qmp = Qmp::new(&plan.qmp_socket);
-        let (guest, kernel_release) =
-            boot::wait_for_agent(&plan, &qemu, &helpers, &qmp, started).await?;
+        let booted = match write_state(plan.dir.join(PROCESSES_FILE), &records) {
+            Ok(()) => boot::wait_for_agent(&plan, &qemu, &helpers, &qmp, started).await,
+            Err(e) => Err(e),
+        };
+        let (guest, kernel_release) = match booted {
+            Ok(b) => b,
+            Err(e) => {
+                // Reaped before the state directory goes with the error.
+                reap_all(std::slice::from_ref(&qemu)).await;
+                reap_all(&helpers).await;
+                return Err(e);
+            }
+        };
         let boot_time = started.elapsed();
         info!(log, "agent ready"; "boot_ms" => u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX), "kernel" => &kernel_release);
         let mut vm = Self {
@@ -372,6 +403,15 @@ impl Vm {
     /// reaped; the helpers follow when the VM is dropped.
     pub async fn kill(&self) {
         self.qemu.kill().await;
+    }
+
+    /// Kills QEMU and every helper and waits until each is reaped, so that
+    /// nothing writes into the state directory (a vsock daemon that lost
+    /// QEMU binds its socket again) while dropping the VM removes it.
+    pub async fn kill_all(&self) {
+        for d in std::iter::once(&self.qemu).chain(&self.helpers) {
+            d.kill().await;
+        }
     }
 
     /// Waits until QEMU exits.
