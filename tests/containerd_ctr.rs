@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{out, output_with_timeout, Containerd, Flavor, IMAGE, RUNTIME};
-use cocoon_tests::{env_or_skip, snp_firmware, Env, GpuHost, Sandbox};
+use cocoon_tests::{env_or_skip, pids_matching, snp_firmware, Env, GpuHost, Sandbox};
 
 fn setup(test: &str) -> Option<(Env, Sandbox, Containerd)> {
     cocoon_tests::containerd::setup(test, &["default"])
@@ -229,18 +229,6 @@ fn two_tasks_at_once() {
     }
     ctd.assert_no_shims();
     sb.assert_clean();
-}
-
-fn pids_matching(needle: &str, also: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
-                .replace('\0', " ");
-            (cmd.contains(needle) && cmd.contains(also)).then_some(pid)
-        })
-        .collect()
 }
 
 #[test]

@@ -49,7 +49,12 @@ fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {
     let secret = format!("cocoon-secret-{}", hex::encode(rnd));
     kbs.allow_sample_and_store("default/key/demo", secret.as_bytes());
     let sb = Sandbox::new(&env, |t| {
-        attest_to(t, &kbs, &["kbs:///default/key/*"], &["io.cocoon.secret.*"]);
+        attest_to(
+            t,
+            &kbs.addr,
+            &["kbs:///default/key/*"],
+            &["io.cocoon.secret.*"],
+        );
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let o = ctd
@@ -242,7 +247,12 @@ fn sealed_models_open_only_inside_the_pod() {
     let kbs = Kbs::start(&bin);
     kbs.allow_sample_and_store("default/model/demo", &key);
     let sb = Sandbox::new(&env, |t| {
-        attest_to(t, &kbs, &["kbs:///default/model/*"], &["io.cocoon.model.*"]);
+        attest_to(
+            t,
+            &kbs.addr,
+            &["kbs:///default/model/*"],
+            &["io.cocoon.model.*"],
+        );
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let mount = format!(
@@ -452,7 +462,7 @@ fn sealed_environment_values_are_unsealed_in_the_guest() {
         &std::fs::read(owner.path().join("k1")).unwrap(),
     );
     let sb = Sandbox::new(&env, |t| {
-        attest_to(t, &kbs, &["kbs:///default/*"], &[]);
+        attest_to(t, &kbs.addr, &["kbs:///default/*"], &[]);
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
     let run = |id: &str, value: &str| {
@@ -511,6 +521,76 @@ fn sealed_environment_values_are_unsealed_in_the_guest() {
         assert!(err.contains("TOKEN") && err.contains(needle), "{id}: {err}");
         let _ = ctd.ctr(&["c", "rm", id]);
     }
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+/// A KBS that accepts connections and never answers keeps the guest in
+/// CreateSandbox; virtiofsd dies meanwhile. The launch must fail as soon
+/// as the helper is gone, naming it, not when CreateSandbox times out;
+/// nothing is left.
+#[test]
+fn a_helper_dying_while_the_sandbox_is_created_fails_it_at_once() {
+    let test = "a_helper_dying_while_the_sandbox_is_created_fails_it_at_once";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (accepted, first) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept() {
+            held.push(s);
+            let _ = accepted.send(());
+        }
+    });
+    let sb = Sandbox::new(&env, |t| {
+        attest_to(t, &addr, &["kbs:///default/*"], &["io.cocoon.secret.*"]);
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let mut run = ctd.ctr_ns(
+        "default",
+        &[
+            "run",
+            "-d",
+            "--annotation",
+            "io.cocoon.secret.demo=kbs:///default/key/demo",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "h1",
+            "true",
+        ],
+    );
+    let run = std::thread::spawn(move || run.output().unwrap());
+    // The guest is attesting: its connection reached the silent KBS.
+    first
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the guest never dialled the KBS");
+    let state = sb.state_dir.display().to_string();
+    let pids = cocoon_tests::pids_matching("virtiofsd", &state);
+    assert!(!pids.is_empty(), "no virtiofsd running");
+    let killed = std::time::Instant::now();
+    for pid in pids {
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let o = run.join().unwrap();
+    let took = killed.elapsed();
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("virtiofsd exited"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the launch failed {took:?} after virtiofsd died"
+    );
+    let _ = ctd.ctr(&["c", "rm", "h1"]);
+    assert!(cocoon_tests::pids_matching("qemu-system", &state).is_empty());
     ctd.assert_no_shims();
     sb.assert_clean();
 }

@@ -20,6 +20,9 @@ pub mod timeouts {
     pub const VERSION: Duration = Duration::from_secs(10);
     /// `CreateSandbox`: mounts the shared filesystem.
     pub const CREATE_SANDBOX: Duration = Duration::from_secs(60);
+    /// `CreateSandbox` that fetches secrets first: the agent's KBS exchange
+    /// may take three attempts of up to 30 s per request.
+    pub const CREATE_SANDBOX_WITH_SECRETS: Duration = Duration::from_secs(240);
     /// `CreateContainer`: namespaces and the rootfs over virtio-fs, which
     /// can be slow on a loaded emulated guest.
     pub const CREATE_CONTAINER: Duration = Duration::from_secs(60);
@@ -161,10 +164,14 @@ impl GuestClient {
     /// `CreateSandbox`: mounts the share tagged `shared_fs_tag`, hands over
     /// the pod's initdata document (empty: none) and the secrets to fetch.
     pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> GuestResult<()> {
+        let timeout = if req.secrets.is_empty() {
+            timeouts::CREATE_SANDBOX
+        } else {
+            timeouts::CREATE_SANDBOX_WITH_SECRETS
+        };
         self.call(
             "create the sandbox in the guest",
-            self.inner
-                .create_sandbox(ctx(timeouts::CREATE_SANDBOX), &req),
+            self.inner.create_sandbox(ctx(timeout), &req),
         )
         .await
         .map(drop)

@@ -326,3 +326,16 @@ impl Default for GpuHost {
         Self::new()
     }
 }
+
+/// PIDs of processes whose command line holds both `needle` and `also`.
+pub fn pids_matching(needle: &str, also: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+                .replace('\0', " ");
+            (cmd.contains(needle) && cmd.contains(also)).then_some(pid)
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kbs::{kbs_binary, Kbs};
+use crate::kbs::kbs_binary;
 
 /// The KBS binary for pod test `test`, or `None` after printing why it is
 /// skipped.
@@ -17,11 +17,11 @@ pub fn kbs_or_skip(test: &str) -> Option<PathBuf> {
     bin
 }
 
-/// Makes a test node config attest to `kbs`: `[attestation]` with its URL
+/// Makes a test node config attest to the KBS at `kbs_addr` (host:port): `[attestation]` with its URL
 /// and the `allowed` resources, and `annotations` allow-listed.
-pub fn attest_to(t: &mut toml::Table, kbs: &Kbs, allowed: &[&str], annotations: &[&str]) {
+pub fn attest_to(t: &mut toml::Table, kbs_addr: &str, allowed: &[&str], annotations: &[&str]) {
     let mut a = toml::Table::new();
-    a.insert("kbs_url".into(), format!("http://{}", kbs.addr).into());
+    a.insert("kbs_url".into(), format!("http://{kbs_addr}").into());
     a.insert(
         "allowed_resources".into(),
         allowed
