@@ -390,47 +390,18 @@ impl ContainerRequest {
     /// The secrets the pod asks for (file name → resource URI), from
     /// `io.cocoon.secret.<name>` annotations.
     pub fn secrets(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for (key, value) in &self.annotations {
-            let Some(name) = key.strip_prefix(SECRET_PREFIX) else {
-                continue;
-            };
-            let invalid = |problem: String| ShimError::Invalid {
-                field: format!("annotation {key}"),
-                problem,
-            };
-            if !cocoon_protocol::resource::is_dns_label(name) {
-                return Err(invalid(format!(
-                    "{name:?} is not a file name Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
-                )));
-            }
-            let uri: cocoon_protocol::resource::ResourceUri = value
-                .trim()
-                .parse()
-                .map_err(|e: cocoon_protocol::resource::BadUri| invalid(e.to_string()))?;
-            out.insert(name.to_string(), uri.to_string());
-        }
-        Ok(out)
+        self.annotation_family(SECRET_PREFIX, "a file name", |value| {
+            value
+                .parse::<cocoon_protocol::resource::ResourceUri>()
+                .map(|uri| uri.to_string())
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// The sealed models the pod asks for (name → path of the sealed file
     /// in its containers), from `io.cocoon.model.<name>` annotations.
     pub fn models(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for (key, value) in &self.annotations {
-            let Some(name) = key.strip_prefix(MODEL_PREFIX) else {
-                continue;
-            };
-            let invalid = |problem: String| ShimError::Invalid {
-                field: format!("annotation {key}"),
-                problem,
-            };
-            if !cocoon_protocol::resource::is_dns_label(name) {
-                return Err(invalid(format!(
-                    "{name:?} is not a model name Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
-                )));
-            }
-            let path = value.trim();
+        self.annotation_family(MODEL_PREFIX, "a model name", |path| {
             let clean = path.starts_with('/')
                 && path.len() <= 4096
                 && !path.contains('\0')
@@ -438,12 +409,40 @@ impl ContainerRequest {
                     .split('/')
                     .skip(1)
                     .all(|c| !c.is_empty() && c != "." && c != "..");
-            if !clean {
-                return Err(invalid(format!(
+            if clean {
+                Ok(path.to_string())
+            } else {
+                Err(format!(
                     "{path:?} is not a clean absolute path of the sealed model in the container (no `.`, `..` or empty components)"
+                ))
+            }
+        })
+    }
+
+    /// The annotations `<prefix><name>` (name → checked value): each name
+    /// a DNS label (it names a file or directory in the guest), each value
+    /// trimmed and checked by `check`; errors name the annotation.
+    fn annotation_family(
+        &self,
+        prefix: &str,
+        what: &str,
+        check: impl Fn(&str) -> std::result::Result<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &self.annotations {
+            let Some(name) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            let invalid = |problem: String| ShimError::Invalid {
+                field: format!("annotation {key}"),
+                problem,
+            };
+            if !cocoon_protocol::resource::is_dns_label(name) {
+                return Err(invalid(format!(
+                    "{name:?} is not {what} Cocoon accepts: use a DNS label (a-z, 0-9, -; at most 63)"
                 )));
             }
-            out.insert(name.to_string(), path.to_string());
+            out.insert(name.to_string(), check(value.trim()).map_err(invalid)?);
         }
         Ok(out)
     }
