@@ -117,29 +117,18 @@ fi
 
 # --- containerd: ctr run --rm ... echo, Cocoon vs runc ----------------------
 echo "== containerd (private instance, same image): ctr run --rm IMG id echo hi"
-ctd="$work/ctd"; mkdir -p "$ctd"
-sed "s#^state_dir = .*#state_dir = \"$ctd/cocoon\"#" "$config" >"$ctd/cocoon.toml"
-cat >"$ctd/config.toml" <<EOF2
-version = 2
-root = "$ctd/root"
-state = "$ctd/state"
-[grpc]
-  address = "$ctd/c.sock"
-[ttrpc]
-  address = "$ctd/c.sock.ttrpc"
-EOF2
-PATH="$bin:$PATH" COCOON_CONFIG="$ctd/cocoon.toml" containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
-ctd_pid=$!
+ctd="$work/ctd"
+. "$root/tests/fixtures/containerd.sh"
+ctd_node_config "$ctd" "$config"
 stop_all() {
     set +e
-    kill "$ctd_pid" 2>/dev/null; wait "$ctd_pid" 2>/dev/null
+    [ -n "${ctd_pid:-}" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null
     [ -n "${kbs_pid:-}" ] && kill "$kbs_pid" 2>/dev/null && wait "$kbs_pid" 2>/dev/null
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$work"
 }
 trap stop_all EXIT
-ctr="ctr -a $ctd/c.sock"
-for _ in $(seq 100); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+ctd_start "$ctd" "$bin"
 "$root/tests/fixtures/make-oci-image.sh" "$rootfs" cocoon.bench/busybox:1 "$work/image.tar"
 $ctr images import "$work/image.tar" >/dev/null
 wall() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }

@@ -25,7 +25,8 @@ echo "== building a busybox image"
 "$root/tests/fixtures/make-busybox-rootfs.sh" "$work/rootfs"
 "$root/tests/fixtures/make-oci-image.sh" "$work/rootfs" cocoon.demo/busybox:1 "$work/image.tar"
 
-sed "s#^state_dir = .*#state_dir = \"$work/cocoon\"#" "$config" >"$work/cocoon.toml"
+. "$root/tests/fixtures/containerd.sh"
+ctd_node_config "$work" "$config"
 
 kbs_bin=$root/build/kbs/kbs
 secret=""
@@ -53,23 +54,7 @@ else
 fi
 
 echo "== starting a private containerd in $work"
-sed -e "s#@WORK@#$work#g" >"$work/containerd.toml" <<'EOF2'
-version = 2
-root = "@WORK@/root"
-state = "@WORK@/state"
-[grpc]
-  address = "@WORK@/containerd.sock"
-[ttrpc]
-  address = "@WORK@/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
-  runtime_type = "io.containerd.cocoon.v2"
-EOF2
-PATH="$bin:$PATH" COCOON_CONFIG="$work/cocoon.toml" containerd --config "$work/containerd.toml" >"$work/containerd.log" 2>&1 &
-ctd_pid=$!
-ctr="ctr -a $work/containerd.sock"
-for _ in $(seq 100); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+ctd_start "$work" "$bin"
 $ctr images import "$work/image.tar" >/dev/null
 
 echo "== ctr run --runtime io.containerd.cocoon.v2 cocoon.demo/busybox:1 demo ..."

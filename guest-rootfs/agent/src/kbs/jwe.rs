@@ -141,3 +141,55 @@ pub fn public_jwk(key: &SecretKey) -> Value {
         "y": coord(point.y()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JWEs made by a separate implementation (tests/fixtures/jwe_encrypt.py,
+    /// Python `cryptography`) for this guest's key decrypt to the same
+    /// bytes; one altered in any member does not.
+    #[test]
+    fn jwes_of_an_independent_implementation_decrypt() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join("build/measure-venv/bin/python3");
+        if !python.exists() {
+            eprintln!("SKIP jwes_of_an_independent_implementation_decrypt: build/measure-venv with `cryptography` missing (make deps)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::random(&mut rand_core::OsRng);
+        let jwk = dir.path().join("key.jwk");
+        std::fs::write(&jwk, public_jwk(&key).to_string()).unwrap();
+        for plaintext in [&b""[..], b"s3cret", &[0xffu8; 70_000][..]] {
+            let input = dir.path().join("plain");
+            std::fs::write(&input, plaintext).unwrap();
+            let o = std::process::Command::new(&python)
+                .arg(root.join("tests/fixtures/jwe_encrypt.py"))
+                .arg(&jwk)
+                .arg(&input)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let jwe: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(decrypt(&jwe, &key).unwrap(), plaintext);
+            // Any member altered: refused.
+            for member in ["encrypted_key", "iv", "ciphertext", "tag", "protected"] {
+                let mut bad = jwe.clone();
+                let mut bytes = URL_SAFE_NO_PAD
+                    .decode(bad[member].as_str().unwrap())
+                    .unwrap();
+                if bytes.is_empty() {
+                    continue;
+                }
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+                bad[member] = URL_SAFE_NO_PAD.encode(&bytes).into();
+                assert!(decrypt(&bad, &key).is_err(), "{member} altered");
+            }
+            // Another guest's key: refused.
+            let other = SecretKey::random(&mut rand_core::OsRng);
+            assert_eq!(decrypt(&jwe, &other), Err(JweError::Decrypt("key unwrap")));
+        }
+    }
+}
