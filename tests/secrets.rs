@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine;
 use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::kbs::Kbs;
-use cocoon_tests::pod_kbs::{attest_to, kbs_or_skip};
+use cocoon_tests::pod_kbs::{attest_to, attest_to_url, kbs_or_skip};
 use cocoon_tests::{env_or_skip, Sandbox};
 
 /// Files under `dir` (not following links) whose bytes contain `needle`.
@@ -591,6 +591,60 @@ fn a_helper_dying_while_the_sandbox_is_created_fails_it_at_once() {
     );
     let _ = ctd.ctr(&["c", "rm", "h1"]);
     assert!(cocoon_tests::pids_matching("qemu-system", &state).is_empty());
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+/// An https KBS: the node names its CA (`attestation.kbs_cert`), which
+/// reaches the guest in the measured initdata; TLS ends in the guest, so
+/// the relay and the host carry only ciphertext.
+#[test]
+fn an_https_kbs_is_reached_with_tls_ending_in_the_guest() {
+    let test = "an_https_kbs_is_reached_with_tls_ending_in_the_guest";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let Some(bin) = kbs_or_skip(test) else { return };
+    let kbs = Kbs::start_tls(&bin);
+    let secret = format!("tls-secret-{}", std::process::id());
+    kbs.allow_sample_and_store("default/key/tls", secret.as_bytes());
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("kbs-ca.pem");
+    std::fs::write(&ca, kbs.cert_pem.as_deref().unwrap()).unwrap();
+    let sb = Sandbox::new(&env, |t| {
+        attest_to_url(
+            t,
+            &format!("https://{}", kbs.addr),
+            &["kbs:///default/key/*"],
+            &["io.cocoon.secret.*"],
+        );
+        t["attestation"]
+            .as_table_mut()
+            .unwrap()
+            .insert("kbs_cert".into(), ca.display().to_string().into());
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--annotation",
+            "io.cocoon.secret.demo=kbs:///default/key/tls",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "t1",
+            "cat",
+            "/run/secrets/cocoon/demo",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), secret, "{}", out(&o));
+    let mut found = Vec::new();
+    files_containing(&sb.state_dir, secret.as_bytes(), &mut found);
+    assert!(found.is_empty(), "the secret is on the host in {found:?}");
     ctd.assert_no_shims();
     sb.assert_clean();
 }

@@ -29,6 +29,9 @@ pub struct Kbs {
     pub addr: String,
     token: String,
     dir: tempfile::TempDir,
+    /// With TLS: the PEM of the CA that signed the certificate it serves
+    /// (for 127.0.0.1 and `kbs.test`).
+    pub cert_pem: Option<String>,
 }
 
 impl Drop for Kbs {
@@ -71,8 +74,18 @@ fn admin_token(key: &Path, dir: &Path) -> String {
 }
 
 impl Kbs {
-    /// Starts the KBS and waits until it listens.
+    /// Starts the KBS (plain HTTP) and waits until it listens.
     pub fn start(bin: &Path) -> Self {
+        Self::start_with(bin, false)
+    }
+
+    /// Starts the KBS serving HTTPS with a certificate from a fresh CA
+    /// ([`Kbs::cert_pem`]).
+    pub fn start_tls(bin: &Path) -> Self {
+        Self::start_with(bin, true)
+    }
+
+    fn start_with(bin: &Path, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let key = d.join("admin.key");
@@ -89,10 +102,58 @@ impl Kbs {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let http = if tls {
+            // A CA (what the pod's initdata trusts) and the KBS's own
+            // certificate signed by it.
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ];
+            run(Command::new("openssl")
+                .args(["req", "-x509"])
+                .args(ec)
+                .args(["-days", "2", "-subj", "/CN=cocoon-test-ca", "-keyout"])
+                .arg(d.join("ca.key"))
+                .arg("-out")
+                .arg(d.join("ca.crt")));
+            run(Command::new("openssl")
+                .arg("req")
+                .args(ec)
+                .args(["-subj", "/CN=cocoon-test-kbs", "-keyout"])
+                .arg(d.join("tls.key"))
+                .arg("-out")
+                .arg(d.join("tls.csr")));
+            std::fs::write(
+                d.join("ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:kbs.test\\nbasicConstraints=critical,CA:FALSE\\n",
+            )
+            .unwrap();
+            run(Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-in"])
+                .arg(d.join("tls.csr"))
+                .arg("-CA")
+                .arg(d.join("ca.crt"))
+                .arg("-CAkey")
+                .arg(d.join("ca.key"))
+                .args(["-CAcreateserial", "-extfile"])
+                .arg(d.join("ext"))
+                .arg("-out")
+                .arg(d.join("tls.crt")));
+            format!(
+                "insecure_http = false\nprivate_key = \"{}\"\ncertificate = \"{}\"",
+                d.join("tls.key").display(),
+                d.join("tls.crt").display()
+            )
+        } else {
+            "insecure_http = true".to_string()
+        };
         let config = format!(
             r#"[http_server]
 sockets = ["{addr}"]
-insecure_http = true
+{http}
 
 [attestation_token]
 insecure_header_jwk = true
@@ -138,11 +199,13 @@ storage_backend_type = "kvstorage"
             .spawn()
             .unwrap();
         let token = admin_token(&key, d);
+        let cert_pem = tls.then(|| std::fs::read_to_string(d.join("ca.crt")).unwrap());
         let kbs = Self {
             child,
             addr,
             token,
             dir,
+            cert_pem,
         };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(&kbs.addr).is_err() {
@@ -159,9 +222,19 @@ storage_backend_type = "kvstorage"
     pub fn admin_post(&self, path: &str, content_type: &str, body: &[u8]) {
         let file = self.dir.path().join("body");
         std::fs::write(&file, body).unwrap();
-        let out = run(Command::new("curl")
+        let mut curl = Command::new("curl");
+        let scheme = if self.cert_pem.is_some() {
+            // HTTP/1.1: over HTTP/2 the KBS matches its admin ACL against
+            // the absolute URI, which `^/kbs/` does not match.
+            curl.args(["--http1.1", "--cacert"])
+                .arg(self.dir.path().join("ca.crt"));
+            "https"
+        } else {
+            "http"
+        };
+        let out = run(curl
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
-            .arg(format!("http://{}{path}", self.addr))
+            .arg(format!("{scheme}://{}{path}", self.addr))
             .arg("-H")
             .arg(format!("Authorization: Bearer {}", self.token))
             .arg("-H")

@@ -20,8 +20,14 @@ pub fn kbs_or_skip(test: &str) -> Option<PathBuf> {
 /// Makes a test node config attest to the KBS at `kbs_addr` (host:port): `[attestation]` with its URL
 /// and the `allowed` resources, and `annotations` allow-listed.
 pub fn attest_to(t: &mut toml::Table, kbs_addr: &str, allowed: &[&str], annotations: &[&str]) {
+    attest_to_url(t, &format!("http://{kbs_addr}"), allowed, annotations);
+}
+
+/// [`attest_to`] with the whole KBS URL (`https://` needs `kbs_cert`
+/// added to the `[attestation]` table).
+pub fn attest_to_url(t: &mut toml::Table, kbs_url: &str, allowed: &[&str], annotations: &[&str]) {
     let mut a = toml::Table::new();
-    a.insert("kbs_url".into(), format!("http://{kbs_addr}").into());
+    a.insert("kbs_url".into(), kbs_url.into());
     a.insert(
         "allowed_resources".into(),
         allowed

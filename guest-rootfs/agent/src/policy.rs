@@ -33,6 +33,10 @@ pub struct PodPolicy {
     /// `aa.toml` `[token_configs.kbs] url` (not part of the policy file).
     #[serde(skip)]
     pub kbs_url: Option<String>,
+    /// The CA certificate(s) (PEM) of an https KBS: `aa.toml`
+    /// `[token_configs.kbs] cert` or `cdh.toml` `[kbc] kbs_cert`.
+    #[serde(skip)]
+    pub kbs_cert: Option<String>,
     /// Resource URIs the pod may fetch (a trailing `*` matches the rest).
     #[serde(default)]
     pub allowed_resources: Vec<String>,
@@ -203,6 +207,7 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
     #[derive(serde::Deserialize)]
     struct KbsConfig {
         url: String,
+        cert: Option<String>,
     }
     let text = std::str::from_utf8(initdata).map_err(|_| bad("is not UTF-8".into()))?;
     let doc: Doc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
@@ -213,12 +218,15 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
     #[derive(serde::Deserialize)]
     struct Kbc {
         url: Option<String>,
+        kbs_cert: Option<String>,
     }
     let aa_url = match doc.data.get("aa.toml") {
         Some(aa) => {
             let aa: Aa =
                 toml::from_str(aa).map_err(|e| bad(format!("aa.toml: {}", e.message())))?;
-            aa.token_configs.and_then(|t| t.kbs).map(|k| k.url)
+            aa.token_configs
+                .and_then(|t| t.kbs)
+                .map(|k| (k.url, k.cert))
         }
         None => None,
     };
@@ -228,10 +236,12 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
         Some(cdh) => {
             let cdh: Cdh =
                 toml::from_str(cdh).map_err(|e| bad(format!("cdh.toml: {}", e.message())))?;
-            cdh.kbc.and_then(|k| k.url)
+            cdh.kbc.map(|k| (k.url, k.kbs_cert))
         }
         None => None,
     };
+    let (aa_url, aa_cert) = aa_url.map_or((None, None), |(u, c)| (Some(u), c));
+    let (cdh_url, cdh_cert) = cdh_url.unwrap_or_default();
     let kbs_url = match (aa_url, cdh_url) {
         (Some(a), Some(c)) if a.trim_end_matches('/') != c.trim_end_matches('/') => {
             return Err(bad(format!(
@@ -246,6 +256,7 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
         None => PodPolicy::default(),
     };
     policy.kbs_url = kbs_url;
+    policy.kbs_cert = aa_cert.or(cdh_cert);
     Ok(policy)
 }
 

@@ -22,15 +22,43 @@ pub const PER_CONTAINER: &str = "/run/cocoon/containers";
 /// Where containers see them.
 pub const IN_CONTAINER: &str = "run/secrets/cocoon";
 
-/// `host:port` of an `http://` KBS URL (the Host header; the connection
-/// itself goes through the host's relay).
-fn kbs_host(url: &str) -> Result<String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        Error::FailedPrecondition(format!(
-            "the initdata's KBS URL {url:?} is not http://; TLS to the KBS is not supported yet"
-        ))
-    })?;
-    Ok(rest.trim_end_matches('/').to_string())
+/// Where the initdata's KBS URL points: `host:port` (the Host header; the
+/// connection itself goes through the host's relay) and whether TLS ends
+/// in the guest.
+#[derive(Debug, PartialEq, Eq)]
+struct KbsUrl {
+    authority: String,
+    https: bool,
+}
+
+impl KbsUrl {
+    fn parse(url: &str) -> Result<Self> {
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(Error::FailedPrecondition(format!(
+                "the initdata's KBS URL {url:?} is neither http:// nor https://"
+            )));
+        };
+        let authority = rest.trim_end_matches('/').to_string();
+        if authority.is_empty() || authority.contains('/') {
+            return Err(Error::FailedPrecondition(format!(
+                "the initdata's KBS URL {url:?} must be SCHEME://HOST[:PORT] with no path"
+            )));
+        }
+        Ok(Self { authority, https })
+    }
+
+    /// The host name or address the KBS's certificate must name.
+    fn host(&self) -> &str {
+        let a = self.authority.as_str();
+        if let Some(v6) = a.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or(v6);
+        }
+        a.rsplit_once(':').map_or(a, |(h, _)| h)
+    }
 }
 
 /// Checks every requested secret against the policy before anything is
@@ -134,16 +162,23 @@ pub async fn fetch_resources(
     uris: &[&ResourceUri],
     tee: &GuestTee,
 ) -> Result<Vec<Vec<u8>>> {
-    let url = policy.kbs_url.as_deref().unwrap_or_default();
-    let client = Client::new(HostRelay, &kbs_host(url)?);
+    let url = KbsUrl::parse(policy.kbs_url.as_deref().unwrap_or_default())?;
     let evidence = evidence_for(tee);
-    client
-        .fetch(
-            kbs::evidence::tee_name(tee),
-            &*evidence,
-            Some(initdata),
-            uris,
+    let tee = kbs::evidence::tee_name(tee);
+    if !url.https {
+        return Client::new(HostRelay, &url.authority)
+            .fetch(tee, &*evidence, Some(initdata), uris)
+            .await
+            .map_err(kbs_error);
+    }
+    let ca = policy.kbs_cert.as_deref().ok_or_else(|| {
+        Error::FailedPrecondition(
+            "the initdata names an https KBS but no certificate to trust for it (aa.toml [token_configs.kbs] cert, or cdh.toml [kbc] kbs_cert)".into(),
         )
+    })?;
+    let tls = kbs::tls::Tls::new(HostRelay, url.host(), ca).map_err(kbs_error)?;
+    Client::new(tls, &url.authority)
+        .fetch(tee, &*evidence, Some(initdata), uris)
         .await
         .map_err(kbs_error)
 }
@@ -227,10 +262,20 @@ mod tests {
         let p = policy(DOC.as_bytes()).unwrap();
         assert_eq!(p.kbs_url.as_deref(), Some("http://10.0.0.5:8080"));
         assert_eq!(p.allowed_resources.len(), 2);
+        let url = KbsUrl::parse(p.kbs_url.as_deref().unwrap()).unwrap();
         assert_eq!(
-            kbs_host(p.kbs_url.as_deref().unwrap()).unwrap(),
-            "10.0.0.5:8080"
+            (url.authority.as_str(), url.host(), url.https),
+            ("10.0.0.5:8080", "10.0.0.5", false)
         );
+        let url = KbsUrl::parse("https://kbs.example:8443/").unwrap();
+        assert_eq!((url.host(), url.https), ("kbs.example", true));
+        assert_eq!(
+            KbsUrl::parse("https://[fd00::1]:443").unwrap().host(),
+            "fd00::1"
+        );
+        for bad in ["ftp://x:1", "https://", "http://h:1/path"] {
+            assert!(KbsUrl::parse(bad).is_err(), "{bad}");
+        }
         let ok = check(
             Some(&p),
             &want(&[
@@ -267,7 +312,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("names no KBS"), "{e}");
-        assert!(kbs_host("https://kbs:443").is_err());
     }
 
     #[test]

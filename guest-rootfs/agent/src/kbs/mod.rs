@@ -11,11 +11,12 @@
 //!   [`cocoon_protocol::resource`]'s.
 //!
 //! The connection is whatever [`Connect`] gives (a vsock stream to the
-//! host's relay in the guest, TCP in tests); TLS, when the KBS URL is
-//! https, would end in the guest on top of it.
+//! host's relay in the guest, TCP in tests); for an https KBS, [`tls`]
+//! wraps it, ending TLS in the guest.
 
 pub mod evidence;
 pub mod jwe;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -82,6 +83,9 @@ pub enum KbsError {
         /// The KBS's `detail` (or body).
         detail: String,
     },
+    /// TLS to an https KBS cannot be set up (its certificate, its name).
+    #[error("TLS to the KBS: {0}")]
+    Tls(String),
     /// The KBS answered 200 with something that is not what the protocol says.
     #[error("the KBS answered {step} with an unexpected body")]
     Garbage {

@@ -239,3 +239,67 @@ async fn a_kbs_that_is_briefly_unreachable_is_tried_again_then_given_up() {
     assert!(matches!(e, KbsError::Refused { .. }), "{e}");
     assert!(started.elapsed() < RETRY_DELAYS[0]);
 }
+
+/// An https KBS: TLS ends in the guest, trusting only the initdata's CA;
+/// another CA, or a name the certificate does not hold, is refused.
+#[tokio::test]
+async fn an_https_kbs_is_trusted_only_with_the_initdata_ca() {
+    let Some(bin) = kbs_binary(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        eprintln!("SKIP an_https_kbs_is_trusted_only_with_the_initdata_ca: no KBS binary (set COCOON_KBS_BIN, or `make deps` unpacks trustee's kbs into build/kbs)");
+        return;
+    };
+    let kbs = Kbs::start_tls(&bin);
+    kbs.allow_sample_and_store("default/key/tls", b"over tls");
+    let ca = kbs.cert_pem.clone().unwrap();
+    let uri: ResourceUri = "kbs:///default/key/tls".parse().unwrap();
+    let client = Client::new(
+        tls::Tls::new(Tcp(kbs.addr.clone()), "127.0.0.1", &ca).unwrap(),
+        &kbs.addr,
+    );
+    let got = client
+        .fetch("sample", &sample_evidence, Some(INITDATA), &[&uri])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![b"over tls".to_vec()]);
+    // Plain HTTP to a TLS port gets nowhere.
+    let e = Client::new(Tcp(kbs.addr.clone()), &kbs.addr)
+        .attest("sample", &sample_evidence, None)
+        .await
+        .unwrap_err();
+    assert!(!matches!(e, KbsError::Refused { .. }), "{e}");
+    // Another CA (the host standing in for the KBS): refused.
+    let other = Kbs::start_tls(&bin);
+    let e = Client::new(
+        tls::Tls::new(
+            Tcp(kbs.addr.clone()),
+            "127.0.0.1",
+            other.cert_pem.as_deref().unwrap(),
+        )
+        .unwrap(),
+        &kbs.addr,
+    )
+    .attest("sample", &sample_evidence, None)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // A name the certificate does not hold.
+    let e = Client::new(
+        tls::Tls::new(Tcp(kbs.addr.clone()), "kbs.example", &ca).unwrap(),
+        &kbs.addr,
+    )
+    .attest("sample", &sample_evidence, None)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Certificates that are not PEM.
+    for bad in [
+        "",
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+    ] {
+        let e = tls::Tls::new(Tcp(kbs.addr.clone()), "127.0.0.1", bad)
+            .err()
+            .unwrap();
+        assert!(matches!(e, KbsError::Tls(_)), "{e}");
+    }
+}
