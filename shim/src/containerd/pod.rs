@@ -168,15 +168,20 @@ impl Pod {
         sb.hostname = hostname.to_string();
         sb.shared_fs_tag = SHARE_TAG.into();
         sb.initdata = p.initdata.unwrap_or_default();
+        let secrets = p.secrets.len();
         sb.secrets = p.secrets.into_iter().collect();
+        let sandbox_started = std::time::Instant::now();
         if let Err(e) = guest.create_sandbox(sb).await {
             // Reaped before the pod directory goes with the error.
             vm.kill_all().await;
             return Err(e.into());
         }
-        // boot_ms: planning (measurement, TEE, devices) to agent ready.
+        // boot_ms: planning (measurement, TEE, devices) to agent ready;
+        // sandbox_ms: CreateSandbox (initdata check, share mount, and with
+        // secrets the attestation and fetch through the relay).
+        let sandbox_ms = u64::try_from(sandbox_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
-              "boot_ms" => boot_ms);
+              "boot_ms" => boot_ms, "sandbox_ms" => sandbox_ms, "secrets" => secrets);
         let exit = vm.stopped();
         let vm_pid = vm.pids().first().map_or(0, |p| p.unsigned_abs());
         let pod = Arc::new(Self {
