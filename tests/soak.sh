@@ -23,20 +23,9 @@ trap cleanup EXIT
 
 "$root/tests/fixtures/make-busybox-rootfs.sh" "$work/rootfs" >/dev/null
 "$root/tests/fixtures/make-oci-image.sh" "$work/rootfs" cocoon.soak/busybox:1 "$work/image.tar"
-sed "s#^state_dir = .*#state_dir = \"$state\"#" "$config" >"$work/cocoon.toml"
-cat >"$work/containerd.toml" <<EOF
-version = 2
-root = "$work/root"
-state = "$work/state"
-[grpc]
-  address = "$work/c.sock"
-[ttrpc]
-  address = "$work/c.sock.ttrpc"
-EOF
-PATH="$bin:$PATH" COCOON_CONFIG="$work/cocoon.toml" containerd --config "$work/containerd.toml" >"$work/containerd.log" 2>&1 &
-ctd_pid=$!
-ctr="ctr -a $work/c.sock"
-for _ in $(seq 100); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+. "$root/tests/fixtures/containerd.sh"
+ctd_node_config "$work" "$config"
+ctd_start "$work" "$bin"
 $ctr images import "$work/image.tar" >/dev/null
 fds0=$(ls /proc/$ctd_pid/fd | wc -l)
 socks0=$(ls /run/containerd/s 2>/dev/null | wc -l)
