@@ -143,7 +143,7 @@ pub fn read_recorded(tee: &GuestTee, roots: &GuestRoots) -> Result<Vec<u8>> {
     match tee {
         GuestTee::None => Ok(Vec::new()),
         GuestTee::Snp => {
-            let report = crate::tsm::report(&roots.sys, &[0u8; 64], "sev_guest")?;
+            let report = crate::tsm::snp_report(&roots.sys, &roots.dev, &[0u8; 64])?;
             Ok(snp_host_data(&report)?.to_vec())
         }
         GuestTee::Tdx => {

@@ -127,7 +127,7 @@ fn evidence_for(tee: &GuestTee) -> Box<kbs::EvidenceFn> {
         // or `tdx-guest` providing them), the same interface for both.
         GuestTee::Snp => Box::new(|rd: &[u8; 48]| {
             let data = kbs::evidence::tee_report_data(rd);
-            let report = crate::tsm::report(Path::new("/sys"), &data, "sev_guest")
+            let report = crate::tsm::snp_report(Path::new("/sys"), Path::new("/dev"), &data)
                 .map_err(|e| KbsError::Evidence(format!("SEV-SNP report: {e}")))?;
             kbs::evidence::snp(&report)
         }),

@@ -91,3 +91,151 @@ pub fn tdx_report(device: &Path, reportdata: &[u8; 64]) -> Result<Vec<u8>> {
         .map_err(|e| Error::sys(format!("TDX_CMD_GET_REPORT0 on {}", device.display()), e))?;
     Ok(req.tdreport.to_vec())
 }
+
+/// `struct snp_report_req` of `include/uapi/linux/sev-guest.h`.
+#[repr(C)]
+struct SnpReportReq {
+    user_data: [u8; 64],
+    vmpl: u32,
+    rsvd: [u8; 28],
+}
+
+/// `struct snp_report_resp`: status, report size, reserved, then the
+/// report.
+#[repr(C)]
+struct SnpReportResp {
+    data: [u8; 4000],
+}
+
+/// `struct snp_guest_request_ioctl`.
+#[repr(C)]
+struct SnpGuestRequest {
+    msg_version: u8,
+    req_data: u64,
+    resp_data: u64,
+    exitinfo2: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<SnpReportReq>() == 96);
+const _: () = assert!(std::mem::size_of::<SnpGuestRequest>() == 32);
+
+// SNP_GET_REPORT = _IOWR('S', 0x0, struct snp_guest_request_ioctl).
+nix::ioctl_readwrite!(snp_get_report, b'S', 0, SnpGuestRequest);
+
+/// The report inside an `snp_report_resp`: firmware status 0, then the
+/// report of the size it states (1184 bytes for versions 2–5).
+fn snp_report_from_resp(resp: &[u8]) -> Result<Vec<u8>> {
+    let word = |at: usize| {
+        resp.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let (Some(status), Some(size)) = (word(0), word(4)) else {
+        return Err(Error::FailedPrecondition(
+            "SNP_GET_REPORT answered with a short response".into(),
+        ));
+    };
+    if status != 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "SNP_GET_REPORT: the firmware answered status {status:#x}"
+        )));
+    }
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    resp.get(32..32usize.saturating_add(size))
+        .filter(|r| r.len() >= 1184)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "SNP_GET_REPORT: a report of {size} bytes does not fit the response"
+            ))
+        })
+}
+
+/// An SEV-SNP attestation report with `user_data` from the legacy
+/// `sev-guest` device (`SNP_GET_REPORT`, VMPL 0), for guests whose kernel
+/// has no configfs-tsm.
+pub fn snp_report_ioctl(device: &Path, user_data: &[u8; 64]) -> Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|e| sys_err(format!("open {}", device.display()), &e))?;
+    let req = SnpReportReq {
+        user_data: *user_data,
+        vmpl: 0,
+        rsvd: [0; 28],
+    };
+    let mut resp = SnpReportResp { data: [0; 4000] };
+    let mut ioctl = SnpGuestRequest {
+        msg_version: 1,
+        req_data: std::ptr::addr_of!(req) as u64,
+        resp_data: std::ptr::addr_of_mut!(resp) as u64,
+        exitinfo2: 0,
+    };
+    // SAFETY: the request and response buffers have the sizes the kernel
+    // ABI gives them and outlive the call; the fd is open.
+    unsafe { snp_get_report(f.as_raw_fd(), &mut ioctl) }.map_err(|e| {
+        Error::sys(
+            format!(
+                "SNP_GET_REPORT on {} (exitinfo2 {:#x})",
+                device.display(),
+                ioctl.exitinfo2
+            ),
+            e,
+        )
+    })?;
+    snp_report_from_resp(&resp.data)
+}
+
+/// An SEV-SNP report: from configfs-tsm under `sys`, else (a kernel
+/// without it) from the legacy `dev`/`sev-guest` ioctl.
+pub fn snp_report(sys: &Path, dev: &Path, user_data: &[u8; 64]) -> Result<Vec<u8>> {
+    match report(sys, user_data, "sev_guest") {
+        Ok(r) => Ok(r),
+        Err(tsm) if dev.join("sev-guest").exists() => {
+            snp_report_ioctl(&dev.join("sev-guest"), user_data).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                "no SEV-SNP report from configfs-tsm ({tsm}) nor from the sev-guest device ({e})"
+            ))
+            })
+        }
+        Err(tsm) => Err(tsm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_snp_report_is_taken_out_of_the_ioctl_response() {
+        let mut resp = vec![0u8; 4000];
+        resp[4..8].copy_from_slice(&1184u32.to_le_bytes());
+        resp[32] = 2; // report version
+        resp[32 + 1183] = 0xaa;
+        let r = snp_report_from_resp(&resp).unwrap();
+        assert_eq!((r.len(), r[0], r[1183]), (1184, 2, 0xaa));
+        resp[0] = 0x16;
+        let e = snp_report_from_resp(&resp).unwrap_err().to_string();
+        assert!(e.contains("status 0x16"), "{e}");
+        resp[0] = 0;
+        resp[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(snp_report_from_resp(&resp).is_err());
+        resp[4..8].copy_from_slice(&100u32.to_le_bytes());
+        assert!(snp_report_from_resp(&resp).is_err());
+        assert!(snp_report_from_resp(&[0u8; 6]).is_err());
+    }
+
+    #[test]
+    fn without_configfs_tsm_the_ioctl_device_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let (sys, dev) = (d.path().join("sys"), d.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        // A plain file stands in for the device: the ioctl path is taken
+        // and fails on it, naming SNP_GET_REPORT.
+        std::fs::write(dev.join("sev-guest"), b"").unwrap();
+        let e = snp_report(&sys, &dev, &[0; 64]).unwrap_err().to_string();
+        assert!(e.contains("SNP_GET_REPORT"), "{e}");
+    }
+}
