@@ -79,11 +79,21 @@ async fn pod_with_two_containers_in_one_vm() {
     let logs = ctd.dir.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
 
-    let sandbox_config = PodSandboxConfig {
+    // shareProcessNamespace: the pod's containers share one PID namespace
+    // (as they always share IPC and UTS).
+    let mut sandbox_config = PodSandboxConfig {
         hostname: "pod-one".into(),
         log_directory: logs.display().to_string(),
         ..sandbox_config("p1", "default")
     };
+    if let Some(ns) = sandbox_config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = NamespaceMode::Pod as i32;
+    }
     let pod_id = cri
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(sandbox_config.clone()),
@@ -96,13 +106,21 @@ async fn pod_with_two_containers_in_one_vm() {
 
     let mut ids = Vec::new();
     for (name, cmd) in [
-        ("c1", "echo hello-from-c1; sleep 1000"),
+        (
+            "c1",
+            "echo from-c1 > /dev/shm/c1; echo hello-from-c1; sleep 1000",
+        ),
         ("c2", "echo hello-from-c2; hostname; sleep 1000"),
     ] {
+        // c1 has a terminal, in its own devpts.
+        let config = ContainerConfig {
+            tty: name == "c1",
+            ..container_config(name, cmd)
+        };
         let id = cri
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config(name, cmd)),
+                config: Some(config),
                 sandbox_config: Some(sandbox_config.clone()),
             })
             .await
@@ -167,6 +185,41 @@ async fn pod_with_two_containers_in_one_vm() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The pod's namespaces and shared memory: both containers (and their
+    // execs) are in the sandbox's IPC, UTS and PID namespaces, and c2 sees
+    // what c1 wrote to /dev/shm and c1's processes.
+    let ns = "for n in ipc uts pid; do readlink /proc/self/ns/$n; done";
+    let ns1 = exec_out(&mut cri, &ids[0], ns).await;
+    let ns2 = exec_out(&mut cri, &ids[1], ns).await;
+    assert_eq!(ns1, ns2, "c1 and c2 share IPC, UTS and PID namespaces");
+    assert_eq!(ns1.lines().count(), 3, "{ns1}");
+    assert_eq!(
+        exec_out(&mut cri, &ids[1], "cat /dev/shm/c1").await,
+        "from-c1\n"
+    );
+    let ps = exec_out(&mut cri, &ids[1], "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
+    assert_eq!(
+        ps.matches("sleep 1000").count(),
+        2,
+        "c2 sees its own and c1's processes: {ps}"
+    );
+    // Each container has its own devpts: c1's terminal is not in c2's.
+    assert_eq!(
+        exec_out(&mut cri, &ids[0], "ls /dev/pts").await,
+        "0\nptmx\n"
+    );
+    assert_eq!(exec_out(&mut cri, &ids[1], "ls /dev/pts").await, "ptmx\n");
+    let pid1 = exec_out(
+        &mut cri,
+        &ids[1],
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+    )
+    .await;
+    assert!(
+        !pid1.contains("sleep 1000"),
+        "PID 1 is the sandbox's, not a container's: {pid1}"
+    );
 
     cri.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: pod_id.clone(),

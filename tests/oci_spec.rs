@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cocoon_tests::containerd::{out, Containerd, IMAGE, RUNTIME};
+use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::{Env, Sandbox};
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -143,6 +143,98 @@ fn the_guest_confines_a_container_like_runc() {
         "host-data\n",
         "volumes survive"
     );
+}
+
+/// Device nodes and the device cgroup, read from inside the container:
+/// the `--device` node (type, numbers, mode, owner), whether it opens, and
+/// whether a node the container makes itself with `/dev/fuse`'s numbers
+/// opens — opening `/dev/fuse` needs no capability, so the device cgroup
+/// is the only thing in its way.
+const DEVICE_PROBE: &str = "\
+stat -c 'fuse %F %t:%T %a %u:%g' /dev/fuse 2>/dev/null || echo no-fuse; \
+(exec 3</dev/fuse) 2>/dev/null && echo fuse-open || echo fuse-denied; \
+mknod /dev/own c 10 229 && echo mknod-ok; \
+(exec 3</dev/own) 2>/dev/null && echo own-open || echo own-denied; \
+(echo x > /dev/null) && echo null-ok; \
+(head -c1 /dev/urandom | wc -c) 2>/dev/null";
+
+fn device_probe(ctd: &Containerd, runtime: &str, id: &str, extra: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, id, "sh", "-c", DEVICE_PROBE]);
+    let o = ctd.ctr(&args).unwrap();
+    assert!(o.status.success(), "{runtime}: {}", out(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `linux.devices` and `linux.resources.devices` as runc: `--device`
+/// creates the node and allows it; anything else is refused by the device
+/// cgroup, even a node the container makes with `CAP_MKNOD`.
+fn devices_like_runc(ctd: &Containerd, tag: &str) {
+    for (n, extra) in [(0, &[][..]), (1, &["--device", "/dev/fuse"][..])] {
+        let runc = device_probe(ctd, RUNC, &format!("runc-dev{n}{tag}"), extra);
+        let cocoon = device_probe(ctd, RUNTIME, &format!("cocoon-dev{n}{tag}"), extra);
+        assert_eq!(cocoon, runc, "{extra:?}\nrunc:\n{runc}\ncocoon:\n{cocoon}");
+        let mut want = vec!["mknod-ok", "null-ok", "1"];
+        if n == 0 {
+            want.extend(["no-fuse", "fuse-denied", "own-denied"]);
+        } else {
+            want.extend([
+                "fuse character special file a:e5 600 0:0",
+                "fuse-open",
+                "own-open",
+            ]);
+        }
+        for w in want {
+            assert!(cocoon.lines().any(|l| l == w), "{w}:\n{cocoon}");
+        }
+    }
+}
+
+#[test]
+fn devices_and_the_device_cgroup_like_runc() {
+    let Some((_env, sb, ctd)) = setup("devices_and_the_device_cgroup_like_runc") else {
+        return;
+    };
+    devices_like_runc(&ctd, "");
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
+
+/// The same probes through containerd 2.x (its own ctr and runc shim).
+#[test]
+fn containerd_2_confines_a_container_like_runc() {
+    let test = "containerd_2_confines_a_container_like_runc";
+    let Some(env) = cocoon_tests::env_or_skip(test) else {
+        return;
+    };
+    let Some(flavor) = Flavor::v2() else {
+        eprintln!("SKIP {test}: containerd 2.x not unpacked in build/containerd2 (make deps)");
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("f"), "host-data\n").unwrap();
+    let runc = probe(&ctd, RUNC, "runc1", &ro, &rw, &[]);
+    let cocoon = probe(&ctd, RUNTIME, "cocoon1", &ro, &rw, &[]);
+    assert_eq!(cocoon, runc, "runc:\n{runc}\ncocoon:\n{cocoon}");
+    for want in [
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+        "ro-refused",
+        "rw-written",
+        "mount-refused",
+        "lo-up 1",
+    ] {
+        assert!(cocoon.lines().any(|l| l == want), "{want}:\n{cocoon}");
+    }
+    devices_like_runc(&ctd, "-2");
+    ctd.assert_no_shims();
+    sb.assert_clean();
 }
 
 #[test]

@@ -60,8 +60,23 @@ pub use protobuf;
 pub use ttrpc;
 
 /// Version of this API. Bump on every incompatible change to `agent.proto`
-/// (4: `CreateContainerRequest.models`, which an older agent would ignore).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// or to how the agent reads the OCI spec it carries (4:
+/// `CreateContainerRequest.models`, which an older agent would ignore; 5:
+/// shared pod namespaces and shared memory, [`POD_SHM_SOURCE`] and
+/// [`NS_CONTAINER_PREFIX`], device rules and nodes).
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// In the guest's OCI spec, the `source` of a `tmpfs` mount that means the
+/// pod's shared memory: one tmpfs for every container of the pod, which
+/// share an IPC namespace (the shim writes the pod's `/dev/shm` so).
+pub const POD_SHM_SOURCE: &str = "cocoon-pod-shm";
+
+/// In the guest's OCI spec, a `linux.namespaces[].path` of
+/// `container:<id>` joins that namespace of container `<id>` of the pod
+/// (its init process's). The shim writes it for the namespaces a CRI pod
+/// shares with its sandbox (IPC, UTS, and PID with `shareProcessNamespace`);
+/// no host path reaches the guest.
+pub const NS_CONTAINER_PREFIX: &str = "container:";
 
 /// AF_VSOCK port the agent serves on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

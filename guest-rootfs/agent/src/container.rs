@@ -48,6 +48,12 @@ impl Process {
                 Output::pump(stdout).map_err(io)?,
                 Output::pump(stderr).map_err(io)?,
             ),
+            ParentStdio::TtyFromChild { .. } => {
+                return Err(Error::sys(
+                    "the container's terminal never arrived",
+                    nix::errno::Errno::EBADMSG,
+                ))
+            }
             ParentStdio::Tty { master } => {
                 let reader = master.try_clone().map_err(io)?;
                 (
@@ -136,6 +142,9 @@ pub struct Container {
     /// Whether it mounts sealed models (exec then needs the policy's
     /// explicit consent).
     pub has_models: bool,
+    /// Whether it has its own devpts instance at `/dev/pts` (its execs'
+    /// terminals are allocated there too).
+    pub own_devpts: bool,
     /// Whether it holds secrets (the pod's KBS secrets or a sealed model):
     /// the policy's stdin default depends on it.
     pub holds_secrets: bool,

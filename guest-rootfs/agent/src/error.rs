@@ -36,6 +36,8 @@ pub enum SpawnStep {
     Capabilities,
     /// Loading the seccomp filter.
     Seccomp,
+    /// Creating the `linux.devices` nodes.
+    Devices,
 }
 
 impl SpawnStep {
@@ -55,6 +57,7 @@ impl SpawnStep {
             12 => Self::OomScoreAdj,
             13 => Self::Capabilities,
             14 => Self::Seccomp,
+            15 => Self::Devices,
             _ => return None,
         })
     }
@@ -75,6 +78,7 @@ impl SpawnStep {
             Self::OomScoreAdj => 12,
             Self::Capabilities => 13,
             Self::Seccomp => 14,
+            Self::Devices => 15,
         }
     }
 }
@@ -96,6 +100,7 @@ impl std::fmt::Display for SpawnStep {
             Self::OomScoreAdj => "set process.oomScoreAdj",
             Self::Capabilities => "apply process.capabilities / noNewPrivileges",
             Self::Seccomp => "load the seccomp filter (linux.seccomp)",
+            Self::Devices => "create the device nodes (linux.devices)",
         })
     }
 }
@@ -212,12 +217,12 @@ mod tests {
 
     #[test]
     fn spawn_step_codes_round_trip() {
-        for code in 1..=14 {
+        for code in 1..=15 {
             let step = SpawnStep::from_code(code).unwrap();
             assert_eq!(step.code(), code);
         }
         assert!(SpawnStep::from_code(0).is_none());
-        assert!(SpawnStep::from_code(15).is_none());
+        assert!(SpawnStep::from_code(16).is_none());
     }
 
     #[test]

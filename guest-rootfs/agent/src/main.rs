@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod container;
+mod devices;
 mod error;
 mod init;
 mod initdata;

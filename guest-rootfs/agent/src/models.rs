@@ -83,8 +83,13 @@ pub fn locate(
                     "model {name:?}: {path:?} is on the container's {fstype} mount, which the host does not fill; put the sealed model in the image or a volume"
                 )))
             }
-            MountKind::GuestDevpts => {
+            MountKind::Devpts => {
                 return Err(invalid(format!("model {name:?}: {path:?} is under /dev/pts")))
+            }
+            MountKind::PodShm => {
+                return Err(invalid(format!(
+                    "model {name:?}: {path:?} is in the pod's shared memory, which the host does not fill"
+                )))
             }
         },
         None => (rootfs.to_path_buf(), path),

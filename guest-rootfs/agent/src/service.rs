@@ -13,7 +13,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{Container, Process};
 use crate::error::{Error, Result};
-use crate::oci::{ContainerSpec, ProcessSpec};
+use crate::oci::{ContainerSpec, MountKind, ProcessSpec};
 use crate::policy::Rule;
 use crate::reaper::Reaper;
 use crate::spawn;
@@ -88,6 +88,44 @@ fn signal_from(n: u32) -> Result<Signal> {
             field: "signal",
             problem: format!("{n} is not a signal number"),
         })
+}
+
+/// The pod's shared-memory tmpfs ([`MountKind::PodShm`]).
+const POD_SHM: &str = "/run/cocoon/pod-shm";
+
+/// Mounts the pod's shared-memory tmpfs with the options of `spec`'s
+/// `/dev/shm`, unless an earlier container of the pod did.
+fn pod_shm(spec: &ContainerSpec) -> Result<()> {
+    let dir = Path::new(POD_SHM);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(POD_SHM));
+    if mounted {
+        return Ok(());
+    }
+    let Some(m) = spec.mounts.iter().find(|m| m.kind == MountKind::PodShm) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::sys(
+            format!("create {POD_SHM}"),
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    let flags = nix::mount::MsFlags::from_bits_truncate(
+        m.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+    );
+    let data = (!m.data.is_empty()).then_some(m.data.as_str());
+    nix::mount::mount(Some("shm"), dir, Some("tmpfs"), flags, data).map_err(|e| {
+        Error::InvalidArgument {
+            field: "mounts",
+            problem: format!(
+                "the pod's /dev/shm (tmpfs {:?}) cannot be mounted: {e}",
+                m.data
+            ),
+        }
+    })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -166,6 +204,32 @@ impl AgentService {
             .get(id)
             .cloned()
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    /// The running init processes whose namespaces `spec` joins.
+    fn namespace_joins(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<Vec<(libc::c_int, nix::unistd::Pid)>> {
+        spec.joins
+            .iter()
+            .map(|j| {
+                let c = self.container(&j.container).map_err(|_| Error::InvalidArgument {
+                    field: "linux.namespaces",
+                    problem: format!(
+                        "shares the namespaces of container {:?}, which the pod does not have",
+                        j.container
+                    ),
+                })?;
+                if let Some(status) = c.init.exited() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {:?}, whose namespaces this one shares, has exited (status {status})",
+                        j.container
+                    )));
+                }
+                Ok((j.flag, c.init.pid))
+            })
+            .collect()
     }
 
     fn process(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
@@ -253,6 +317,7 @@ impl AgentService {
             let _ = c.init.signal(Signal::SIGKILL);
         }
         crate::models::remove_all(std::path::Path::new(crate::models::STORE));
+        let _ = nix::mount::umount2(POD_SHM, nix::mount::MntFlags::MNT_DETACH);
         let mounted = std::mem::take(&mut self.state().shared_mounted);
         if mounted {
             let dir = self.shared_dir.clone();
@@ -302,35 +367,48 @@ impl AgentService {
         self.unseal_env(&mut spec.process.env).await?;
         let (model_binds, reports) = self.prepare_models(&req.models, &rootfs, &spec).await?;
         let has_models = !model_binds.is_empty();
+        let joins = self.namespace_joins(&spec)?;
         let (spec, spawned, cgroup, has_secrets) = blocking(move || {
             let cgroup = cgroups
                 .as_ref()
                 .map(|c| c.create(&cid, &spec.limits))
                 .transpose()?;
-            let mut binds = Vec::new();
-            let has_secrets = if let Some(dir) = crate::secrets::for_container(
-                std::path::Path::new(crate::secrets::STORE),
-                std::path::Path::new(crate::secrets::PER_CONTAINER),
-                &cid,
-                spec.process.uid,
-                spec.process.gid,
-            )? {
-                binds.push((dir, crate::secrets::IN_CONTAINER.to_string()));
-                true
-            } else {
-                false
-            };
-            binds.extend(model_binds);
-            let spawned = spawn::spawn_container(
-                &reaper,
-                &rootfs,
-                &shared,
-                &spec,
-                &binds,
-                cgroup.as_ref().map(|c| c.fd()),
-            );
-            match spawned {
-                Ok(s) => Ok((spec, s, cgroup, has_secrets)),
+            let prepared = (|| {
+                match &cgroup {
+                    Some(cg) => spec.device_rules.attach(&cg.fd())?,
+                    None => crate::log(&format!(
+                        "{cid}: no cgroup v2 in the guest: linux.resources.devices not enforced"
+                    )),
+                }
+                if spec.mounts.iter().any(|m| m.kind == MountKind::PodShm) {
+                    pod_shm(&spec)?;
+                }
+                let mut binds = Vec::new();
+                let has_secrets = if let Some(dir) = crate::secrets::for_container(
+                    std::path::Path::new(crate::secrets::STORE),
+                    std::path::Path::new(crate::secrets::PER_CONTAINER),
+                    &cid,
+                    spec.process.uid,
+                    spec.process.gid,
+                )? {
+                    binds.push((dir, crate::secrets::IN_CONTAINER.to_string()));
+                    true
+                } else {
+                    false
+                };
+                binds.extend(model_binds);
+                let place = spawn::Placement {
+                    rootfs: &rootfs,
+                    shared: &shared,
+                    pod_shm: std::path::Path::new(POD_SHM),
+                    binds: &binds,
+                    cgroup: cgroup.as_ref().map(|c| c.fd()),
+                    joins: &joins,
+                };
+                spawn::spawn_container(&reaper, &spec, &place).map(|s| (s, has_secrets))
+            })();
+            match prepared {
+                Ok((s, has_secrets)) => Ok((spec, s, cgroup, has_secrets)),
                 Err(e) => {
                     if let Some(c) = cgroup {
                         c.remove();
@@ -349,6 +427,7 @@ impl AgentService {
             seccomp: spec.process.security.seccomp.clone(),
             cgroup: cgroup.map(Arc::new),
             has_models,
+            own_devpts: spec.own_devpts,
             holds_secrets: has_secrets || has_models,
         });
         let mut st = self.state();
@@ -525,8 +604,15 @@ impl AgentService {
         let init = container.init.pid;
         let spec2 = spec.clone();
         let cgroup = container.cgroup.clone();
+        let own_devpts = container.own_devpts;
         let spawned = blocking(move || {
-            spawn::spawn_exec(&reaper, init, &spec2, cgroup.as_ref().map(|c| c.fd()))
+            spawn::spawn_exec(
+                &reaper,
+                init,
+                &spec2,
+                cgroup.as_ref().map(|c| c.fd()),
+                own_devpts,
+            )
         })
         .await?;
         let proc_ = Arc::new(Process::new(&spec.args[0], spawned)?);

@@ -5,12 +5,16 @@
 //!   are bound into the pod's share at `<id>/mounts/<n>` — each volume on
 //!   its own, read-only on the host when the spec says `ro` — and their
 //!   sources become paths relative to the share.
-//! - A bind of the sandbox's `/dev/shm` becomes a guest tmpfs: shared
-//!   memory cannot cross virtio-fs.
-//! - Namespaces are decided by the guest: every container gets its own
-//!   mount, PID, IPC and UTS namespaces and the pod's network (the VM's).
-//!   Asking for the host's (hostPID, hostIPC, hostNetwork) is logged, a
-//!   user namespace is refused.
+//! - A bind of the sandbox's `/dev/shm` becomes the pod's shared-memory
+//!   tmpfs in the guest (one per pod): shared memory cannot cross virtio-fs.
+//! - Namespaces are decided in the guest: every container gets its own
+//!   mount namespace and the pod's network (the VM's); IPC, UTS and PID are
+//!   its own unless the spec joins the pod sandbox's (CRI does for IPC and
+//!   UTS, and for PID with `shareProcessNamespace`), which becomes a join of
+//!   the sandbox container's namespace in the guest
+//!   ([`GuestSpec::share_pod_namespaces`]). Asking for the host's (hostPID,
+//!   hostIPC, hostNetwork) or joining any other path is logged, a user
+//!   namespace is refused.
 //! - What only the host could do (hooks) is logged once per container.
 //!
 //! Every check here runs before anything is mounted or started, so bad input
@@ -20,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use cocoon_protocol::{NS_CONTAINER_PREFIX, POD_SHM_SOURCE};
 
 use super::error::{Result, ShimError};
 
@@ -53,6 +59,51 @@ pub struct GuestSpec {
     pub binds: Vec<HostBind>,
     /// Notes for the log: what the guest does differently from runc.
     pub notes: Vec<String>,
+    /// Namespace paths of the bundle's spec (IPC, UTS, PID), removed from
+    /// `spec` until [`GuestSpec::share_pod_namespaces`] maps them.
+    pub ns_paths: Vec<(LinuxNamespaceType, PathBuf)>,
+}
+
+impl GuestSpec {
+    /// Maps the namespace paths of a container of pod `sandbox_id` whose
+    /// sandbox task reported `sandbox_pid` (every task of a Cocoon pod
+    /// reports the VM's PID): `/proc/<sandbox_pid>/ns/<type>` — what CRI
+    /// writes for the namespaces a pod shares — joins the sandbox
+    /// container's namespace in the guest. Any other path (or no pod) is
+    /// logged and the container gets its own.
+    pub fn share_pod_namespaces(&mut self, pod: Option<(&str, u32)>) {
+        let mut joins = Vec::new();
+        for (typ, path) in std::mem::take(&mut self.ns_paths) {
+            let name = match typ {
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                _ => "pid",
+            };
+            match pod {
+                Some((sandbox, pid)) if path == Path::new(&format!("/proc/{pid}/ns/{name}")) => {
+                    joins.push((typ, format!("{NS_CONTAINER_PREFIX}{sandbox}")));
+                }
+                _ => self.notes.push(format!(
+                    "the spec joins {} namespace {}, which is not its pod's; in the guest the container gets its own",
+                    name.to_uppercase(),
+                    path.display()
+                )),
+            }
+        }
+        if joins.is_empty() {
+            return;
+        }
+        if let Some(mut linux) = self.spec.linux().clone() {
+            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            for n in namespaces.iter_mut() {
+                if let Some((_, p)) = joins.iter().find(|(t, _)| *t == n.typ()) {
+                    n.set_path(Some(PathBuf::from(p)));
+                }
+            }
+            linux.set_namespaces(Some(namespaces));
+            self.spec.set_linux(Some(linux));
+        }
+    }
 }
 
 fn is_bind(m: &Mount) -> bool {
@@ -111,11 +162,11 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
             ));
         };
         if dest == Path::new("/dev/shm") {
-            // The sandbox's shm directory: a tmpfs in the guest instead.
+            // The sandbox's shm directory: the pod's tmpfs in the guest.
             let mut shm = Mount::default();
             shm.set_destination(dest.clone());
             shm.set_typ(Some("tmpfs".into()));
-            shm.set_source(Some("shm".into()));
+            shm.set_source(Some(POD_SHM_SOURCE.into()));
             shm.set_options(Some(vec![
                 "nosuid".into(),
                 "noexec".into(),
@@ -125,7 +176,7 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
             ]));
             mounts.push(shm);
             notes.push(format!(
-                "{} bound at /dev/shm: the container gets a guest tmpfs (shared memory does not cross virtio-fs)",
+                "{} bound at /dev/shm: the container gets the pod's guest tmpfs (shared memory does not cross virtio-fs)",
                 source.display()
             ));
             continue;
@@ -157,6 +208,7 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
         });
     }
     out.set_mounts(Some(mounts));
+    let mut ns_paths = Vec::new();
     if let Some(mut linux) = out.linux().clone() {
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
         if namespaces
@@ -177,11 +229,11 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
                 None => notes.push(format!(
                     "the spec shares the host's {what} namespace; in the guest the container gets its own"
                 )),
-                Some(n) if n.path().is_some() => notes.push(format!(
-                    "the spec joins {what} namespace {}; in the guest the container gets its own",
-                    n.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-                )),
-                Some(_) => {}
+                Some(n) => {
+                    if let Some(p) = n.path() {
+                        ns_paths.push((typ, p.clone()));
+                    }
+                }
             }
         }
         if !namespaces
@@ -192,7 +244,8 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
                 "the spec shares the host's network; in the guest the container has the pod's (the VM's)".into(),
             );
         }
-        // Host namespace paths mean nothing in the guest.
+        // Host namespace paths mean nothing in the guest
+        // (`share_pod_namespaces` maps the pod's).
         for n in namespaces.iter_mut() {
             n.set_path(None);
         }
@@ -211,6 +264,7 @@ pub fn prepare(spec: &Spec, id: &str, terminal: bool) -> Result<GuestSpec> {
         spec: out,
         binds,
         notes,
+        ns_paths,
     })
 }
 

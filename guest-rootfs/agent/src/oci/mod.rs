@@ -97,8 +97,16 @@ pub enum MountKind {
         /// `rbind`.
         recursive: bool,
     },
-    /// The guest's own devpts, bound: terminals are allocated by the agent.
-    GuestDevpts,
+    /// A new devpts instance (`newinstance`, `ptmxmode=0666` added when
+    /// missing): the container's terminals are allocated in it, by the
+    /// container's process, so no container sees another's.
+    Devpts,
+    /// The pod's shared memory: one guest tmpfs for every container of the
+    /// pod (they share the IPC namespace), made by the first that asks with
+    /// its options (`size=`, `mode=`) and bound into the others. The shim
+    /// writes the pod's `/dev/shm` bind as `tmpfs` with source
+    /// [`POD_SHM_SOURCE`].
+    PodShm,
     /// A new file system instance (proc, sysfs, tmpfs, mqueue).
     Fs {
         /// File system type.
@@ -142,6 +150,74 @@ pub struct ContainerSpec {
     pub sysctls: Vec<(String, String)>,
     /// `linux.resources` as cgroup v2 limits.
     pub limits: crate::cgroup::Limits,
+    /// `linux.resources.devices` with the defaults every container gets.
+    pub device_rules: crate::devices::DeviceRules,
+    /// `linux.devices`: nodes to create in the container's `/dev`.
+    pub devices: Vec<crate::devices::Node>,
+    /// A devpts instance of its own at `/dev/pts`: its terminals are
+    /// allocated there by its processes (else in the guest's devpts).
+    pub own_devpts: bool,
+    /// `linux.namespaces` the container joins instead of getting its own:
+    /// IPC, UTS or PID of another container of the pod (see
+    /// [`NsJoin`]).
+    pub joins: Vec<NsJoin>,
+}
+
+/// A namespace shared with another container of the pod: the shim writes
+/// `linux.namespaces[].path` as `container:<id>` for a namespace a CRI pod
+/// shares (the sandbox's IPC and UTS, and its PID with
+/// `shareProcessNamespace`). Host paths never reach the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsJoin {
+    /// `CLONE_NEWIPC`, `CLONE_NEWUTS` or `CLONE_NEWPID`.
+    pub flag: libc::c_int,
+    /// The container whose init's namespace is joined.
+    pub container: String,
+}
+
+pub use cocoon_protocol::{NS_CONTAINER_PREFIX, POD_SHM_SOURCE};
+
+/// The namespaces the container joins; the rest it gets new. Mount,
+/// network and cgroup namespaces are the agent's to decide; a user
+/// namespace is refused; a path that names no pod container is refused.
+fn namespace_joins(ns: &[oci_spec::runtime::LinuxNamespace]) -> Result<Vec<NsJoin>> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let mut out = Vec::new();
+    for n in ns {
+        if n.typ() == T::User {
+            return Err(invalid(
+                "linux.namespaces",
+                "a user namespace is not supported in the guest (the VM is the isolation boundary)",
+            ));
+        }
+        let Some(path) = n.path() else { continue };
+        let flag = match n.typ() {
+            T::Ipc => libc::CLONE_NEWIPC,
+            T::Uts => libc::CLONE_NEWUTS,
+            T::Pid => libc::CLONE_NEWPID,
+            // The pod's network is the VM's; mount and cgroup namespaces
+            // are always the container's own.
+            _ => continue,
+        };
+        let path = path.display().to_string();
+        let id = path
+            .strip_prefix(NS_CONTAINER_PREFIX)
+            .filter(|id| cocoon_protocol::resource::is_container_id(id))
+            .ok_or_else(|| {
+                invalid(
+                    "linux.namespaces",
+                    format!(
+                        "{:?} path {path:?} names no container of the pod (container:<id>)",
+                        n.typ()
+                    ),
+                )
+            })?;
+        out.push(NsJoin {
+            flag,
+            container: id.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 impl ContainerSpec {
@@ -193,6 +269,9 @@ impl ContainerSpec {
             }
             Ok(v)
         };
+        let own_devpts = mounts
+            .iter()
+            .any(|m| m.kind == MountKind::Devpts && m.destination == "/dev/pts");
         Ok(Self {
             process,
             hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
@@ -211,6 +290,22 @@ impl ContainerSpec {
                 .map(limits)
                 .transpose()?
                 .unwrap_or_default(),
+            device_rules: crate::devices::DeviceRules::from_oci(
+                linux
+                    .resources()
+                    .as_ref()
+                    .and_then(|r| r.devices().as_deref())
+                    .unwrap_or(&[]),
+            )?,
+            devices: linux
+                .devices()
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, d)| crate::devices::Node::from_oci(i, d))
+                .collect::<Result<_>>()?,
+            joins: namespace_joins(linux.namespaces().as_deref().unwrap_or(&[]))?,
+            own_devpts,
         })
     }
 }
@@ -305,7 +400,7 @@ pub fn limits_from_json(json: &[u8]) -> Result<crate::cgroup::Limits> {
 
 /// `linux.resources` in cgroup v2 terms (runc's conversions). Block I/O,
 /// hugepages, network classes, cpusets and RDMA are logged and ignored;
-/// device rules do not apply (the guest has only the default devices).
+/// device rules are a program, not a file ([`crate::devices`]).
 pub fn limits(r: &oci_spec::runtime::LinuxResources) -> Result<crate::cgroup::Limits> {
     use crate::cgroup::{shares_to_weight, Limits, MIN_MEMORY};
     let mut l = Limits::default();
@@ -576,7 +671,8 @@ pub fn decode_mount(
         }
     } else {
         match typ {
-            "devpts" => MountKind::GuestDevpts,
+            "devpts" => MountKind::Devpts,
+            "tmpfs" if source == POD_SHM_SOURCE => MountKind::PodShm,
             "proc" | "sysfs" | "tmpfs" | "mqueue" => MountKind::Fs {
                 fstype: typ.to_string(),
                 source: if source.is_empty() { typ } else { source }.to_string(),
@@ -595,10 +691,19 @@ pub fn decode_mount(
             }
         }
     };
-    let data = if matches!(kind, MountKind::Fs { .. }) {
-        data.join(",")
-    } else {
-        String::new()
+    let data = match kind {
+        MountKind::Fs { .. } | MountKind::PodShm => data.join(","),
+        MountKind::Devpts => {
+            let mut data = data;
+            if !data.iter().any(|o| o == "newinstance") {
+                data.push("newinstance".into());
+            }
+            if !data.iter().any(|o| o.starts_with("ptmxmode=")) {
+                data.push("ptmxmode=0666".into());
+            }
+            data.join(",")
+        }
+        MountKind::Bind { .. } => String::new(),
     };
     Ok(SpecMount {
         destination: destination.to_string(),

@@ -48,7 +48,18 @@ fn the_default_spec_decodes_to_runc_confinement() {
         shm.flags,
         libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV
     );
-    assert_eq!(c.mounts[2].kind, MountKind::GuestDevpts);
+    assert_eq!(c.mounts[2].kind, MountKind::Devpts);
+    assert!(
+        c.mounts[2].data.contains("newinstance"),
+        "{}",
+        c.mounts[2].data
+    );
+    assert!(
+        c.mounts[2].data.contains("ptmxmode=0666"),
+        "{}",
+        c.mounts[2].data
+    );
+    assert!(c.own_devpts);
 }
 
 #[test]

@@ -94,6 +94,23 @@ pub struct SymlinkOp {
     pub link: CString,
 }
 
+/// A device node created in the container's `/dev` (`linux.devices`).
+#[derive(Debug)]
+pub struct NodeOp {
+    /// Absolute path in the agent's view (under the container rootfs).
+    pub path: CString,
+    /// Directories to create first, outermost first.
+    pub parents: Vec<CString>,
+    /// File type and permission bits.
+    pub mode: libc::mode_t,
+    /// Device number.
+    pub dev: libc::dev_t,
+    /// Owner.
+    pub uid: uid_t,
+    /// Group.
+    pub gid: gid_t,
+}
+
 /// How the child gets its namespaces and root.
 #[derive(Debug)]
 pub enum NsSetup {
@@ -106,6 +123,11 @@ pub enum NsSetup {
         mounts: Vec<MountOp>,
         /// Symlinks under the new root.
         symlinks: Vec<SymlinkOp>,
+        /// Device nodes under the new root.
+        nodes: Vec<NodeOp>,
+        /// A pidfd of another container's init and the namespaces
+        /// (`CLONE_NEWIPC`, `CLONE_NEWUTS`) to join from it first.
+        share: Option<(RawFd, c_int)>,
         /// Remount the root read-only at the end.
         readonly: bool,
         /// Hostname of the new UTS namespace.
@@ -150,6 +172,13 @@ pub enum ChildStdio {
     Tty {
         /// Slave fd.
         slave: RawFd,
+    },
+    /// A pseudo-terminal the child allocates from the container's
+    /// `/dev/ptmx` once it is in the container's root; the master goes to
+    /// the agent over `sock`.
+    TtyInContainer {
+        /// The child's end of a unix socket pair.
+        sock: RawFd,
     },
 }
 
@@ -284,11 +313,79 @@ unsafe fn make_target(target: &CString, is_file: bool) -> c_int {
     }
 }
 
+/// Sends `fd` over the unix socket `sock` (`SCM_RIGHTS`), with buffers on
+/// the stack.
+///
+/// # Safety
+/// Both must be open fds of this process.
+unsafe fn send_fd(sock: RawFd, fd: RawFd) -> libc::ssize_t {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr and one int, 8-byte aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; the pointers set below point at live
+    // stack buffers, and CMSG_SPACE(4) (24) fits in `control` (32 bytes).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        libc::sendmsg(sock, &msg, 0)
+    }
+}
+
+/// Allocates the terminal from the container's `/dev/ptmx` (its own devpts
+/// instance), sends the master to the agent and returns the slave.
+fn container_tty(spec: &ChildSpec, sock: RawFd) -> RawFd {
+    let step = SpawnStep::Stdio;
+    // SAFETY: raw syscalls on a C string literal and fds of this child.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check!(spec, step, master);
+        let unlock: c_int = 0;
+        check!(
+            spec,
+            step,
+            libc::ioctl(master, libc::TIOCSPTLCK, &unlock as *const c_int)
+        );
+        let slave = libc::ioctl(
+            master,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check!(spec, step, slave);
+        if send_fd(sock, master) == -1 {
+            fail(spec, step);
+        }
+        libc::close(master);
+        libc::close(sock);
+        slave
+    }
+}
+
 fn setup_stdio(spec: &ChildSpec) {
     // SAFETY: plain syscalls on fds owned by this (child) process.
     unsafe {
         check!(spec, SpawnStep::Stdio, libc::setsid());
-        match spec.stdio {
+        let stdio = match spec.stdio {
+            ChildStdio::TtyInContainer { sock } => ChildStdio::Tty {
+                slave: container_tty(spec, sock),
+            },
+            other => other,
+        };
+        match stdio {
             ChildStdio::Pipes {
                 stdin,
                 stdout,
@@ -308,6 +405,27 @@ fn setup_stdio(spec: &ChildSpec) {
                 check!(spec, SpawnStep::Stdio, libc::dup2(slave, 1));
                 check!(spec, SpawnStep::Stdio, libc::dup2(slave, 2));
             }
+            ChildStdio::TtyInContainer { .. } => {}
+        }
+    }
+}
+
+/// Creates the `linux.devices` nodes, replacing whatever is at their paths.
+fn make_nodes(spec: &ChildSpec, nodes: &[NodeOp]) {
+    let step = SpawnStep::Devices;
+    // SAFETY: every pointer comes from a live CString of `spec`; the nodes
+    // are made under the container's root in its own mount namespace.
+    unsafe {
+        for n in nodes {
+            for p in &n.parents {
+                check!(spec, step, make_target(p, false));
+            }
+            if libc::unlink(n.path.as_ptr()) == -1 && errno() != libc::ENOENT {
+                fail(spec, step);
+            }
+            check!(spec, step, libc::mknod(n.path.as_ptr(), n.mode, n.dev));
+            check!(spec, step, libc::chmod(n.path.as_ptr(), n.mode & 0o7777));
+            check!(spec, step, libc::chown(n.path.as_ptr(), n.uid, n.gid));
         }
     }
 }
@@ -317,6 +435,7 @@ fn setup_new_root(
     rootfs: &CString,
     mounts: &[MountOp],
     symlinks: &[SymlinkOp],
+    nodes: &[NodeOp],
     readonly: bool,
 ) {
     let step = SpawnStep::Rootfs;
@@ -384,6 +503,7 @@ fn setup_new_root(
                 );
             }
         }
+        make_nodes(spec, nodes);
         for s in symlinks {
             if libc::symlink(s.to.as_ptr(), s.link.as_ptr()) == -1 && errno() != libc::EEXIST {
                 fail(spec, step);
@@ -694,19 +814,34 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
     }
-    setup_stdio(spec);
+    // A terminal from the container's own devpts needs the container's
+    // root first.
+    let late_tty = matches!(spec.stdio, ChildStdio::TtyInContainer { .. });
+    if !late_tty {
+        setup_stdio(spec);
+    }
     match &spec.ns {
         NsSetup::New {
             rootfs,
             mounts,
             symlinks,
+            nodes,
+            share,
             readonly,
             hostname,
             sysctls,
             masked,
             readonly_paths,
         } => {
-            setup_new_root(spec, rootfs, mounts, symlinks, *readonly);
+            if let Some((pidfd, flags)) = share {
+                // Before any mount: an mqueue mount belongs to the IPC
+                // namespace of whoever makes it.
+                // SAFETY: setns on a pidfd the parent opened for this child.
+                check!(spec, SpawnStep::JoinNamespaces, unsafe {
+                    libc::setns(*pidfd, *flags)
+                });
+            }
+            setup_new_root(spec, rootfs, mounts, symlinks, nodes, *readonly);
             if let Some(h) = hostname {
                 // SAFETY: valid buffer and length of the hostname string.
                 check!(spec, SpawnStep::Hostname, unsafe {
@@ -722,6 +857,9 @@ pub fn run(spec: &ChildSpec, argv: &[*const c_char], envp: &[*const c_char]) -> 
             cgroup,
             root,
         } => join_namespaces(spec, *mnt, *uts, *ipc, *cgroup, *root),
+    }
+    if late_tty {
+        setup_stdio(spec);
     }
     confine_before_user(spec);
     // Raw system calls, not the libc wrappers: glibc's set*id functions

@@ -23,7 +23,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::{pipe2, Pid};
 use tokio::sync::watch;
 
-use self::child::{ChildSecurity, ChildSpec, ChildStdio, MountOp, NsSetup, Report, SymlinkOp};
+use self::child::{
+    ChildSecurity, ChildSpec, ChildStdio, MountOp, NodeOp, NsSetup, Report, SymlinkOp,
+};
 use crate::error::{Error, Result, SpawnStep};
 use crate::oci::{ContainerSpec, MountKind, Security, SpecMount};
 use crate::reaper::Reaper;
@@ -52,6 +54,12 @@ pub enum ParentStdio {
     Tty {
         /// Master fd.
         master: OwnedFd,
+    },
+    /// The child allocates its terminal in its container's devpts and
+    /// sends the master here (replaced by `Tty` once it arrived).
+    TtyFromChild {
+        /// The agent's end of the socket pair.
+        sock: OwnedFd,
     },
 }
 
@@ -187,7 +195,7 @@ fn share_source(shared: &Path, rel: &str) -> Result<PathBuf> {
 }
 
 /// One spec mount as a mount operation under `rootfs`.
-fn mount_op(rootfs: &Path, shared: &Path, m: &SpecMount) -> Result<MountOp> {
+fn mount_op(rootfs: &Path, shared: &Path, pod_shm: &Path, m: &SpecMount) -> Result<MountOp> {
     let target = resolve_in_root(rootfs, &m.destination);
     let parents = parents_below(rootfs, &target)?;
     let target_c = cpath("mounts.destination", &target)?;
@@ -209,12 +217,24 @@ fn mount_op(rootfs: &Path, shared: &Path, m: &SpecMount) -> Result<MountOp> {
             op.remount = (m.flags != 0).then_some(m.flags);
             op
         }
-        MountKind::GuestDevpts => MountOp::simple(
-            c"/dev/pts".into(),
+        MountKind::PodShm => {
+            let mut op = MountOp::simple(
+                cpath("mounts.source", pod_shm)?,
+                target_c,
+                None,
+                libc::MS_BIND,
+                None,
+                false,
+            );
+            op.remount = (m.flags != 0).then_some(m.flags);
+            op
+        }
+        MountKind::Devpts => MountOp::simple(
+            c"devpts".into(),
             target_c,
-            None,
-            libc::MS_BIND | (m.flags & (libc::MS_NOSUID | libc::MS_NOEXEC)),
-            None,
+            Some(c"devpts".into()),
+            m.flags,
+            data,
             false,
         ),
         MountKind::Fs { fstype, source } => MountOp::simple(
@@ -232,18 +252,23 @@ fn mount_op(rootfs: &Path, shared: &Path, m: &SpecMount) -> Result<MountOp> {
 }
 
 /// The container's mounts under `rootfs`: the spec's, in order, then the
-/// default device nodes every OCI runtime provides.
+/// default device nodes every OCI runtime provides (unless `linux.devices`
+/// names the same path).
 fn container_mounts(
-    rootfs: &Path,
-    shared: &Path,
+    place: &Placement,
     spec_mounts: &[SpecMount],
+    nodes: &[crate::devices::Node],
 ) -> Result<(Vec<MountOp>, Vec<SymlinkOp>)> {
+    let rootfs = place.rootfs;
     let t = |p: &str| cpath("rootfs", &rootfs.join(p));
     let mut mounts = spec_mounts
         .iter()
-        .map(|m| mount_op(rootfs, shared, m))
+        .map(|m| mount_op(rootfs, place.shared, place.pod_shm, m))
         .collect::<Result<Vec<_>>>()?;
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        if nodes.iter().any(|n| n.path == format!("/dev/{dev}")) {
+            continue;
+        }
         let mut op = MountOp::simple(
             cstring("rootfs", format!("/dev/{dev}"))?,
             t(&format!("dev/{dev}"))?,
@@ -340,8 +365,28 @@ fn child_security(s: &Security) -> Result<ChildSecurity> {
 }
 
 /// Pipes or a pty: (child side, parent side). Child-side fds are closed in the
-/// parent once the child has them.
-fn make_stdio(terminal: bool) -> Result<(ChildStdio, Vec<OwnedFd>, ParentStdio)> {
+/// parent once the child has them. With `in_container`, the child allocates
+/// the pty in its container's devpts and passes the master back.
+fn make_stdio(
+    terminal: bool,
+    in_container: bool,
+) -> Result<(ChildStdio, Vec<OwnedFd>, ParentStdio)> {
+    if terminal && in_container {
+        let (parent, child) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::sys("socketpair", e))?;
+        return Ok((
+            ChildStdio::TtyInContainer {
+                sock: child.as_raw_fd(),
+            },
+            vec![child],
+            ParentStdio::TtyFromChild { sock: parent },
+        ));
+    }
     if terminal {
         let pty = nix::pty::openpty(None, None).map_err(|e| Error::sys("openpty", e))?;
         set_cloexec(&pty.master)?;
@@ -579,6 +624,32 @@ impl Control {
     }
 }
 
+/// Receives the pty master a child sent with `SCM_RIGHTS`.
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(|e| Error::sys("receive the container's terminal", e))?;
+    let fd = msg
+        .cmsgs()
+        .map_err(|e| Error::sys("receive the container's terminal", e))?
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::sys("the child sent no terminal", Errno::EBADMSG))?;
+    // SAFETY: the kernel installed this fd for us with SCM_RIGHTS; nothing
+    // else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// After `clone`: closes the child's ends and waits for its ready report.
 fn finish_spawn(
     p: &ProcessSpec,
@@ -602,7 +673,13 @@ fn finish_spawn(
         Some(Report { step: 0, .. }) => Ok(Spawned {
             pid,
             exit,
-            stdio: parent,
+            stdio: match parent {
+                // Sent before the ready report.
+                ParentStdio::TtyFromChild { sock } => ParentStdio::Tty {
+                    master: receive_fd(&sock)?,
+                },
+                other => other,
+            },
             start_fd: start_w,
             report_fd: report_r,
         }),
@@ -611,20 +688,45 @@ fn finish_spawn(
     }
 }
 
-/// Sets up the init process of a new container rooted at `rootfs`, with
-/// bind sources resolved in `shared`; `binds` are guest directories bound
-/// in as well, read-only (the pod's secrets and models), with their paths
-/// in the container.
+/// Where a new container goes in the guest.
+#[derive(Debug)]
+pub struct Placement<'a> {
+    /// Its root filesystem.
+    pub rootfs: &'a Path,
+    /// The share, where bind sources are resolved.
+    pub shared: &'a Path,
+    /// The pod's shared-memory tmpfs (for a [`MountKind::PodShm`] mount).
+    pub pod_shm: &'a Path,
+    /// Guest directories bound in read-only (the pod's secrets and
+    /// models), with their paths in the container.
+    pub binds: &'a [(PathBuf, String)],
+    /// Its cgroup's directory fd, for `CLONE_INTO_CGROUP`.
+    pub cgroup: Option<std::os::fd::RawFd>,
+    /// Namespaces to join (`CLONE_NEWIPC`, `CLONE_NEWUTS`, `CLONE_NEWPID`)
+    /// and the init process of the container that has them.
+    pub joins: &'a [(libc::c_int, Pid)],
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(Error::sys(
+            format!("open process {pid} of the container whose namespaces are shared"),
+            Errno::last(),
+        ));
+    }
+    let fd = i32::try_from(fd).map_err(|_| Error::sys("pidfd_open", Errno::EBADF))?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Sets up the init process of a new container as `place` says.
 ///
 /// Blocking: call from a blocking thread.
-pub fn spawn_container(
-    reaper: &Reaper,
-    rootfs: &Path,
-    shared: &Path,
-    c: &ContainerSpec,
-    binds: &[(PathBuf, String)],
-    cgroup: Option<std::os::fd::RawFd>,
-) -> Result<Spawned> {
+pub fn spawn_container(reaper: &Reaper, c: &ContainerSpec, place: &Placement) -> Result<Spawned> {
+    let (rootfs, cgroup) = (place.rootfs, place.cgroup);
     let p = &c.process;
     validate(p)?;
     if !rootfs.is_dir() {
@@ -648,8 +750,52 @@ pub fn spawn_container(
         })
         .cloned()
         .collect();
-    let (mut mounts, symlinks) = container_mounts(rootfs, shared, &spec_mounts)?;
-    for (source, target) in binds {
+    let (mut mounts, symlinks) = container_mounts(place, &spec_mounts, &c.devices)?;
+    let nodes = c
+        .devices
+        .iter()
+        .map(|n| {
+            let at = resolve_in_root(rootfs, &n.path);
+            Ok(NodeOp {
+                parents: parents_below(rootfs, &at)?,
+                path: cpath("linux.devices", &at)?,
+                mode: n.mode,
+                dev: n.dev,
+                uid: n.uid,
+                gid: n.gid,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // One pidfd per container whose namespaces are joined.
+    let mut share_flags = 0;
+    let mut share_fd = None;
+    let mut pid_fd = None;
+    for (flag, pid) in place.joins {
+        let fd = pidfd_open(*pid)?;
+        if *flag == libc::CLONE_NEWPID {
+            pid_fd = Some(fd);
+        } else {
+            share_flags |= flag;
+            share_fd = Some(fd);
+        }
+    }
+    if place
+        .joins
+        .iter()
+        .filter(|(f, _)| *f != libc::CLONE_NEWPID)
+        .map(|(_, p)| p)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1
+    {
+        return Err(Error::InvalidArgument {
+            field: "linux.namespaces",
+            problem: "joins IPC and UTS namespaces of two different containers; the pod shares one"
+                .into(),
+        });
+    }
+    let uts_joined = share_flags & libc::CLONE_NEWUTS != 0;
+    for (source, target) in place.binds {
         // Guest-memory directories bound into the container (secrets,
         // models); the mount point is made here, its content never reaches
         // the share.
@@ -673,10 +819,14 @@ pub fn spawn_container(
         rootfs: cpath("rootfs", rootfs)?,
         mounts,
         symlinks,
+        nodes,
+        share: share_fd.as_ref().map(|fd| (fd.as_raw_fd(), share_flags)),
         readonly: c.readonly_root,
+        // A joined UTS namespace keeps the pod's hostname.
         hostname: c
             .hostname
             .as_deref()
+            .filter(|_| !uts_joined)
             .map(|h| cstring("hostname", h))
             .transpose()?,
         sysctls: c
@@ -692,17 +842,32 @@ pub fn spawn_container(
         masked: in_root("linux.maskedPaths", &c.masked_paths)?,
         readonly_paths: in_root("linux.readonlyPaths", &c.readonly_paths)?,
     };
-    let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
+    let (stdio, child_fds, parent) = make_stdio(p.terminal, c.own_devpts)?;
     let ctl = Control::new()?;
     let spec = base_spec(p, ns, stdio, &ctl)?;
     let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+            & !share_flags;
     if cgroup.is_some() {
         // Rooted at the container's cgroup: a cgroup mount inside shows
         // only the container's own.
         flags |= libc::CLONE_NEWCGROUP;
     }
-    let cloned = clone_child(reaper, flags, &spec, cgroup);
+    let cloned = match &pid_fd {
+        None => clone_child(reaper, flags, &spec, cgroup),
+        // Joining a PID namespace only affects the children of the calling
+        // thread, so clone from a short-lived thread that joined it.
+        Some(fd) => std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| Error::sys("join the shared PID namespace", e))?;
+                clone_child(reaper, flags & !libc::CLONE_NEWPID, &spec, cgroup)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::sys("spawn thread panicked", Errno::EIO)))
+        }),
+    };
+    drop((share_fd, pid_fd));
     finish_spawn(p, parent, child_fds, ctl, cloned)
 }
 
@@ -715,6 +880,7 @@ pub fn spawn_exec(
     init: Pid,
     p: &ProcessSpec,
     cgroup: Option<std::os::fd::RawFd>,
+    own_devpts: bool,
 ) -> Result<Spawned> {
     validate(p)?;
     let open = |what: &str| -> Result<OwnedFd> {
@@ -746,7 +912,7 @@ pub fn spawn_exec(
         cgroup: cgns.as_ref().map(|f| f.as_raw_fd()),
         root: root.as_raw_fd(),
     };
-    let (stdio, child_fds, parent) = make_stdio(p.terminal)?;
+    let (stdio, child_fds, parent) = make_stdio(p.terminal, own_devpts)?;
     let ctl = Control::new()?;
     let spec = base_spec(p, ns, stdio, &ctl)?;
     // Joining a PID namespace only affects the children of the calling

@@ -50,8 +50,12 @@ fn host_binds_move_into_the_share_and_the_rest_passes_through() {
         mounts[n].source().as_deref(),
         Some(Path::new(&format!("c1/mounts/{n}")))
     );
-    // The sandbox's shm directory becomes a guest tmpfs.
+    // The sandbox's shm directory becomes the pod's guest tmpfs.
     assert_eq!(mounts[n + 2].typ().as_deref(), Some("tmpfs"));
+    assert_eq!(
+        mounts[n + 2].source().as_deref(),
+        Some(Path::new(POD_SHM_SOURCE))
+    );
     assert!(
         g.notes.iter().any(|n| n.contains("/dev/shm")),
         "{:?}",
@@ -61,6 +65,80 @@ fn host_binds_move_into_the_share_and_the_rest_passes_through() {
     // Host namespace paths are dropped; their meaning is the guest's.
     let json = String::from_utf8(g.to_json().unwrap()).unwrap();
     assert!(json.contains("c1/mounts/"), "{json}");
+}
+
+fn with_namespace_paths(paths: &[(LinuxNamespaceType, &str)]) -> Spec {
+    let mut spec = Spec::default();
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    for n in ns.iter_mut() {
+        if let Some((_, p)) = paths.iter().find(|(t, _)| *t == n.typ()) {
+            n.set_path(Some(PathBuf::from(p)));
+        }
+    }
+    linux.set_namespaces(Some(ns));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+fn ns_path(g: &GuestSpec, typ: LinuxNamespaceType) -> Option<PathBuf> {
+    g.spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|n| n.typ() == typ)
+        .and_then(|n| n.path().clone())
+}
+
+#[test]
+fn the_pods_namespaces_are_joined_in_the_guest_and_others_dropped() {
+    use LinuxNamespaceType as T;
+    // What CRI writes for a pod container (shareProcessNamespace on):
+    // the sandbox task's PID, which for Cocoon is the VM's.
+    let spec = with_namespace_paths(&[
+        (T::Ipc, "/proc/4242/ns/ipc"),
+        (T::Uts, "/proc/4242/ns/uts"),
+        (T::Pid, "/proc/4242/ns/pid"),
+        (T::Network, "/var/run/netns/cni-1"),
+    ]);
+    let mut g = prepare(&spec, "c1", false).unwrap();
+    assert_eq!(ns_path(&g, T::Ipc), None, "no host path until mapped");
+    let mut pod = g.clone();
+    pod.share_pod_namespaces(Some(("sb1", 4242)));
+    for t in [T::Ipc, T::Uts, T::Pid] {
+        assert_eq!(
+            ns_path(&pod, t),
+            Some(PathBuf::from("container:sb1")),
+            "{t:?}"
+        );
+    }
+    assert_eq!(ns_path(&pod, T::Network), None, "the network is the VM's");
+    assert!(
+        pod.notes.iter().all(|n| !n.contains("not its pod's")),
+        "{:?}",
+        pod.notes
+    );
+    // Another process's namespace, or no pod: own namespaces, logged.
+    let mut other = g.clone();
+    other.share_pod_namespaces(Some(("sb1", 7)));
+    assert_eq!(ns_path(&other, T::Ipc), None);
+    assert!(
+        other
+            .notes
+            .iter()
+            .any(|n| n.contains("/proc/4242/ns/ipc") && n.contains("its own")),
+        "{:?}",
+        other.notes
+    );
+    g.share_pod_namespaces(None);
+    assert_eq!(ns_path(&g, T::Pid), None);
+    let json = String::from_utf8(g.to_json().unwrap()).unwrap();
+    assert!(
+        !json.contains("/proc/4242"),
+        "no host path reaches the guest: {json}"
+    );
 }
 
 #[test]
@@ -132,7 +210,9 @@ fn host_namespaces_and_hooks_are_logged_not_dropped_silently() {
     linux.set_namespaces(Some(ns));
     s.set_linux(Some(linux));
     s.set_hooks(Some(oci_spec::runtime::Hooks::default()));
-    let g = prepare(&s, "c", false).unwrap();
+    let mut g = prepare(&s, "c", false).unwrap();
+    // Not a container of a pod: the path is nobody's in the guest.
+    g.share_pod_namespaces(None);
     let notes = g.notes.join("\n");
     for want in [
         "host's PID",

@@ -237,16 +237,21 @@ async fn create_in_pod(
     pod: &Arc<Pod>,
     rootfs: SharedRootfs,
 ) -> Result<Arc<Container>> {
+    let mut guest = creq.guest.clone();
+    guest.share_pod_namespaces(match &creq.kind {
+        Kind::PodContainer { sandbox_id } => Some((sandbox_id.as_str(), pod.vm_pid)),
+        _ => None,
+    });
     let mut areq = CreateContainerRequest::new();
     areq.container_id = creq.id.clone();
     areq.rootfs = rootfs.guest_path.clone();
-    areq.oci_spec = creq.guest.to_json()?;
+    areq.oci_spec = guest.to_json()?;
     // The pod's sealed models, for its application containers (a CRI
     // sandbox's pause container has no use for them).
     if creq.kind != Kind::PodSandbox {
         areq.models = pod.models.clone().into_iter().collect();
     }
-    for note in &creq.guest.notes {
+    for note in &guest.notes {
         slog::warn!(svc.log, "the guest differs from runc here"; "container" => &creq.id, "note" => note);
     }
     let reply = pod.guest.create_container_reply(&areq).await?;
