@@ -35,6 +35,7 @@ fn snp_args(dir: &std::path::Path) -> VmArgs {
             host_data: Some([0x5a; 32]),
         },
         pci: PciArgs::default(),
+        nics: vec![],
     }
 }
 

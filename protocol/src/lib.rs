@@ -63,7 +63,8 @@ pub use ttrpc;
 /// or to how the agent reads the OCI spec it carries (4:
 /// `CreateContainerRequest.models`, which an older agent would ignore; 5:
 /// shared pod namespaces and shared memory, [`POD_SHM_SOURCE`] and
-/// [`NS_CONTAINER_PREFIX`], device rules and nodes).
+/// [`NS_CONTAINER_PREFIX`], device rules and nodes,
+/// `CreateSandboxRequest.interfaces`).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// In the guest's OCI spec, the `source` of a `tmpfs` mount that means the

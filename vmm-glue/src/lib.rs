@@ -30,6 +30,7 @@ pub mod host;
 pub mod kernel;
 pub mod launch;
 pub mod measure;
+pub mod net;
 pub mod pci;
 pub mod private;
 pub mod process;

@@ -167,6 +167,18 @@ impl Daemon {
         args: &[OsString],
         log: &Path,
     ) -> Result<Self, DaemonError> {
+        Self::spawn_with_fds(name, program, args, log, &[])
+    }
+
+    /// [`Daemon::spawn`], the child inheriting `fds` as 3, 4, ... (the
+    /// parent's copies stay as they are).
+    pub fn spawn_with_fds(
+        name: &'static str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<Self, DaemonError> {
         let out = crate::private::create_file(log).map_err(|source| DaemonError::Log {
             path: log.to_path_buf(),
             source,
@@ -182,12 +194,32 @@ impl Daemon {
             .stderr(Stdio::from(err))
             .process_group(0)
             .kill_on_drop(true);
+        let fds = fds.to_vec();
         // SAFETY: the closure runs between fork and exec and only calls
-        // prctl, which is async-signal-safe.
+        // prctl, fcntl and dup2, which are async-signal-safe, on a Vec
+        // allocated before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // First out of the way of 3.., then into place (dup2
+                // clears close-on-exec on the copy).
+                let mut high = [0; 64];
+                if fds.len() > high.len() {
+                    return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+                }
+                for (h, fd) in high.iter_mut().zip(&fds) {
+                    *h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1024);
+                    if *h == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, h) in high.iter().take(fds.len()).enumerate() {
+                    let target = 3 + i32::try_from(i).unwrap_or(i32::MAX);
+                    if libc::dup2(*h, target) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -23,6 +23,7 @@ mod init;
 mod initdata;
 mod kbs;
 mod models;
+mod network;
 mod oci;
 mod policy;
 mod reaper;

@@ -274,6 +274,8 @@ impl AgentService {
             st.policy = crate::policy::policy(&initdata)?;
             st.initdata.clone_from(&initdata);
         }
+        crate::network::validate(&req.interfaces)?;
+        crate::network::configure(&req.interfaces).await?;
         if !req.secrets.is_empty() {
             let wanted: std::collections::BTreeMap<String, String> =
                 std::mem::take(&mut req.secrets).into_iter().collect();

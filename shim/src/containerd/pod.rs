@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cocoon_protocol::agent::CreateSandboxRequest;
 use cocoon_protocol::client::GuestClient;
-use cocoon_vmm::launch::{GuestRelay, HostView, LaunchPlan, LaunchRequest, Share};
+use cocoon_vmm::launch::{GuestRelay, HostView, LaunchPlan, LaunchRequest, PlannedNic, Share};
 use cocoon_vmm::vm::Vm;
 use slog::{info, warn, Logger};
 use tokio::sync::{watch, Mutex};
@@ -71,6 +71,8 @@ pub struct Pod {
     vm: Mutex<Option<Vm>>,
     dead: watch::Sender<bool>,
     dir_guard: std::sync::Mutex<Option<DirGuard>>,
+    /// The pod's mirrored network, restored at shutdown.
+    network: std::sync::Mutex<Option<PodNetwork>>,
     log: Logger,
 }
 
@@ -119,6 +121,57 @@ pub struct PodLaunch<'a> {
     pub secrets: std::collections::BTreeMap<String, String>,
     /// Sealed models for the pod's containers: name → path in them.
     pub models: std::collections::BTreeMap<String, String>,
+    /// The pod's network namespace (its interfaces go to the VM).
+    pub netns: Option<PathBuf>,
+}
+
+/// The pod's network namespace and the interfaces mirrored from it.
+#[derive(Debug, Clone)]
+struct PodNetwork {
+    netns: PathBuf,
+    interfaces: Vec<String>,
+}
+
+impl PodNetwork {
+    /// Removes the redirects from the pod's interfaces (the taps went
+    /// with QEMU).
+    async fn restore(&self, log: &Logger) {
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            cocoon_vmm::net::unmirror(&me.netns, &me.interfaces)
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            warn!(log, "the pod's network namespace could not be restored"; "error" => e.to_string());
+        }
+    }
+}
+
+fn proto_interface(i: &cocoon_vmm::net::Interface) -> cocoon_protocol::agent::Interface {
+    let mut p = cocoon_protocol::agent::Interface::new();
+    p.name = i.name.clone();
+    p.mac = i.mac_string();
+    p.mtu = i.mtu;
+    p.addresses = i
+        .addresses
+        .iter()
+        .map(|(a, l)| format!("{a}/{l}"))
+        .collect();
+    p.routes = i
+        .routes
+        .iter()
+        .map(|r| {
+            let mut pr = cocoon_protocol::agent::Route::new();
+            pr.destination = r
+                .destination
+                .map(|(d, l)| format!("{d}/{l}"))
+                .unwrap_or_default();
+            pr.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+            pr.onlink = r.onlink;
+            pr
+        })
+        .collect();
+    p
 }
 
 impl Pod {
@@ -132,6 +185,54 @@ impl Pod {
         dir: PodDir,
         log: &Logger,
     ) -> Result<Arc<Self>> {
+        // The pod's interfaces, each on a tap; the fds stay open here until
+        // QEMU has its copies.
+        let mirrored = match (&p.netns, config.vm.qemu.network_model) {
+            (Some(ns), cocoon_vmm::config::NetworkModel::Tcfilter) => {
+                let ns = ns.clone();
+                tokio::task::spawn_blocking(move || cocoon_vmm::net::mirror(&ns))
+                    .await
+                    .map_err(|e| ShimError::FailedPrecondition(format!("pod network: {e}")))?
+                    .map_err(|e| ShimError::FailedPrecondition(format!("pod network: {e}")))?
+            }
+            _ => Vec::new(),
+        };
+        let network = p
+            .netns
+            .clone()
+            .filter(|_| !mirrored.is_empty())
+            .map(|netns| PodNetwork {
+                netns,
+                interfaces: mirrored.iter().map(|m| m.interface.name.clone()).collect(),
+            });
+        if !mirrored.is_empty() {
+            info!(log, "pod network mirrored to the VM"; "netns" => p.netns.as_ref().map(|n| n.display().to_string()),
+                  "interfaces" => mirrored.iter().map(|m| format!("{} {} via {}", m.interface.name, m.interface.mac_string(), m.tap_name)).collect::<Vec<_>>().join(", "));
+        }
+        let launched = Self::launch_vm(p, config, dir, log, &mirrored).await;
+        drop(mirrored);
+        match launched {
+            Ok(pod) => {
+                *pod.network.lock().unwrap_or_else(|e| e.into_inner()) = network;
+                Ok(pod)
+            }
+            Err(e) => {
+                if let Some(n) = network {
+                    n.restore(log).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_vm(
+        p: PodLaunch<'_>,
+        config: NodeConfig,
+        dir: PodDir,
+        log: &Logger,
+        mirrored: &[cocoon_vmm::net::Mirrored],
+    ) -> Result<Arc<Self>> {
+        use std::os::fd::AsRawFd;
         let (id, hostname, devices) = (p.id, p.hostname, p.devices);
         let req = LaunchRequest {
             id: id.to_string(),
@@ -154,6 +255,14 @@ impl Pod {
                     target: k.authority.clone(),
                 })
                 .collect(),
+            nics: mirrored
+                .iter()
+                .map(|m| PlannedNic {
+                    mac: m.interface.mac_string(),
+                    mtu: m.interface.mtu,
+                    tap_fd: m.tap.as_raw_fd(),
+                })
+                .collect(),
         };
         let started = std::time::Instant::now();
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
@@ -170,6 +279,10 @@ impl Pod {
         sb.initdata = p.initdata.unwrap_or_default();
         let secrets = p.secrets.len();
         sb.secrets = p.secrets.into_iter().collect();
+        sb.interfaces = mirrored
+            .iter()
+            .map(|m| proto_interface(&m.interface))
+            .collect();
         let sandbox_started = std::time::Instant::now();
         if let Err(e) = guest.create_sandbox(sb).await {
             // Reaped before the pod directory goes with the error.
@@ -197,6 +310,7 @@ impl Pod {
             vm: Mutex::new(Some(vm)),
             dead: watch::channel(false).0,
             dir_guard: std::sync::Mutex::new(Some(dir.guard)),
+            network: std::sync::Mutex::new(None),
             log: log.clone(),
         });
         tokio::spawn(Self::monitor(Arc::downgrade(&pod), exit));
@@ -277,6 +391,14 @@ impl Pod {
             vm.shutdown().await;
         }
         self.dead.send_replace(true);
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(n) = network {
+            n.restore(&self.log).await;
+        }
         let guard = self
             .dir_guard
             .lock()

@@ -337,6 +337,9 @@ pub struct ContainerRequest {
     pub pod: Option<PodName>,
     /// The spec the guest gets, checked, and the host binds it needs.
     pub guest: super::guest_spec::GuestSpec,
+    /// The network namespace the spec joins by path (CNI's for a CRI pod,
+    /// `ctr run --with-ns network:...`): its interfaces are the pod's.
+    pub netns: Option<PathBuf>,
 }
 
 impl ContainerRequest {
@@ -497,6 +500,15 @@ impl ContainerRequest {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let guest = super::guest_spec::prepare(spec, &req.id, req.terminal)?;
+        let netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            })
+            .and_then(|n| n.path().clone());
         Ok(Self {
             id: req.id.clone(),
             kind: kind(&annotations),
@@ -521,6 +533,7 @@ impl ContainerRequest {
             pod,
             bundle,
             guest,
+            netns,
         })
     }
 }

@@ -27,7 +27,8 @@ pub use measurement::{
     Expected, LoadOptions, MeasurementConfig, MrtdOrder, RawExpected, RawMeasurement, SetupPatch,
 };
 pub use qemu::{
-    Accel, ColdPlug, FsCache, QemuConfig, RawQemu, Tee, DEFAULT_SNP_POLICY, SNP_POLICY_DEBUG,
+    Accel, ColdPlug, FsCache, NetworkModel, QemuConfig, RawQemu, Tee, DEFAULT_SNP_POLICY,
+    SNP_POLICY_DEBUG,
 };
 pub use runtime::{LogLevel, RawRuntime, RuntimeConfig};
 

@@ -96,6 +96,18 @@ pub enum ColdPlug {
     NoPort,
 }
 
+/// How the pod's network namespace reaches the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkModel {
+    /// Each interface mirrored to a tap joined by tc ingress redirects
+    /// (Kata's `tcfilter`): the VM gets a virtio-net device per interface.
+    Tcfilter,
+    /// No network: the guest has only `lo`, whatever the pod's namespace
+    /// holds.
+    None,
+}
+
 /// `[hypervisor.qemu]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -121,6 +133,7 @@ pub struct RawQemu {
     pub cold_plug_vfio: ColdPlug,
     pub pcie_root_port: u32,
     pub pci_mmio64_mb: u64,
+    pub network_model: NetworkModel,
     pub dry_run: bool,
 }
 
@@ -147,6 +160,7 @@ impl Default for RawQemu {
             cold_plug_vfio: ColdPlug::RootPort,
             pcie_root_port: 0,
             pci_mmio64_mb: 0,
+            network_model: NetworkModel::Tcfilter,
             dry_run: false,
         }
     }
@@ -195,6 +209,8 @@ pub struct QemuConfig {
     pub pcie_root_port: u32,
     /// 64-bit PCI MMIO window in MiB (0: firmware default).
     pub pci_mmio64_mb: u64,
+    /// How the pod's network reaches the VM.
+    pub network_model: NetworkModel,
     /// Stop each launch after planning it (reported as an error).
     pub dry_run: bool,
 }
@@ -366,6 +382,7 @@ impl RawQemu {
             cold_plug_vfio: self.cold_plug_vfio,
             pcie_root_port: self.pcie_root_port,
             pci_mmio64_mb: self.pci_mmio64_mb,
+            network_model: self.network_model,
             dry_run: self.dry_run,
         })
     }

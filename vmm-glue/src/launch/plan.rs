@@ -24,7 +24,7 @@ use crate::host::HostRoots;
 use crate::measure::{Kind as MeasureKind, MeasureError, Reference};
 use crate::pci::PciBdf;
 use crate::qemu::argv::{
-    kernel_cmdline, FsShare, PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice,
+    kernel_cmdline, FsShare, NicArg, PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice,
 };
 use crate::tee::{HostTee, LaunchTee, TeeError};
 use crate::vfio::{Backend, VfioDevice};
@@ -62,6 +62,20 @@ pub struct LaunchRequest {
     /// Host vsock ports the guest may dial, each relayed to a fixed host
     /// address.
     pub relays: Vec<GuestRelay>,
+    /// The pod's network interfaces, each on a tap the caller opened
+    /// ([`crate::net::mirror`]) and keeps open until QEMU runs.
+    pub nics: Vec<PlannedNic>,
+}
+
+/// A pod interface given to the VM as virtio-net on an open tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedNic {
+    /// MAC address.
+    pub mac: String,
+    /// MTU.
+    pub mtu: u32,
+    /// The tap's fd in this process; QEMU inherits it as 3, 4, ...
+    pub tap_fd: std::os::fd::RawFd,
 }
 
 /// A host vsock port the guest may dial, relayed to `target`.
@@ -196,6 +210,8 @@ pub struct LaunchPlan {
     pub agent: AgentAddr,
     /// Guest-to-host byte relays, started before QEMU.
     pub relays: Vec<crate::vm::relay::PlannedRelay>,
+    /// Fds QEMU inherits as 3, 4, ... (the taps of `-netdev tap,fd=`).
+    pub qemu_fds: Vec<std::os::fd::RawFd>,
     /// Launch → agent-ready budget.
     pub dial_timeout: Duration,
     /// Things the admin should know (logged at launch).
@@ -534,6 +550,16 @@ impl LaunchPlan {
             qmp_socket: qmp_socket.clone(),
             tee: tee.clone(),
             pci,
+            nics: req
+                .nics
+                .iter()
+                .zip(3..)
+                .map(|(n, fd)| NicArg {
+                    fd,
+                    mac: n.mac.clone(),
+                    mtu: n.mtu,
+                })
+                .collect(),
         };
         Ok(Self {
             id: req.id.clone(),
@@ -551,6 +577,7 @@ impl LaunchPlan {
             console_log,
             agent: wiring.agent,
             relays: wiring.relays,
+            qemu_fds: req.nics.iter().map(|n| n.tap_fd).collect(),
             dial_timeout: config.agent.dial_timeout,
             warnings,
             dry_run: q.dry_run,

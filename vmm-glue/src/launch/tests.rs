@@ -62,6 +62,7 @@ impl Fixture {
             vsock_cid: Some(1234),
             initdata: None,
             relays: Vec::new(),
+            nics: Vec::new(),
         }
     }
 

@@ -100,6 +100,17 @@ pub struct PciArgs {
     pub mmio64_mb: u64,
 }
 
+/// A virtio-net device on a tap QEMU inherits as fd `fd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicArg {
+    /// The fd number in QEMU (3, 4, ...).
+    pub fd: i32,
+    /// MAC address (the pod interface's).
+    pub mac: String,
+    /// MTU the guest driver uses (virtio `host_mtu`).
+    pub mtu: u32,
+}
+
 /// Everything that goes on one VM's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmArgs {
@@ -135,6 +146,8 @@ pub struct VmArgs {
     pub tee: LaunchTee,
     /// PCI passthrough.
     pub pci: PciArgs,
+    /// The pod's network interfaces.
+    pub nics: Vec<NicArg>,
 }
 
 /// The kernel command line for a VM of this configuration.
@@ -340,6 +353,23 @@ impl VmArgs {
         }
     }
 
+    /// One virtio-net device per pod interface, on its tap's fd; no
+    /// option ROM (the guest boots its kernel directly).
+    fn nics(&self, a: &mut Vec<OsString>) {
+        for (i, n) in self.nics.iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net{i},fd={}", n.fd).into());
+            a.push("-device".into());
+            a.push(
+                format!(
+                    "virtio-net-pci,netdev=net{i},mac={},host_mtu={},romfile=",
+                    n.mac, n.mtu
+                )
+                .into(),
+            );
+        }
+    }
+
     /// Serial console and QMP.
     fn control(&self, a: &mut Vec<OsString>) {
         match &self.console_log {
@@ -365,6 +395,7 @@ impl VmArgs {
         self.boot(&mut a);
         self.pci(&mut a);
         self.vsock_and_shares(&mut a);
+        self.nics(&mut a);
         self.control(&mut a);
         a
     }
@@ -398,6 +429,7 @@ mod tests {
             qmp_socket: "/run/c/qmp.sock".into(),
             tee: LaunchTee::None,
             pci: PciArgs::default(),
+            nics: vec![],
         }
     }
 
@@ -562,5 +594,35 @@ mod tests {
         assert!(line.ends_with("console=ttyS0 loglevel=7"), "{line}");
         c.qemu.debug_console = false;
         assert!(!kernel_cmdline(&c.qemu).contains("console="));
+    }
+
+    #[test]
+    fn pod_interfaces_become_virtio_net_on_inherited_taps() {
+        let mut a = args();
+        a.nics = vec![
+            NicArg {
+                fd: 3,
+                mac: "02:42:0a:58:00:05".into(),
+                mtu: 1450,
+            },
+            NicArg {
+                fd: 4,
+                mac: "02:42:0a:59:00:07".into(),
+                mtu: 9000,
+            },
+        ];
+        let argv: Vec<String> = a
+            .to_argv()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let joined = argv.join(" ");
+        assert!(
+            joined.contains(
+                "-netdev tap,id=net0,fd=3 -device virtio-net-pci,netdev=net0,mac=02:42:0a:58:00:05,host_mtu=1450,romfile= \
+                 -netdev tap,id=net1,fd=4 -device virtio-net-pci,netdev=net1,mac=02:42:0a:59:00:07,host_mtu=9000,romfile="
+            ),
+            "{joined}"
+        );
     }
 }

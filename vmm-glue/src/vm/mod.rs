@@ -279,7 +279,13 @@ impl Vm {
         }
         info!(log, "starting qemu"; "accel" => ?plan.accel, "transport" => ?plan.transport,
               "argv" => plan.qemu_command_line());
-        let qemu = match Daemon::spawn("qemu", &plan.qemu, &plan.qemu_args, &plan.qemu_log) {
+        let qemu = match Daemon::spawn_with_fds(
+            "qemu",
+            &plan.qemu,
+            &plan.qemu_args,
+            &plan.qemu_log,
+            &plan.qemu_fds,
+        ) {
             Ok(q) => q,
             Err(e) => {
                 reap_all(&helpers).await;

@@ -221,6 +221,7 @@ async fn launch_pod(
     })?;
     let launch = PodLaunch {
         id: &creq.id,
+        netns: creq.netns.clone(),
         hostname: &creq.hostname,
         devices: resolved,
         initdata,
