@@ -1,7 +1,8 @@
 //! Pod networking, host side: the interfaces CNI made in the pod's network
 //! namespace are mirrored into the VM (the approach Kata calls `tcfilter`).
 //!
-//! For each interface with an Ethernet address (veth, macvlan, ipvlan...)
+//! For each interface that is up and has an Ethernet address (veth,
+//! macvlan, ipvlan...)
 //! a tap `tap<N>_cocoon` is created in the same namespace and the two are
 //! joined by tc ingress redirects both ways (`u32 match all` + `mirred
 //! egress redirect`), so every frame that reaches the interface leaves
@@ -277,10 +278,11 @@ async fn routes_of(handle: &Handle, path: &Path, index: u32) -> Result<Vec<Route
     Ok(out)
 }
 
-/// Mirrors every interface of the namespace at `netns` into a tap. An
-/// interface without an Ethernet address (a tunnel, say) cannot become a
-/// virtio-net device: that is an error naming it. A namespace with no
-/// interface but `lo` gives an empty list.
+/// Mirrors every interface of the namespace at `netns` that is up into a
+/// tap. An interface without an Ethernet address (a tunnel, say) cannot
+/// become a virtio-net device: that is an error naming it, with nothing
+/// left behind. A namespace with no interface up but `lo` gives an empty
+/// list.
 pub fn mirror(netns: &Path) -> Result<Vec<Mirrored>, NetError> {
     in_namespace(netns, async |handle: Handle, path: &Path| {
         let mut links = Vec::new();
@@ -304,7 +306,12 @@ pub fn mirror(netns: &Path) -> Result<Vec<Mirrored>, NetError> {
         let mut out: Vec<Mirrored> = Vec::new();
         let result = async {
             for l in &links {
-                if l.header.flags.contains(LinkFlags::Loopback) {
+                // lo, and what CNI did not bring up: the fallback devices
+                // a tunnel module adds to every namespace (tunl0, gre0,
+                // sit0...) stay down.
+                if l.header.flags.contains(LinkFlags::Loopback)
+                    || !l.header.flags.contains(LinkFlags::Up)
+                {
                     continue;
                 }
                 let mut name = String::new();
@@ -469,14 +476,17 @@ mod tests {
              ip -n {ns} link set eth0 address 02:42:0a:58:00:05 mtu 1450 up; ip -n {ns} link set peer0 up; \
              ip -n {ns} addr add 10.88.0.5/16 dev eth0; ip -n {ns} addr add fd00::5/64 dev eth0 nodad; \
              ip -n {ns} route add default via 10.88.0.1 dev eth0; \
-             ip -n {ns} route add 192.168.7.0/24 via 10.88.0.9 dev eth0"
+             ip -n {ns} route add 192.168.7.0/24 via 10.88.0.9 dev eth0; \
+             ip -n {ns} tuntap add mode tap name down0"
         );
         let o = sh(&setup);
         let path = PathBuf::from(format!("/var/run/netns/{ns}"));
         let result = std::panic::catch_unwind(|| {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let m = mirror(&path).unwrap();
-            // peer0 is in the namespace too (a test artefact): two links.
+            // peer0 is in the namespace too (a test artefact): two links;
+            // down0 is down and left alone.
+            assert_eq!(m.len(), 2, "{m:?}");
             let eth0 = m.iter().find(|m| m.interface.name == "eth0").unwrap();
             assert_eq!(eth0.interface.mac_string(), "02:42:0a:58:00:05");
             assert_eq!(eth0.interface.mtu, 1450);
@@ -526,6 +536,23 @@ mod tests {
             // The namespace's own configuration is untouched.
             let addrs = sh(&format!("ip -n {ns} addr show eth0"));
             assert!(String::from_utf8_lossy(&addrs.stdout).contains("10.88.0.5/16"));
+            // An interface that is up without an Ethernet address (an L3
+            // tun here) cannot be mirrored: refused naming it, and what was
+            // done for the others is undone.
+            let o = sh(&format!(
+                "ip -n {ns} tuntap add mode tun name tun9 && ip -n {ns} link set tun9 up"
+            ));
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let e = mirror(&path).unwrap_err().to_string();
+            assert!(e.contains("tun9") && e.contains("Ethernet"), "{e}");
+            let links = sh(&format!("ip -n {ns} link show"));
+            assert!(!String::from_utf8_lossy(&links.stdout).contains(TAP_SUFFIX));
+            let qdiscs = sh(&format!("tc -n {ns} qdisc show"));
+            assert!(
+                !String::from_utf8_lossy(&qdiscs.stdout).contains("ingress"),
+                "{}",
+                String::from_utf8_lossy(&qdiscs.stdout)
+            );
         });
         sh(&format!("ip netns del {ns}"));
         result.unwrap();
