@@ -60,16 +60,23 @@ fn probe(
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[test]
-fn the_guest_confines_a_container_like_runc() {
-    let Some((_env, sb, ctd)) = setup("the_guest_confines_a_container_like_runc") else {
-        return;
-    };
+/// A read-only volume holding `f` ("host-data") and an empty read-write
+/// one, in a temp dir kept alive by the first value.
+fn volumes() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::write(ro.join("f"), "host-data\n").unwrap();
+    (dir, ro, rw)
+}
+
+#[test]
+fn the_guest_confines_a_container_like_runc() {
+    let Some((_env, sb, ctd)) = setup("the_guest_confines_a_container_like_runc") else {
+        return;
+    };
+    let (_dir, ro, rw) = volumes();
 
     let runc = probe(&ctd, RUNC, "runc1", &ro, &rw, &[]);
     let cocoon = probe(&ctd, RUNTIME, "cocoon1", &ro, &rw, &[]);
@@ -214,11 +221,7 @@ fn containerd_2_confines_a_container_like_runc() {
     };
     let sb = Sandbox::new(&env, |_| {});
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
-    std::fs::create_dir_all(&ro).unwrap();
-    std::fs::create_dir_all(&rw).unwrap();
-    std::fs::write(ro.join("f"), "host-data\n").unwrap();
+    let (_dir, ro, rw) = volumes();
     let runc = probe(&ctd, RUNC, "runc1", &ro, &rw, &[]);
     let cocoon = probe(&ctd, RUNTIME, "cocoon1", &ro, &rw, &[]);
     assert_eq!(cocoon, runc, "runc:\n{runc}\ncocoon:\n{cocoon}");
