@@ -8,7 +8,8 @@
 # - Cocoon's guest kernel vs Debian's: boot, whole run, QEMU RSS, size;
 # - sealed models: cocoon seal and in-guest decryption vs openssl;
 # - ctr run under Cocoon vs runc, pods with secrets, volumes (read
-#   throughput vs the host, cost per volume), launch measurement.
+#   throughput vs the host, cost per volume), pod network (node <-> pod
+#   throughput and latency, Cocoon vs runc), launch measurement.
 set -euo pipefail
 config=$1
 bin=${COCOON_BIN_DIR:-target/release}
@@ -125,6 +126,7 @@ stop_all() {
     [ -n "${ctd_pid:-}" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null
     [ -n "${kbs_pid:-}" ] && kill "$kbs_pid" 2>/dev/null && wait "$kbs_pid" 2>/dev/null
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^cbn$$-"); do ip netns del "$n"; done
     rm -rf "$work"
 }
 trap stop_all EXIT
@@ -267,6 +269,56 @@ read -r m0 all0 <<<"$(create_inside 'v0-[0-9]+')"
 read -r m10 all10 <<<"$(create_inside 'v10-[0-9]+')"
 echo "shim Create without VM boot: no volume median ${m0} ms (${all0}), 10 volumes median ${m10} ms (${all10})"
 echo "per volume: $(python3 -c "print(round(($m10 - $m0) / 10, 1))") ms"
+
+# --- pod network: node <-> pod over a bridge, Cocoon vs runc ----------------
+# A node namespace with a bridge and one namespace per pod (a veth on the
+# bridge, like CNI's bridge plugin makes). The pod serves a 256 MiB file
+# from a tmpfs with busybox httpd; the node downloads it with curl
+# (throughput) and fetches a small page 30 times, one TCP connection each
+# (latency).
+echo "== pod network (tcfilter; node <-> pod over a bridge, busybox httpd, curl)"
+nn="cbn$$-node"
+ip netns add "$nn"
+ip -n "$nn" link set lo up
+ip -n "$nn" link add br0 type bridge
+ip -n "$nn" addr add 10.125.0.1/24 dev br0
+ip -n "$nn" link set br0 up
+net_pod() { # name index -> the pod's namespace path
+    local ns="cbn$$-$1"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add eth0 type veth peer name "v$2" netns "$nn"
+    ip -n "$nn" link set "v$2" master br0 up
+    ip -n "$ns" addr add "10.125.0.$2/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via 10.125.0.1
+    echo "/var/run/netns/$ns"
+}
+serve='mkdir -p /www && mount -t tmpfs -o size=300m tmpfs /www 2>/dev/null; echo ok > /www/small && head -c 268435456 /dev/zero > /www/big && exec httpd -f -p 8080 -h /www'
+declare -A net_tp net_lat
+for rt in runc cocoon; do
+    if [ "$rt" = runc ]; then idx=2; else idx=3; fi
+    path=$(net_pod "$rt" "$idx")
+    $ctr run -d --privileged --runtime "io.containerd.$rt.v2" --with-ns "network:$path" \
+        cocoon.bench/busybox:1 "net-$rt" sh -c "$serve" >/dev/null
+    ip="10.125.0.$idx"
+    for _ in $(seq 120); do
+        [ "$(ip netns exec "$nn" curl -s --max-time 2 "http://$ip:8080/small" 2>/dev/null)" = ok ] && break
+        sleep 0.5
+    done
+    tp=()
+    for _ in 1 2 3; do
+        bps=$(ip netns exec "$nn" curl -s -o /dev/null -w '%{speed_download}' "http://$ip:8080/big")
+        tp+=("$(python3 -c "print(round($bps / 1048576, 1))")")
+    done
+    urls=(); for _ in $(seq 30); do urls+=("http://$ip:8080/small"); done
+    lat=($(ip netns exec "$nn" curl -s -o /dev/null -w '%{time_total}\n' "${urls[@]}" | python3 -c 'import sys; print(" ".join(str(round(float(x) * 1000, 2)) for x in sys.stdin))'))
+    net_tp[$rt]=$(median "${tp[@]}"); net_lat[$rt]=$(median "${lat[@]}")
+    echo "$rt: 256 MiB download median ${net_tp[$rt]} MiB/s (${tp[*]}); request latency median ${net_lat[$rt]} ms over 30 connections"
+    $ctr task rm -f "net-$rt" >/dev/null 2>&1 || true
+    $ctr c rm "net-$rt" >/dev/null 2>&1 || true
+done
+echo "cocoon/runc: throughput x$(python3 -c "print(round(${net_tp[cocoon]} / max(${net_tp[runc]}, 0.001), 3))"), latency x$(python3 -c "print(round(${net_lat[cocoon]} / max(${net_lat[runc]}, 0.001), 1))")"
 
 # Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the
 # same inputs (4 MiB OVMF.amdsev.fd, the guest kernel, a 30 MiB initrd), and

@@ -2,68 +2,12 @@
 //! runtime handler: one VM and one shim for the pod, two containers, exec,
 //! logs, stop and remove. Driven by a Rust CRI client (k8s-cri).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{Containerd, Flavor, IMAGE};
+use cocoon_tests::containerd::{Containerd, Flavor};
+use cocoon_tests::cri::{connect, container_config, exec_out, sandbox_config};
 use cocoon_tests::{env_or_skip, GpuHost, Sandbox};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-async fn connect(sock: PathBuf) -> RuntimeServiceClient<Channel> {
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
-
-/// A pod in the host network namespace.
-fn sandbox_config(name: &str, namespace: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: namespace.into(),
-            attempt: 0,
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, cmd: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_with_two_containers_in_one_vm() {
@@ -369,20 +313,6 @@ async fn gpu_pod_devices_come_from_the_kubelet() {
         ctd.assert_no_shims();
         sb.assert_clean();
     });
-}
-
-/// What `cmd` prints in the container (ExecSync).
-async fn exec_out(cri: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &str) -> String {
-    let r = cri
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-            timeout: 60,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
 }
 
 /// Writes a volume the way the kubelet's atomic writer does: the files are

@@ -98,6 +98,45 @@ pub fn setup(test: &str, namespaces: &[&str]) -> Option<(Env, Sandbox, Container
     Some((env, sb, ctd))
 }
 
+/// The node's network for CRI pods: containerd (and so the CNI plugins it
+/// runs) lives in a network namespace the test made, with a `bridge` CNI
+/// network (host-local IPAM) in it, so pod traffic never reaches the
+/// machine's own namespace. The namespace is deleted with the containerd.
+#[derive(Debug)]
+pub struct CniNode {
+    /// `ip netns` name of the node's namespace.
+    pub netns: String,
+    /// The pods' subnet (`10.124.<n>.0/24`).
+    pub subnet: String,
+    /// The bridge's address, the pods' default gateway (`10.124.<n>.1`).
+    pub gateway: String,
+    /// The CNI network's name.
+    pub network: String,
+    /// host-local's lease directory.
+    pub ipam_dir: PathBuf,
+}
+
+impl CniNode {
+    /// Runs `sh -c cmd` in the node's namespace.
+    pub fn sh(&self, cmd: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, "sh", "-c", cmd])
+            .output()
+            .unwrap()
+    }
+
+    /// The addresses host-local has leased (one file per address).
+    pub fn leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.ipam_dir.join(&self.network))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A running private containerd.
 #[derive(Debug)]
 pub struct Containerd {
@@ -110,17 +149,35 @@ pub struct Containerd {
     pub flavor: Flavor,
     path_env: String,
     cocoon_config: PathBuf,
+    /// The node network, for [`Containerd::start_with_cni`].
+    pub node: Option<CniNode>,
 }
 
-/// Starts containerd on the config in `dir`, appending to its log.
-fn spawn(flavor: &Flavor, dir: &Path, path: &str, cocoon_config: &Path) -> Child {
+/// Starts containerd on the config in `dir`, appending to its log; in the
+/// node's network namespace when there is one.
+fn spawn(
+    flavor: &Flavor,
+    dir: &Path,
+    path: &str,
+    cocoon_config: &Path,
+    node: Option<&CniNode>,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("containerd.log"))
         .unwrap();
-    Command::new(&flavor.containerd)
-        .arg("--config")
+    let mut cmd = match node {
+        Some(n) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{}", n.netns))
+                .arg("--")
+                .arg(&flavor.containerd);
+            c
+        }
+        None => Command::new(&flavor.containerd),
+    };
+    cmd.arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
         .env("COCOON_CONFIG", cocoon_config)
@@ -134,6 +191,59 @@ impl Containerd {
     /// Starts containerd with the Cocoon runtime and the sandbox's node
     /// config, and imports the test images into `namespaces`.
     pub fn start(env: &Env, sb: &Sandbox, flavor: Flavor, namespaces: &[&str]) -> Self {
+        Self::start_inner(env, sb, flavor, namespaces, None)
+    }
+
+    /// As [`Containerd::start`], in a node network namespace of its own
+    /// with a bridge CNI network `10.124.<n>.0/24` for CRI pods (Debian's
+    /// containernetworking-plugins). `None` (after printing why) when the
+    /// plugins or iproute2 are missing.
+    pub fn start_with_cni(
+        env: &Env,
+        sb: &Sandbox,
+        flavor: Flavor,
+        namespaces: &[&str],
+        n: u8,
+    ) -> Option<Self> {
+        for need in [
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/lib/cni/loopback",
+        ] {
+            if !Path::new(need).exists() {
+                eprintln!("SKIP: {need} is missing (containernetworking-plugins, make deps)");
+                return None;
+            }
+        }
+        let netns = format!("cocoon-node-{}-{n}", std::process::id());
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip netns add {netns} && ip -n {netns} link set lo up"
+            ))
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            eprintln!("SKIP: cannot make a network namespace: {}", out(&o));
+            return None;
+        }
+        let node = CniNode {
+            netns,
+            subnet: format!("10.124.{n}.0/24"),
+            gateway: format!("10.124.{n}.1"),
+            network: format!("cocoon-test-{n}"),
+            ipam_dir: PathBuf::new(),
+        };
+        Some(Self::start_inner(env, sb, flavor, namespaces, Some(node)))
+    }
+
+    fn start_inner(
+        env: &Env,
+        sb: &Sandbox,
+        flavor: Flavor,
+        namespaces: &[&str],
+        mut node: Option<CniNode>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cocoon-ctd-")
             .tempdir_in("/tmp")
@@ -146,10 +256,18 @@ impl Containerd {
             "io.containerd.grpc.v1.cri"
         };
         let runtimes = format!("[plugins.\"{cri}\".containerd.runtimes");
-        let sandbox_image = if flavor.config_version >= 3 {
-            format!("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\"\n")
+        // Where the tests run without CAP_SYS_RESOURCE (some CI
+        // containers), runc cannot give a sandbox the -998 OOM score CRI
+        // asks for; containerd's documented switch for that case clamps it.
+        let restrict_oom = if lacks_cap_sys_resource() {
+            "  restrict_oom_score_adj = true\n"
         } else {
-            format!("[plugins.\"{cri}\"]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n")
+            ""
+        };
+        let sandbox_image = if flavor.config_version >= 3 {
+            format!("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\"\n[plugins.\"{cri}\"]\n{restrict_oom}")
+        } else {
+            format!("[plugins.\"{cri}\"]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n{restrict_oom}")
         };
         let config = format!(
             "version = {v}\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n\
@@ -163,6 +281,42 @@ impl Containerd {
             s = sock.display(),
             cfg = sb.config.display(),
         );
+        let mut config = config;
+        if let Some(node) = node.as_mut() {
+            node.ipam_dir = d.join("cni-ipam");
+            let conf_dir = d.join("cni");
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            let bin = if flavor.config_version >= 3 {
+                "bin_dirs = [\"/usr/lib/cni\"]"
+            } else {
+                "bin_dir = \"/usr/lib/cni\""
+            };
+            config += &format!(
+                "[plugins.\"{cri}\".cni]\n  {bin}\n  conf_dir = \"{}\"\n",
+                conf_dir.display()
+            );
+            let conflist = serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": node.network,
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": "cbr0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": node.subnet, "gateway": node.gateway }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "dataDir": node.ipam_dir,
+                    },
+                }],
+            });
+            std::fs::write(
+                conf_dir.join("10-cocoon-test.conflist"),
+                serde_json::to_string_pretty(&conflist).unwrap(),
+            )
+            .unwrap();
+        }
         std::fs::write(d.join("config.toml"), config).unwrap();
         let mut path = format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -171,7 +325,7 @@ impl Containerd {
         if let Some(p) = &flavor.path {
             path = format!("{}:{path}", p.display());
         }
-        let child = spawn(&flavor, d, &path, &sb.config);
+        let child = spawn(&flavor, d, &path, &sb.config, node.as_ref());
         let c = Self {
             child,
             dir,
@@ -179,6 +333,7 @@ impl Containerd {
             flavor,
             path_env: path,
             cocoon_config: sb.config.clone(),
+            node,
         };
         c.wait_up();
         let (busybox, pause) = image_archives();
@@ -225,6 +380,7 @@ impl Containerd {
             self.dir.path(),
             &self.path_env,
             &self.cocoon_config,
+            self.node.as_ref(),
         );
         self.wait_up();
     }
@@ -362,6 +518,13 @@ impl Drop for Containerd {
                 self.dir.path().display()
             ))
             .status();
+        // The node namespace, with the bridge; the pods' namespaces
+        // (containerd's cni-* ones) are gone with their pods.
+        if let Some(node) = &self.node {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &node.netns])
+                .status();
+        }
     }
 }
 
@@ -372,6 +535,17 @@ pub fn out(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Whether this process lacks CAP_SYS_RESOURCE (capability 24).
+fn lacks_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 24) == 0)
 }
 
 fn libc_sigterm() -> i32 {

@@ -13,6 +13,7 @@
 //! state directory, no file left in it.
 
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod kbs;
 pub mod pod_kbs;

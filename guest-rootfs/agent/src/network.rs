@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use cocoon_protocol::agent::{Interface, Route};
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -156,10 +157,16 @@ async fn configure_with(handle: &Handle, ifaces: &[Interface]) -> Result<()> {
             .map_err(nl(format!("set up interface {}", i.name)))?;
         for a in &i.addresses {
             let (ip, len) = cidr(a)?;
-            handle
-                .address()
-                .add(index, ip, len)
-                .execute()
+            let mut req = handle.address().add(index, ip, len);
+            if ip.is_ipv6() {
+                // The address passed duplicate detection when CNI gave it
+                // to the pod's interface; probing again would leave it
+                // tentative (unusable) for the first seconds of the pod.
+                req.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            req.execute()
                 .await
                 .map_err(nl(format!("add {a} to {}", i.name)))?;
         }
