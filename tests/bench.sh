@@ -123,6 +123,12 @@ ctd="$work/ctd"
 ctd_node_config "$ctd" "$config"
 stop_all() {
     set +e
+    # Tasks a failed step left running (their shims stop VMs and runc
+    # containers), then containerd.
+    if [ -n "${ctd_pid:-}" ]; then
+        for t in $($ctr task ls -q 2>/dev/null); do $ctr task rm -f "$t" >/dev/null 2>&1; done
+        for c in $($ctr c ls -q 2>/dev/null); do $ctr c rm "$c" >/dev/null 2>&1; done
+    fi
     [ -n "${ctd_pid:-}" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null
     [ -n "${kbs_pid:-}" ] && kill "$kbs_pid" 2>/dev/null && wait "$kbs_pid" 2>/dev/null
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
@@ -311,8 +317,8 @@ for rt in runc cocoon; do
         bps=$(ip netns exec "$nn" curl -s -o /dev/null -w '%{speed_download}' "http://$ip:8080/big")
         tp+=("$(python3 -c "print(round($bps / 1048576, 1))")")
     done
-    urls=(); for _ in $(seq 30); do urls+=("http://$ip:8080/small"); done
-    lat=($(ip netns exec "$nn" curl -s -o /dev/null -w '%{time_total}\n' "${urls[@]}" | python3 -c 'import sys; print(" ".join(str(round(float(x) * 1000, 2)) for x in sys.stdin))'))
+    urls=(); for _ in $(seq 30); do urls+=(-o /dev/null "http://$ip:8080/small"); done
+    lat=($(ip netns exec "$nn" curl -s -w '%{time_total}\n' "${urls[@]}" | python3 -c 'import sys; print(" ".join(str(round(float(x) * 1000, 2)) for x in sys.stdin))'))
     net_tp[$rt]=$(median "${tp[@]}"); net_lat[$rt]=$(median "${lat[@]}")
     echo "$rt: 256 MiB download median ${net_tp[$rt]} MiB/s (${tp[*]}); request latency median ${net_lat[$rt]} ms over 30 connections"
     $ctr task rm -f "net-$rt" >/dev/null 2>&1 || true

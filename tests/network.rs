@@ -183,11 +183,16 @@ fn the_guest_sees_the_pods_address_mac_mtu_and_route() {
             RUNTIME,
             "--with-ns",
             &with_ns,
+            // One CPU for the container: a VM of two vCPUs, so the
+            // interface gets two queues.
+            "--cpus",
+            "1",
             IMAGE,
             "net2",
             "sh",
             "-c",
-            "ip -o link show eth0; ip -o -4 addr show eth0; ip route; ping -c 1 -W 5 10.123.8.1 >/dev/null && echo ping-ok",
+            "ip -o link show eth0; ip -o -4 addr show eth0; ip route; ping -c 1 -W 5 10.123.8.1 >/dev/null && echo ping-ok; \
+             echo queues $(ls /sys/class/net/eth0/queues)",
         ])
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
@@ -198,6 +203,7 @@ fn the_guest_sees_the_pods_address_mac_mtu_and_route() {
         "10.123.8.2/24",
         "default via 10.123.8.1 dev eth0",
         "ping-ok",
+        "queues rx-0 rx-1 tx-0 tx-1",
     ] {
         assert!(s.contains(want), "{want}:\n{s}");
     }

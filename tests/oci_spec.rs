@@ -121,6 +121,25 @@ fn the_guest_confines_a_container_like_runc() {
         "runc:\n{runc}\ncocoon:\n{cocoon}"
     );
 
+    // --privileged: every device allowed (the device program is a single
+    // allow-all), /proc/sys writable — as under runc. The
+    // capability sets differ by design (runc can only pass on what the
+    // node's bounding set holds; the guest's is whole).
+    let runc = probe(&ctd, RUNC, "runc3", &ro, &rw, &["--privileged"]);
+    let cocoon = probe(&ctd, RUNTIME, "cocoon3", &ro, &rw, &["--privileged"]);
+    let facts = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with("Cap"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        facts(&cocoon),
+        facts(&runc),
+        "runc:\n{runc}\ncocoon:\n{cocoon}"
+    );
+    assert!(cocoon.lines().any(|l| l == "proc-sys-writable"), "{cocoon}");
+
     // A masked path that exists in the guest: /sys/firmware holds acpi/
     // (the guest kernel has ACPI; it has no /proc/kcore at all). Masked, it
     // is an empty directory.

@@ -80,8 +80,8 @@ pub struct Mirrored {
     pub interface: Interface,
     /// The tap's name in the namespace.
     pub tap_name: String,
-    /// The tap's queue, for QEMU's `-netdev tap,fd=`.
-    pub tap: OwnedFd,
+    /// The tap's queues (one fd each), for QEMU's `-netdev tap,fds=`.
+    pub taps: Vec<OwnedFd>,
 }
 
 /// What went wrong, and at which step.
@@ -190,8 +190,9 @@ struct IfReq {
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Opens `/dev/net/tun` as the tap `name` (created in this thread's
-/// namespace; gone when the last fd closes).
-fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
+/// namespace by the first open; gone when the last fd closes). With
+/// `multi_queue` each open attaches one more queue to the same tap.
+fn open_tap(name: &str, multi_queue: bool) -> std::io::Result<OwnedFd> {
     let path = CString::new("/dev/net/tun").map_err(std::io::Error::other)?;
     // SAFETY: a valid C string; the fd is owned below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -204,7 +205,14 @@ fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
     #[allow(clippy::cast_possible_truncation)]
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        flags: (libc::IFF_TAP
+            | libc::IFF_NO_PI
+            | libc::IFF_VNET_HDR
+            | if multi_queue {
+                libc::IFF_MULTI_QUEUE
+            } else {
+                0
+            }) as libc::c_short,
         _pad: [0; 22],
     };
     let bytes = name.as_bytes();
@@ -282,8 +290,9 @@ async fn routes_of(handle: &Handle, path: &Path, index: u32) -> Result<Vec<Route
 /// tap. An interface without an Ethernet address (a tunnel, say) cannot
 /// become a virtio-net device: that is an error naming it, with nothing
 /// left behind. A namespace with no interface up but `lo` gives an empty
-/// list.
-pub fn mirror(netns: &Path) -> Result<Vec<Mirrored>, NetError> {
+/// list. Each tap gets `queues` queues (multiqueue when more than one: one
+/// per vCPU lets the guest spread the interface's load).
+pub fn mirror(netns: &Path, queues: u32) -> Result<Vec<Mirrored>, NetError> {
     in_namespace(netns, async |handle: Handle, path: &Path| {
         let mut links = Vec::new();
         let mut stream = handle.link().get().execute();
@@ -345,15 +354,19 @@ pub fn mirror(netns: &Path) -> Result<Vec<Mirrored>, NetError> {
                 }
                 let routes = routes_of(&handle, path, index).await?;
                 let tap_name = format!("tap{}{TAP_SUFFIX}", out.len());
-                let tap = open_tap(&tap_name).map_err(|source| NetError::Io {
-                    step: format!("create tap {tap_name}"),
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let taps = (0..queues.max(1))
+                    .map(|q| {
+                        open_tap(&tap_name, queues > 1).map_err(|source| NetError::Io {
+                            step: format!("create tap {tap_name} (queue {q})"),
+                            path: path.to_path_buf(),
+                            source,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mirrored = Mirrored {
                     interface: Interface { name: name.clone(), mac, mtu, addresses, routes },
                     tap_name: tap_name.clone(),
-                    tap,
+                    taps,
                 };
                 out.push(mirrored);
                 let tap_index = link_index(&handle, path, &tap_name).await?;
@@ -483,7 +496,7 @@ mod tests {
         let path = PathBuf::from(format!("/var/run/netns/{ns}"));
         let result = std::panic::catch_unwind(|| {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let m = mirror(&path).unwrap();
+            let m = mirror(&path, 2).unwrap();
             // peer0 is in the namespace too (a test artefact): two links;
             // down0 is down and left alone.
             assert_eq!(m.len(), 2, "{m:?}");
@@ -508,6 +521,14 @@ mod tests {
                 gateway: Some("10.88.0.9".parse().unwrap()),
                 onlink: false
             }));
+            // Two queues: one tap with multi_queue and two fds attached.
+            assert_eq!(eth0.taps.len(), 2);
+            let tap = sh(&format!("ip -d -n {ns} link show {}", eth0.tap_name));
+            let tap = String::from_utf8_lossy(&tap.stdout);
+            assert!(
+                tap.contains("multi_queue") && tap.contains("numqueues 2"),
+                "{tap}"
+            );
             let filters = sh(&format!("tc -n {ns} filter show dev eth0 ingress"));
             let filters = String::from_utf8_lossy(&filters.stdout);
             assert!(
@@ -524,7 +545,7 @@ mod tests {
             let link = String::from_utf8_lossy(&link.stdout);
             assert!(link.contains("mtu 1450") && link.contains("UP"), "{link}");
             // A second mirror of the same namespace is refused.
-            let e = mirror(&path).unwrap_err().to_string();
+            let e = mirror(&path, 1).unwrap_err().to_string();
             assert!(e.contains("another VM uses this namespace"), "{e}");
             let names: Vec<String> = m.iter().map(|m| m.interface.name.clone()).collect();
             drop(m);
@@ -543,7 +564,7 @@ mod tests {
                 "ip -n {ns} tuntap add mode tun name tun9 && ip -n {ns} link set tun9 up"
             ));
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let e = mirror(&path).unwrap_err().to_string();
+            let e = mirror(&path, 1).unwrap_err().to_string();
             assert!(e.contains("tun9") && e.contains("Ethernet"), "{e}");
             let links = sh(&format!("ip -n {ns} link show"));
             assert!(!String::from_utf8_lossy(&links.stdout).contains(TAP_SUFFIX));
@@ -556,7 +577,7 @@ mod tests {
         });
         sh(&format!("ip netns del {ns}"));
         result.unwrap();
-        let e = mirror(Path::new("/var/run/netns/cocoon-no-such-ns"))
+        let e = mirror(Path::new("/var/run/netns/cocoon-no-such-ns"), 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cocoon-no-such-ns") && e.contains("CNI"), "{e}");

@@ -253,12 +253,19 @@ impl DeviceRules {
             }
             block.push((mov64_imm(0, i32::from(r.allow)), false));
             block.push((exit(), false));
+            // A rule that matches every request (`--privileged`'s allow
+            // rwm on all devices) ends the program: the verifier refuses
+            // the unreachable rules after it.
+            let unconditional = block.iter().all(|(_, jump)| !jump);
             let len = block.len();
             for (i, (mut ins, jump)) in block.into_iter().enumerate() {
                 if jump {
                     ins.off = i16::try_from(len - i - 1).unwrap_or(i16::MAX);
                 }
                 p.push(ins);
+            }
+            if unconditional {
+                return p;
             }
         }
         p.push(mov64_imm(0, 0));
@@ -589,10 +596,10 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn the_program_decides_like_the_rules() {
+    /// Rule sets the program tests run over.
+    fn sample_specs() -> Vec<Vec<oci_spec::runtime::LinuxDeviceCgroup>> {
         use LinuxDeviceType as T;
-        let specs = [
+        vec![
             vec![],
             // containerd's default spec: deny everything.
             vec![LinuxDeviceCgroupBuilder::default()
@@ -613,8 +620,18 @@ mod tests {
                 rule(false, T::B, 8, 3, "r"),
                 rule(false, T::C, 1, 3, "w"),
             ],
-        ];
-        for spec in specs {
+            // An allow-all in the middle: what follows it in the program
+            // is never reached.
+            vec![
+                rule(false, T::A, -1, -1, "rwm"),
+                rule(true, T::A, -1, -1, "rwm"),
+            ],
+        ]
+    }
+
+    #[test]
+    fn the_program_decides_like_the_rules() {
+        for spec in sample_specs() {
             let rules = DeviceRules::from_oci(&spec).unwrap();
             let prog = rules.program();
             for kind in [Kind::Char, Kind::Block] {
@@ -734,6 +751,15 @@ mod tests {
             .join(format!("cocoon-devtest-{}", std::process::id()));
         std::fs::create_dir(&cg).unwrap();
         let dir = std::fs::File::open(&cg).unwrap();
+        // Every sample program passes the verifier (it refuses unreachable
+        // instructions, which the interpreter above would not notice).
+        let loaded: Vec<_> = sample_specs()
+            .iter()
+            .map(|spec| {
+                let prog = DeviceRules::from_oci(spec).unwrap().program();
+                (spec.clone(), load(&prog).map(drop))
+            })
+            .collect();
         let rules =
             DeviceRules::from_oci(&[rule(false, LinuxDeviceType::A, -1, -1, "rwm")]).unwrap();
         let attached = rules.attach(&dir);
@@ -750,6 +776,11 @@ mod tests {
         std::fs::remove_dir(&cg).unwrap();
         nix::mount::umount2(mnt.path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
         attached.unwrap();
+        for (spec, r) in loaded {
+            if let Err((e, log)) = r {
+                panic!("{spec:?}: the verifier refused the program: {e}: {log}");
+            }
+        }
         let out = out.unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);

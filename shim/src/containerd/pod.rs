@@ -16,6 +16,10 @@ use super::request::ResolvedDevices;
 use super::rootfs::DirGuard;
 use crate::node::NodeConfig;
 
+/// Queues per pod interface at most (one per vCPU up to this): beyond it
+/// the MSI-X vectors and the tap's fds cost more than they spread.
+const MAX_NET_QUEUES: u32 = 8;
+
 /// virtio-fs tag of the pod's shared directory.
 pub const SHARE_TAG: &str = "cocoon-shared";
 
@@ -190,7 +194,9 @@ impl Pod {
         let mirrored = match (&p.netns, config.vm.qemu.network_model) {
             (Some(ns), cocoon_vmm::config::NetworkModel::Tcfilter) => {
                 let ns = ns.clone();
-                tokio::task::spawn_blocking(move || cocoon_vmm::net::mirror(&ns))
+                // A queue per vCPU (the VM is sized for the pod already).
+                let queues = config.vm.qemu.vcpus.clamp(1, MAX_NET_QUEUES);
+                tokio::task::spawn_blocking(move || cocoon_vmm::net::mirror(&ns, queues))
                     .await
                     .map_err(|e| ShimError::FailedPrecondition(format!("pod network: {e}")))?
                     .map_err(|e| ShimError::FailedPrecondition(format!("pod network: {e}")))?
@@ -260,7 +266,7 @@ impl Pod {
                 .map(|m| PlannedNic {
                     mac: m.interface.mac_string(),
                     mtu: m.interface.mtu,
-                    tap_fd: m.tap.as_raw_fd(),
+                    tap_fds: m.taps.iter().map(AsRawFd::as_raw_fd).collect(),
                 })
                 .collect(),
         };

@@ -74,8 +74,9 @@ pub struct PlannedNic {
     pub mac: String,
     /// MTU.
     pub mtu: u32,
-    /// The tap's fd in this process; QEMU inherits it as 3, 4, ...
-    pub tap_fd: std::os::fd::RawFd,
+    /// The tap's queue fds in this process; QEMU inherits them as 3, 4,
+    /// ... in order.
+    pub tap_fds: Vec<std::os::fd::RawFd>,
 }
 
 /// A host vsock port the guest may dial, relayed to `target`.
@@ -553,11 +554,14 @@ impl LaunchPlan {
             nics: req
                 .nics
                 .iter()
-                .zip(3..)
-                .map(|(n, fd)| NicArg {
-                    fd,
-                    mac: n.mac.clone(),
-                    mtu: n.mtu,
+                .scan(3, |next, n| {
+                    let first = *next;
+                    *next += i32::try_from(n.tap_fds.len()).unwrap_or(i32::MAX);
+                    Some(NicArg {
+                        fds: (first..*next).collect(),
+                        mac: n.mac.clone(),
+                        mtu: n.mtu,
+                    })
                 })
                 .collect(),
         };
@@ -577,7 +581,11 @@ impl LaunchPlan {
             console_log,
             agent: wiring.agent,
             relays: wiring.relays,
-            qemu_fds: req.nics.iter().map(|n| n.tap_fd).collect(),
+            qemu_fds: req
+                .nics
+                .iter()
+                .flat_map(|n| n.tap_fds.iter().copied())
+                .collect(),
             dial_timeout: config.agent.dial_timeout,
             warnings,
             dry_run: q.dry_run,

@@ -100,11 +100,11 @@ pub struct PciArgs {
     pub mmio64_mb: u64,
 }
 
-/// A virtio-net device on a tap QEMU inherits as fd `fd`.
+/// A virtio-net device on a tap whose queues QEMU inherits as `fds`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicArg {
-    /// The fd number in QEMU (3, 4, ...).
-    pub fd: i32,
+    /// The fd numbers in QEMU (3, 4, ...), one per queue.
+    pub fds: Vec<i32>,
     /// MAC address (the pod interface's).
     pub mac: String,
     /// MTU the guest driver uses (virtio `host_mtu`).
@@ -353,16 +353,28 @@ impl VmArgs {
         }
     }
 
-    /// One virtio-net device per pod interface, on its tap's fd; no
-    /// option ROM (the guest boots its kernel directly).
+    /// One virtio-net device per pod interface, on its tap's fds; no
+    /// option ROM (the guest boots its kernel directly). Several queues:
+    /// `mq=on` and an MSI-X vector per queue pair direction plus config and
+    /// control.
     fn nics(&self, a: &mut Vec<OsString>) {
         for (i, n) in self.nics.iter().enumerate() {
+            let fds: Vec<String> = n.fds.iter().map(ToString::to_string).collect();
             a.push("-netdev".into());
-            a.push(format!("tap,id=net{i},fd={}", n.fd).into());
+            if fds.len() > 1 {
+                a.push(format!("tap,id=net{i},fds={}", fds.join(":")).into());
+            } else {
+                a.push(format!("tap,id=net{i},fd={}", fds.join("")).into());
+            }
+            let mq = if fds.len() > 1 {
+                format!(",mq=on,vectors={}", 2 * fds.len() + 2)
+            } else {
+                String::new()
+            };
             a.push("-device".into());
             a.push(
                 format!(
-                    "virtio-net-pci,netdev=net{i},mac={},host_mtu={},romfile=",
+                    "virtio-net-pci,netdev=net{i},mac={},host_mtu={}{mq},romfile=",
                     n.mac, n.mtu
                 )
                 .into(),
@@ -601,12 +613,12 @@ mod tests {
         let mut a = args();
         a.nics = vec![
             NicArg {
-                fd: 3,
+                fds: vec![3],
                 mac: "02:42:0a:58:00:05".into(),
                 mtu: 1450,
             },
             NicArg {
-                fd: 4,
+                fds: vec![4, 5],
                 mac: "02:42:0a:59:00:07".into(),
                 mtu: 9000,
             },
@@ -620,7 +632,7 @@ mod tests {
         assert!(
             joined.contains(
                 "-netdev tap,id=net0,fd=3 -device virtio-net-pci,netdev=net0,mac=02:42:0a:58:00:05,host_mtu=1450,romfile= \
-                 -netdev tap,id=net1,fd=4 -device virtio-net-pci,netdev=net1,mac=02:42:0a:59:00:07,host_mtu=9000,romfile="
+                 -netdev tap,id=net1,fds=4:5 -device virtio-net-pci,netdev=net1,mac=02:42:0a:59:00:07,host_mtu=9000,mq=on,vectors=6,romfile="
             ),
             "{joined}"
         );
