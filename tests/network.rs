@@ -64,6 +64,7 @@ impl Namespaces {
             format!(
                 "ip -n {pod} addr add 10.123.{n}.2/24 dev eth0; \
                  ip -n {pod} route add default via 10.123.{n}.1; \
+                 ip -n {pod} neigh add 10.123.{n}.77 lladdr 02:00:00:00:00:77 dev eth0 nud permanent; \
                  ip -n {peer} addr add 10.123.{n}.1/24 dev p{n}"
             )
         };
@@ -192,7 +193,7 @@ fn the_guest_sees_the_pods_address_mac_mtu_and_route() {
             "sh",
             "-c",
             "ip -o link show eth0; ip -o -4 addr show eth0; ip route; ping -c 1 -W 5 10.123.8.1 >/dev/null && echo ping-ok; \
-             echo queues $(ls /sys/class/net/eth0/queues)",
+             echo queues $(ls /sys/class/net/eth0/queues); ip neigh show 10.123.8.77",
         ])
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
@@ -207,6 +208,15 @@ fn the_guest_sees_the_pods_address_mac_mtu_and_route() {
     ] {
         assert!(s.contains(want), "{want}:\n{s}");
     }
+    // The permanent neighbour entry of the pod's namespace.
+    let neigh = s
+        .lines()
+        .find(|l| l.starts_with("10.123.8.77 "))
+        .unwrap_or_default();
+    assert!(
+        neigh.contains("lladdr 02:00:00:00:00:77") && neigh.ends_with("PERMANENT"),
+        "{s}"
+    );
     ctd.assert_no_shims();
     sb.assert_clean();
 

@@ -64,8 +64,8 @@ pub use ttrpc;
 /// `CreateContainerRequest.models`, which an older agent would ignore; 5:
 /// shared pod namespaces and shared memory, [`POD_SHM_SOURCE`] and
 /// [`NS_CONTAINER_PREFIX`], device rules and nodes,
-/// `CreateSandboxRequest.interfaces`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// `CreateSandboxRequest.interfaces`; 6: `Interface.neighbours`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// In the guest's OCI spec, the `source` of a `tmpfs` mount that means the
 /// pod's shared memory: one tmpfs for every container of the pod, which
@@ -132,9 +132,10 @@ mod tests {
 
     #[test]
     fn mismatch_message_names_both_versions_and_the_fix() {
-        let msg = check_version(7).unwrap_err().to_string();
+        let msg = check_version(PROTOCOL_VERSION + 1).unwrap_err().to_string();
         assert!(
-            msg.contains(&format!("version {PROTOCOL_VERSION}")) && msg.contains("version 7"),
+            msg.contains(&format!("version {PROTOCOL_VERSION}"))
+                && msg.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
             "{msg}"
         );
         assert!(msg.contains("make guest"), "{msg}");

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteProtocol, RouteType,
 };
@@ -60,16 +61,32 @@ pub struct Interface {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Routes through it in the main table, kernel-made ones left out.
     pub routes: Vec<Route>,
+    /// Permanent neighbour entries on it (what a CNI plugin or an
+    /// operator pinned; learned ones are the guest's to learn).
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// A permanent neighbour (ARP / NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The neighbour's IP address.
+    pub ip: IpAddr,
+    /// Its Ethernet address.
+    pub mac: [u8; 6],
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Interface {
     /// `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        mac_string(&self.mac)
     }
 }
 
@@ -286,6 +303,45 @@ async fn routes_of(handle: &Handle, path: &Path, index: u32) -> Result<Vec<Route
     Ok(out)
 }
 
+/// The permanent neighbour entries on link `index`.
+async fn neighbours_of(
+    handle: &Handle,
+    path: &Path,
+    index: u32,
+) -> Result<Vec<Neighbour>, NetError> {
+    let mut out = Vec::new();
+    let mut stream = handle.neighbours().get().execute();
+    while let Some(n) = stream
+        .try_next()
+        .await
+        .map_err(nl(path, "list neighbours"))?
+    {
+        if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        let mut ip = None;
+        let mut mac = None;
+        for a in &n.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    ip = Some(IpAddr::V4(*v4));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    ip = Some(IpAddr::V6(*v6));
+                }
+                NeighbourAttribute::LinkLayerAddress(m) => {
+                    mac = <[u8; 6]>::try_from(m.as_slice()).ok();
+                }
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            out.push(Neighbour { ip, mac });
+        }
+    }
+    Ok(out)
+}
+
 /// Mirrors every interface of the namespace at `netns` that is up into a
 /// tap. An interface without an Ethernet address (a tunnel, say) cannot
 /// become a virtio-net device: that is an error naming it, with nothing
@@ -353,6 +409,7 @@ pub fn mirror(netns: &Path, queues: u32) -> Result<Vec<Mirrored>, NetError> {
                     }
                 }
                 let routes = routes_of(&handle, path, index).await?;
+                let neighbours = neighbours_of(&handle, path, index).await?;
                 let tap_name = format!("tap{}{TAP_SUFFIX}", out.len());
                 let taps = (0..queues.max(1))
                     .map(|q| {
@@ -364,7 +421,7 @@ pub fn mirror(netns: &Path, queues: u32) -> Result<Vec<Mirrored>, NetError> {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let mirrored = Mirrored {
-                    interface: Interface { name: name.clone(), mac, mtu, addresses, routes },
+                    interface: Interface { name: name.clone(), mac, mtu, addresses, routes, neighbours },
                     tap_name: tap_name.clone(),
                     taps,
                 };
@@ -490,6 +547,7 @@ mod tests {
              ip -n {ns} addr add 10.88.0.5/16 dev eth0; ip -n {ns} addr add fd00::5/64 dev eth0 nodad; \
              ip -n {ns} route add default via 10.88.0.1 dev eth0; \
              ip -n {ns} route add 192.168.7.0/24 via 10.88.0.9 dev eth0; \
+             ip -n {ns} neigh add 10.88.0.77 lladdr 02:00:00:00:00:77 dev eth0 nud permanent; \
              ip -n {ns} tuntap add mode tap name down0"
         );
         let o = sh(&setup);
@@ -521,6 +579,13 @@ mod tests {
                 gateway: Some("10.88.0.9".parse().unwrap()),
                 onlink: false
             }));
+            assert_eq!(
+                eth0.interface.neighbours,
+                vec![Neighbour {
+                    ip: "10.88.0.77".parse().unwrap(),
+                    mac: [2, 0, 0, 0, 0, 0x77]
+                }]
+            );
             // Two queues: one tap with multi_queue and two fds attached.
             assert_eq!(eth0.taps.len(), 2);
             let tap = sh(&format!("ip -d -n {ns} link show {}", eth0.tap_name));

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use cocoon_protocol::agent::{Interface, Route};
+use cocoon_protocol::agent::{Interface, Neighbour, Route};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -75,8 +75,19 @@ pub fn validate(ifaces: &[Interface]) -> Result<()> {
         for r in &i.routes {
             route_parts(r)?;
         }
+        for n in &i.neighbours {
+            neighbour_parts(n)?;
+        }
     }
     Ok(())
+}
+
+/// A neighbour entry's address and MAC, checked.
+fn neighbour_parts(n: &Neighbour) -> Result<(IpAddr, Vec<u8>)> {
+    let ip =
+        n.ip.parse::<IpAddr>()
+            .map_err(|_| invalid(format!("neighbour {:?} is not an IP address", n.ip)))?;
+    Ok((ip, parse_mac(&n.mac)?))
 }
 
 /// A route's destination (address, prefix) and gateway.
@@ -176,6 +187,17 @@ async fn configure_with(handle: &Handle, ifaces: &[Interface]) -> Result<()> {
             .execute()
             .await
             .map_err(nl(format!("bring {} up", i.name)))?;
+        for n in &i.neighbours {
+            let (ip, mac) = neighbour_parts(n)?;
+            handle
+                .neighbours()
+                .add(index, ip)
+                .link_layer_address(&mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("add neighbour {} on {}", n.ip, i.name)))?;
+        }
         indexes.push(index);
     }
     for (i, index) in ifaces.iter().zip(indexes) {
@@ -286,6 +308,18 @@ mod tests {
                 e.contains("interfaces") && e.contains(needle),
                 "{needle}: {e}"
             );
+        }
+        for (ip, mac, needle) in [
+            ("10.88.0.300", "02:00:00:00:00:77", "not an IP address"),
+            ("10.88.0.77", "02:00:00:00:77", "not a MAC"),
+        ] {
+            let mut bad = ok.clone();
+            let mut n = Neighbour::new();
+            n.ip = ip.into();
+            n.mac = mac.into();
+            bad.neighbours.push(n);
+            let e = validate(&[bad]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
         }
         let mut bad = ok;
         bad.mtu = 10;

@@ -161,6 +161,16 @@ fn proto_interface(i: &cocoon_vmm::net::Interface) -> cocoon_protocol::agent::In
         .iter()
         .map(|(a, l)| format!("{a}/{l}"))
         .collect();
+    p.neighbours = i
+        .neighbours
+        .iter()
+        .map(|n| {
+            let mut pn = cocoon_protocol::agent::Neighbour::new();
+            pn.ip = n.ip.to_string();
+            pn.mac = cocoon_vmm::net::mac_string(&n.mac);
+            pn
+        })
+        .collect();
     p.routes = i
         .routes
         .iter()
