@@ -520,3 +520,88 @@ async fn cri_pods_on_a_cni_bridge_reach_each_other_and_the_node() {
         );
     }
 }
+
+#[test]
+fn the_kbs_is_reached_over_the_pod_network() {
+    let test = "the_kbs_is_reached_over_the_pod_network";
+    let Some(env) = cocoon_tests::env_or_skip(test) else {
+        return;
+    };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let Some(bin) = cocoon_tests::pod_kbs::kbs_or_skip(test) else {
+        return;
+    };
+    let Some(ns) = Namespaces::new(10) else {
+        eprintln!("SKIP {test}: needs ip, tc and curl (iproute2, curl)");
+        return;
+    };
+    // The KBS lives in the peer namespace: from the node's own namespace
+    // (where a relay would connect) it cannot be reached at all.
+    let kbs = cocoon_tests::kbs::Kbs::start_in_netns(&bin, &ns.peer, "10.123.10.1");
+    let mut rnd = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut rnd).unwrap();
+    let secret = format!("over-the-pod-network-{}", hex::encode(rnd));
+    kbs.allow_sample_and_store("default/key/net", secret.as_bytes());
+    let sb = Sandbox::new(&env, |t| {
+        cocoon_tests::pod_kbs::attest_to(
+            t,
+            &kbs.addr,
+            &["kbs:///default/key/*"],
+            &["io.cocoon.secret.*"],
+        );
+        t["attestation"]
+            .as_table_mut()
+            .unwrap()
+            .insert("kbs_via".into(), "pod-network".into());
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+    let with_ns = format!("network:{}", ns.pod_path());
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--with-ns",
+            &with_ns,
+            "--annotation",
+            "io.cocoon.secret.demo=kbs:///default/key/net",
+            IMAGE,
+            "kbsnet1",
+            "cat",
+            "/run/secrets/cocoon/demo",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", out(&o), ctd.log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), secret);
+    ctd.assert_no_shims();
+    sb.assert_clean();
+
+    // A pod without a network cannot reach it that way: one clear error.
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.cocoon.secret.demo=kbs:///default/key/net",
+            IMAGE,
+            "kbsnet2",
+            "true",
+        ])
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("kbs_via") && e.contains("has none"),
+        "{}",
+        out(&o)
+    );
+    let _ = ctd.ctr(&["c", "rm", "kbsnet2"]);
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}

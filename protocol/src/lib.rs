@@ -64,8 +64,9 @@ pub use ttrpc;
 /// `CreateContainerRequest.models`, which an older agent would ignore; 5:
 /// shared pod namespaces and shared memory, [`POD_SHM_SOURCE`] and
 /// [`NS_CONTAINER_PREFIX`], device rules and nodes,
-/// `CreateSandboxRequest.interfaces`; 6: `Interface.neighbours`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// `CreateSandboxRequest.interfaces`; 6: `Interface.neighbours`; 7:
+/// `CreateSandboxRequest.kbs_over_pod_network`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// In the guest's OCI spec, the `source` of a `tmpfs` mount that means the
 /// pod's shared memory: one tmpfs for every container of the pod, which

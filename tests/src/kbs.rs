@@ -22,11 +22,14 @@ pub fn kbs_binary(manifest_dir: &Path) -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// A trustee KBS on loopback with an admin key, killed on drop.
+/// A trustee KBS on loopback (or in a network namespace) with an admin
+/// key, killed on drop.
 pub struct Kbs {
     child: Child,
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or `<ip>:8080` in a namespace).
     pub addr: String,
+    /// The `ip netns` name it runs in, if not this process's namespace.
+    netns: Option<String>,
     token: String,
     dir: tempfile::TempDir,
     /// With TLS: the PEM of the CA that signed the certificate it serves
@@ -76,16 +79,34 @@ fn admin_token(key: &Path, dir: &Path) -> String {
 impl Kbs {
     /// Starts the KBS (plain HTTP) and waits until it listens.
     pub fn start(bin: &Path) -> Self {
-        Self::start_with(bin, false)
+        Self::start_with(bin, false, None)
+    }
+
+    /// Starts the KBS (plain HTTP) in the network namespace `netns` (an
+    /// `ip netns` name), listening on `ip:8080`.
+    pub fn start_in_netns(bin: &Path, netns: &str, ip: &str) -> Self {
+        Self::start_with(bin, false, Some((netns, ip)))
+    }
+
+    /// A command run in the KBS's network namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     /// Starts the KBS serving HTTPS with a certificate from a fresh CA
     /// ([`Kbs::cert_pem`]).
     pub fn start_tls(bin: &Path) -> Self {
-        Self::start_with(bin, true)
+        Self::start_with(bin, true, None)
     }
 
-    fn start_with(bin: &Path, tls: bool) -> Self {
+    fn start_with(bin: &Path, tls: bool, netns: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let key = d.join("admin.key");
@@ -96,12 +117,17 @@ impl Kbs {
             .arg(&key)
             .arg("-out")
             .arg(d.join("admin.pub")));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = match netns {
+            Some((_, ip)) => format!("{ip}:8080"),
+            None => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                format!("127.0.0.1:{port}")
+            }
+        };
         let http = if tls {
             // A CA (what the pod's initdata trusts) and the KBS's own
             // certificate signed by it.
@@ -190,7 +216,15 @@ storage_backend_type = "kvstorage"
             pubkey = d.join("admin.pub").display(),
         );
         std::fs::write(d.join("kbs.toml"), config).unwrap();
-        let child = Command::new(bin)
+        let mut cmd = match netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("--config-file")
             .arg(d.join("kbs.toml"))
             .current_dir(d)
@@ -203,12 +237,22 @@ storage_backend_type = "kvstorage"
         let kbs = Self {
             child,
             addr,
+            netns: netns.map(|(ns, _)| ns.to_string()),
             token,
             dir,
             cert_pem,
         };
+        let listening = |kbs: &Self| match &kbs.netns {
+            None => std::net::TcpStream::connect(&kbs.addr).is_ok(),
+            Some(_) => kbs
+                .command("curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "2"])
+                .arg(format!("http://{}/", kbs.addr))
+                .status()
+                .is_ok_and(|s| s.code() != Some(7) && s.code() != Some(28)),
+        };
         let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(&kbs.addr).is_err() {
+        while !listening(&kbs) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "the KBS did not start"
@@ -222,7 +266,7 @@ storage_backend_type = "kvstorage"
     pub fn admin_post(&self, path: &str, content_type: &str, body: &[u8]) {
         let file = self.dir.path().join("body");
         std::fs::write(&file, body).unwrap();
-        let mut curl = Command::new("curl");
+        let mut curl = self.command("curl");
         let scheme = if self.cert_pem.is_some() {
             // HTTP/1.1: over HTTP/2 the KBS matches its admin ACL against
             // the absolute URI, which `^/kbs/` does not match.

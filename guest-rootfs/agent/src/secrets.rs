@@ -104,18 +104,61 @@ pub fn check(
     Ok(out)
 }
 
-/// Dials the host's KBS relay over vsock (the host is CID 2).
-struct HostRelay;
+/// How the guest reaches the KBS (the node's `attestation.kbs_via`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KbsRoute {
+    /// The host's vsock relay, which connects to the node's KBS only.
+    #[default]
+    Relay,
+    /// The pod's network, to the address in the initdata's KBS URL.
+    PodNetwork,
+    /// The pod network was asked for, but the pod has none.
+    NoPodNetwork,
+}
 
-impl Connect for HostRelay {
+/// Where connections to the KBS go.
+enum KbsPath {
+    /// The host's relay over vsock (the host is CID 2).
+    HostRelay,
+    /// TCP over the pod's network.
+    Network(std::net::SocketAddr),
+}
+
+impl KbsPath {
+    fn new(route: KbsRoute, url: &KbsUrl) -> Result<Self> {
+        match route {
+            KbsRoute::Relay => Ok(Self::HostRelay),
+            KbsRoute::PodNetwork => url.authority.parse().map(Self::Network).map_err(|_| {
+                Error::FailedPrecondition(format!(
+                    "the KBS {} is reached over the pod network (attestation.kbs_via = \"pod-network\"), which needs an IP address as the URL's host: the guest resolves no names",
+                    url.authority
+                ))
+            }),
+            KbsRoute::NoPodNetwork => Err(Error::FailedPrecondition(
+                "the node reaches the KBS over the pod network (attestation.kbs_via = \"pod-network\") but this pod has none (its sandbox joins no network namespace): use kbs_via = \"relay\" or give the pod a network".into(),
+            )),
+        }
+    }
+}
+
+impl Connect for KbsPath {
     fn connect(&self) -> Connecting<'_> {
-        Box::pin(async {
-            let addr = tokio_vsock::VsockAddr::new(
-                tokio_vsock::VMADDR_CID_HOST,
-                cocoon_protocol::KBS_RELAY_PORT,
-            );
-            let s = tokio_vsock::VsockStream::connect(addr).await?;
-            Ok(Box::new(s) as Box<dyn Stream>)
+        Box::pin(async move {
+            match self {
+                Self::HostRelay => {
+                    let addr = tokio_vsock::VsockAddr::new(
+                        tokio_vsock::VMADDR_CID_HOST,
+                        cocoon_protocol::KBS_RELAY_PORT,
+                    );
+                    let s = tokio_vsock::VsockStream::connect(addr).await?;
+                    Ok(Box::new(s) as Box<dyn Stream>)
+                }
+                Self::Network(addr) => {
+                    let s = tokio::net::TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as Box<dyn Stream>)
+                }
+            }
         })
     }
 }
@@ -155,18 +198,21 @@ fn io_err(op: &str, p: &Path, e: &std::io::Error) -> Error {
     )
 }
 
-/// Attests once and fetches every resource of `uris`, in order.
+/// Attests once and fetches every resource of `uris`, in order, reaching
+/// the KBS by `route`.
 pub async fn fetch_resources(
     policy: &PodPolicy,
     initdata: &str,
     uris: &[&ResourceUri],
     tee: &GuestTee,
+    route: KbsRoute,
 ) -> Result<Vec<Vec<u8>>> {
     let url = KbsUrl::parse(policy.kbs_url.as_deref().unwrap_or_default())?;
+    let path = KbsPath::new(route, &url)?;
     let evidence = evidence_for(tee);
     let tee = kbs::evidence::tee_name(tee);
     if !url.https {
-        return Client::new(HostRelay, &url.authority)
+        return Client::new(path, &url.authority)
             .fetch(tee, &*evidence, Some(initdata), uris)
             .await
             .map_err(kbs_error);
@@ -176,7 +222,7 @@ pub async fn fetch_resources(
             "the initdata names an https KBS but no certificate to trust for it (aa.toml [token_configs.kbs] cert, or cdh.toml [kbc] kbs_cert)".into(),
         )
     })?;
-    let tls = kbs::tls::Tls::new(HostRelay, url.host(), ca).map_err(kbs_error)?;
+    let tls = kbs::tls::Tls::new(path, url.host(), ca).map_err(kbs_error)?;
     Client::new(tls, &url.authority)
         .fetch(tee, &*evidence, Some(initdata), uris)
         .await
@@ -190,9 +236,10 @@ pub async fn fetch(
     wanted: &[(String, ResourceUri)],
     tee: &GuestTee,
     store: &Path,
+    route: KbsRoute,
 ) -> Result<()> {
     let uris: Vec<&ResourceUri> = wanted.iter().map(|(_, u)| u).collect();
-    let data = fetch_resources(policy, initdata, &uris, tee).await?;
+    let data = fetch_resources(policy, initdata, &uris, tee, route).await?;
     std::fs::create_dir_all(store).map_err(|e| io_err("mkdir", store, &e))?;
     for ((name, _), data) in wanted.iter().zip(data) {
         write_private(&store.join(name), &data, None)?;

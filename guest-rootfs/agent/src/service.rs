@@ -32,6 +32,8 @@ struct State {
     /// The verified initdata document (empty: none), which attestation
     /// binds to the evidence.
     initdata: Vec<u8>,
+    /// How the KBS is reached (CreateSandbox).
+    kbs_route: crate::secrets::KbsRoute,
     shared_mounted: bool,
     containers: HashMap<String, Arc<Container>>,
 }
@@ -138,6 +140,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 async fn fetch_secrets(
     initdata: &[u8],
     wanted: &std::collections::BTreeMap<String, String>,
+    route: crate::secrets::KbsRoute,
 ) -> Result<()> {
     let policy = if initdata.is_empty() {
         None
@@ -154,6 +157,7 @@ async fn fetch_secrets(
         &checked,
         &tee,
         std::path::Path::new(crate::secrets::STORE),
+        route,
     )
     .await?;
     eprintln!(
@@ -276,10 +280,16 @@ impl AgentService {
         }
         crate::network::validate(&req.interfaces)?;
         crate::network::configure(&req.interfaces).await?;
+        let route = match (req.kbs_over_pod_network, req.interfaces.is_empty()) {
+            (false, _) => crate::secrets::KbsRoute::Relay,
+            (true, false) => crate::secrets::KbsRoute::PodNetwork,
+            (true, true) => crate::secrets::KbsRoute::NoPodNetwork,
+        };
+        self.state().kbs_route = route;
         if !req.secrets.is_empty() {
             let wanted: std::collections::BTreeMap<String, String> =
                 std::mem::take(&mut req.secrets).into_iter().collect();
-            fetch_secrets(&initdata, &wanted).await?;
+            fetch_secrets(&initdata, &wanted, route).await?;
         }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| Error::sys("sethostname", e))?;
@@ -453,9 +463,9 @@ impl AgentService {
         if found.is_empty() {
             return Ok(());
         }
-        let (policy, initdata) = {
+        let (policy, initdata, route) = {
             let st = self.state();
-            (st.policy.clone(), st.initdata.clone())
+            (st.policy.clone(), st.initdata.clone(), st.kbs_route)
         };
         let var = &found[0].1.var;
         if initdata.is_empty() {
@@ -480,6 +490,7 @@ impl AgentService {
             &String::from_utf8_lossy(&initdata),
             &uris,
             &self.tee,
+            route,
         )
         .await?
         .into_iter();
@@ -545,11 +556,13 @@ impl AgentService {
         let tee = crate::initdata::GuestRoots::default().tee();
         let uris: Vec<&cocoon_protocol::resource::ResourceUri> =
             todo.iter().map(|(m, _)| &m.uri).collect();
+        let route = self.state().kbs_route;
         let keys = crate::secrets::fetch_resources(
             &policy,
             &String::from_utf8_lossy(&initdata),
             &uris,
             &tee,
+            route,
         )
         .await?;
         let mut reports = Vec::new();

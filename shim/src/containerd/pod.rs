@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cocoon_protocol::agent::CreateSandboxRequest;
 use cocoon_protocol::client::GuestClient;
+use cocoon_vmm::config::KbsRoute;
 use cocoon_vmm::launch::{GuestRelay, HostView, LaunchPlan, LaunchRequest, PlannedNic, Share};
 use cocoon_vmm::vm::Vm;
 use slog::{info, warn, Logger};
@@ -260,12 +261,14 @@ impl Pod {
             devices: devices.functions,
             vsock_cid: None,
             initdata: p.initdata.clone(),
-            // The guest reaches the node's KBS through a byte relay.
+            // The guest reaches the node's KBS through a byte relay (or, with
+            // kbs_via = "pod-network", over the pod's network: no relay).
             relays: config
                 .vm
                 .attestation
                 .kbs
                 .iter()
+                .filter(|_| config.vm.attestation.route == KbsRoute::Relay)
                 .map(|k| GuestRelay {
                     port: cocoon_protocol::KBS_RELAY_PORT,
                     target: k.authority.clone(),
@@ -299,6 +302,7 @@ impl Pod {
             .iter()
             .map(|m| proto_interface(&m.interface))
             .collect();
+        sb.kbs_over_pod_network = config.vm.attestation.route == KbsRoute::PodNetwork;
         let sandbox_started = std::time::Instant::now();
         if let Err(e) = guest.create_sandbox(sb).await {
             // Reaped before the pod directory goes with the error.

@@ -1,10 +1,13 @@
 //! `[attestation]`: the KBS pods attest to, and the initdata document the
 //! node gives pods that bring none.
 //!
-//! The guest has no network of its own yet: it reaches the KBS through a
-//! byte relay on a vsock port, which connects only to this address. The KBS
-//! URL and the resources a pod may fetch reach the agent inside measured
-//! initdata, never through an unmeasured request.
+//! The guest reaches the KBS either through a byte relay on a vsock port,
+//! which connects only to the node's KBS address (`kbs_via = "relay"`, the
+//! default, for pods with or without a network), or over the pod's own
+//! network to the URL its initdata names (`kbs_via = "pod-network"`, for a
+//! KBS that is not on this node). The KBS URL and the resources a pod may
+//! fetch reach the agent inside measured initdata, never through an
+//! unmeasured request; either path carries the same TLS and attestation.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +21,18 @@ pub struct RawAttestation {
     pub kbs_url: String,
     pub kbs_cert: String,
     pub allowed_resources: Vec<String>,
+    pub kbs_via: KbsRoute,
+}
+
+/// How pods reach the KBS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KbsRoute {
+    /// Through the shim's vsock relay to `attestation.kbs_url` only.
+    #[default]
+    Relay,
+    /// Over the pod's network, to the URL in the pod's initdata.
+    PodNetwork,
 }
 
 /// Where the KBS is.
@@ -74,6 +89,8 @@ pub struct AttestationConfig {
     /// Resource URI patterns (`kbs:///repo/type/tag`, a trailing `*`
     /// matches any rest) a pod may fetch when the node writes its initdata.
     pub allowed_resources: Vec<String>,
+    /// How pods reach the KBS.
+    pub route: KbsRoute,
 }
 
 fn kbs_address(url: &str, cert: &str) -> Result<KbsAddress, Problem> {
@@ -155,6 +172,7 @@ impl RawAttestation {
         Ok(AttestationConfig {
             kbs,
             allowed_resources: self.allowed_resources.clone(),
+            route: self.kbs_via,
         })
     }
 }
@@ -264,6 +282,18 @@ mod tests {
             .attestation
             .node_initdata()
             .is_none());
+        // The route to the KBS: the relay unless the pod network is asked
+        // for; anything else is refused naming the key.
+        assert_eq!(c.attestation.route, super::KbsRoute::Relay);
+        let c = Config::from_toml("[attestation]\nkbs_via = \"pod-network\"", "t").unwrap();
+        assert_eq!(c.attestation.route, super::KbsRoute::PodNetwork);
+        let e = Config::from_toml("[attestation]\nkbs_via = \"vsock\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("attestation.kbs_via") && e.contains("pod-network"),
+            "{e}"
+        );
         for (text, needle) in [
             (
                 "kbs_url = \"https://kbs:443\"",

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, RawAgent, Transport};
-pub use attestation::{AttestationConfig, KbsAddress, RawAttestation};
+pub use attestation::{AttestationConfig, KbsAddress, KbsRoute, RawAttestation};
 pub use gpu::{CcMode, CcPolicy, GpuConfig, OnMismatch, RawCcMode, RawGpu};
 pub use measurement::{
     Expected, LoadOptions, MeasurementConfig, MrtdOrder, RawExpected, RawMeasurement, SetupPatch,
