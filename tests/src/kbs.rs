@@ -84,6 +84,8 @@ impl Kbs {
 
     /// Starts the KBS (plain HTTP) in the network namespace `netns` (an
     /// `ip netns` name), listening on `ip:8080`.
+    // The agent's KBS client tests share this harness and do not use it.
+    #[allow(dead_code)]
     pub fn start_in_netns(bin: &Path, netns: &str, ip: &str) -> Self {
         Self::start_with(bin, false, Some((netns, ip)))
     }
