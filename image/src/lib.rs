@@ -11,4 +11,5 @@
 
 pub mod erofs;
 pub mod layer;
+pub mod oci;
 pub mod verity;
