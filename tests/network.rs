@@ -397,12 +397,27 @@ async fn fetch_from(cri: &mut RuntimeServiceClient<Channel>, id: &str, ip: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pods_on_a_cni_bridge_reach_each_other_and_the_node() {
-    let test = "cri_pods_on_a_cni_bridge_reach_each_other_and_the_node";
+    cni_pods(
+        "cri_pods_on_a_cni_bridge_reach_each_other_and_the_node",
+        Flavor::system(),
+    )
+    .await;
+}
+
+/// The same through containerd 2.x's CRI (its `bin_dirs` CNI setting and
+/// its own runc shim for the runc pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pods_on_a_cni_bridge_with_containerd_2() {
+    cni_pods("cri_pods_on_a_cni_bridge_with_containerd_2", Flavor::v2()).await;
+}
+
+/// Two Cocoon pods and a runc pod on a CNI bridge, through `flavor`'s CRI.
+async fn cni_pods(test: &str, flavor: Option<Flavor>) {
     let Some(env) = cocoon_tests::env_or_skip(test) else {
         return;
     };
-    let Some(flavor) = Flavor::system() else {
-        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+    let Some(flavor) = flavor else {
+        eprintln!("SKIP {test}: that containerd is not installed (make deps)");
         return;
     };
     if !sh("command -v ip && command -v curl").status.success() {
