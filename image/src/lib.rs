@@ -9,6 +9,7 @@
 //! builds its hash tree exactly as `veritysetup format` does, so root
 //! hashes can be computed (and checked) with standard tools.
 
+pub mod cache;
 pub mod erofs;
 pub mod layer;
 pub mod oci;
