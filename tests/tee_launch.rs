@@ -36,6 +36,7 @@ fn snp_args(dir: &std::path::Path) -> VmArgs {
         },
         pci: PciArgs::default(),
         nics: vec![],
+        disks: vec![],
     }
 }
 

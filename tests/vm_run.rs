@@ -447,3 +447,71 @@ fn a_killed_cocoon_run_is_swept_by_the_next() {
     assert!(!run_dir.exists(), "the next run sweeps it");
     sb.assert_clean();
 }
+
+/// A read-only disk: a layer image built on the host reaches the guest as
+/// a virtio-blk device the kernel marks read-only, with its serial and
+/// size; a disk that does not exist is refused before a VM boots, naming
+/// it.
+#[test]
+fn a_layer_image_reaches_the_guest_as_a_read_only_disk() {
+    let Some(env) = env_or_skip("a_layer_image_reaches_the_guest_as_a_read_only_disk") else {
+        return;
+    };
+    let sb = Sandbox::new(&env, |_| {});
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(100_000);
+    t.append_data(&mut h, "data", &vec![7u8; 100_000][..])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("layer.erofs");
+    let (_, len) = cocoon_image::layer::to_erofs(
+        &t.into_inner().unwrap()[..],
+        std::fs::File::create(&image).unwrap(),
+        cocoon_image::oci::LAYER_FS_UUID,
+    )
+    .unwrap();
+    let o = sb
+        .cocoon()
+        .arg("run")
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--disk")
+        .arg(&image)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "for f in serial ro size; do echo $(cat /sys/block/vda/$f); done",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, format!("disk0\n1\n{}\n", len / 512), "{err}");
+    sb.assert_clean();
+
+    let missing = dir.path().join("no-such.layer");
+    let o = sb
+        .cocoon()
+        .arg("run")
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--disk")
+        .arg(&missing)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no-such.layer") && err.contains("cannot be read"),
+        "{err}"
+    );
+    sb.assert_clean();
+}

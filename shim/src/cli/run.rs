@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use cocoon_protocol::agent::{CreateContainerRequest, StdioStream};
 use cocoon_protocol::client::{GuestClient, ProcessRef};
-use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, Share};
+use cocoon_vmm::launch::{HostView, LaunchPlan, LaunchRequest, PlannedDisk, Share};
 use cocoon_vmm::vm::Vm;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -41,6 +41,10 @@ pub(crate) struct RunArgs {
     /// Print the boot time (launch to agent ready) on stderr.
     #[arg(long)]
     timing: bool,
+    /// Attach FILE to the VM as a read-only virtio-blk disk (repeatable:
+    /// vda, vdb, ...; serials disk0, disk1, ...).
+    #[arg(long = "disk", value_name = "FILE")]
+    disks: Vec<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -274,6 +278,15 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
             tag: SHARE_TAG.into(),
             dir: rootfs,
         }],
+        disks: args
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, path)| PlannedDisk {
+                path: path.clone(),
+                serial: format!("disk{i}"),
+            })
+            .collect(),
         ..LaunchRequest::default()
     };
     let plan = LaunchPlan::build_blocking(&config, &HostView::detect(), &req).await?;

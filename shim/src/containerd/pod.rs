@@ -282,6 +282,7 @@ impl Pod {
                     tap_fds: m.taps.iter().map(AsRawFd::as_raw_fd).collect(),
                 })
                 .collect(),
+            disks: Vec::new(),
         };
         let started = std::time::Instant::now();
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)

@@ -8,8 +8,8 @@ pub mod plan;
 
 pub use helpers::HelperSpec;
 pub use plan::{
-    resolve, GuestRelay, HostView, LaunchPlan, LaunchRequest, PlanError, PlannedDevice, PlannedNic,
-    Resolved, Share,
+    resolve, GuestRelay, HostView, LaunchPlan, LaunchRequest, PlanError, PlannedDevice,
+    PlannedDisk, PlannedNic, Resolved, Share,
 };
 
 #[cfg(test)]

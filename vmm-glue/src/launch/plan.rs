@@ -24,7 +24,7 @@ use crate::host::HostRoots;
 use crate::measure::{Kind as MeasureKind, MeasureError, Reference};
 use crate::pci::PciBdf;
 use crate::qemu::argv::{
-    kernel_cmdline, FsShare, NicArg, PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice,
+    kernel_cmdline, DiskArg, FsShare, NicArg, PciArgs, ResolvedAccel, VfioArg, VmArgs, VsockDevice,
 };
 use crate::tee::{HostTee, LaunchTee, TeeError};
 use crate::vfio::{Backend, VfioDevice};
@@ -65,6 +65,19 @@ pub struct LaunchRequest {
     /// The pod's network interfaces, each on a tap the caller opened
     /// ([`crate::net::mirror`]) and keeps open until QEMU runs.
     pub nics: Vec<PlannedNic>,
+    /// Read-only disks (virtio-blk), in order: the guest sees them as
+    /// vda, vdb, ... and by their serials.
+    pub disks: Vec<PlannedDisk>,
+}
+
+/// A host file given to the VM as a read-only virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDisk {
+    /// The file or block device.
+    pub path: PathBuf,
+    /// The serial the guest reads from `/sys/block/vdX/serial`: 1 to 20
+    /// letters, digits, `-` or `_`.
+    pub serial: String,
 }
 
 /// A pod interface given to the VM as virtio-net on an open tap.
@@ -160,6 +173,14 @@ pub enum PlanError {
     /// Guest-to-host relays need the hybrid vsock of vhost-device-vsock.
     #[error("the pod's KBS relay needs `agent.transport` = \"vhost-user-vsock\" (the kernel vhost-vsock relay is not implemented yet); set it, or leave `attestation.kbs_url` empty")]
     RelayNeedsHybridVsock,
+    /// A disk that cannot be attached.
+    #[error("disk {path}: {problem}")]
+    BadDisk {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        problem: String,
+    },
     /// The measuring task panicked or was cancelled.
     #[error("the planning task failed: {0}")]
     Task(String),
@@ -520,6 +541,25 @@ impl LaunchPlan {
             );
         }
         let resolved = resolve(config, &host.roots)?;
+        for d in &req.disks {
+            let bad = |problem: &str| PlanError::BadDisk {
+                path: d.path.clone(),
+                problem: problem.into(),
+            };
+            let ok_serial = (1..=20).contains(&d.serial.len())
+                && d.serial
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok_serial {
+                return Err(bad("the serial must be 1 to 20 letters, digits, - or _"));
+            }
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(&d.path) {
+                Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+                Ok(_) => return Err(bad("is not a regular file or a block device")),
+                Err(e) => return Err(bad(&format!("cannot be read: {e}"))),
+            }
+        }
         if let Some(s) = req.shares.iter().find(|s| !s.dir.is_dir()) {
             return Err(PlanError::NotADirectory(s.dir.clone()));
         }
@@ -562,6 +602,14 @@ impl LaunchPlan {
                         mac: n.mac.clone(),
                         mtu: n.mtu,
                     })
+                })
+                .collect(),
+            disks: req
+                .disks
+                .iter()
+                .map(|d| DiskArg {
+                    path: d.path.clone(),
+                    serial: d.serial.clone(),
                 })
                 .collect(),
         };

@@ -63,6 +63,7 @@ impl Fixture {
             initdata: None,
             relays: Vec::new(),
             nics: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

@@ -111,6 +111,15 @@ pub struct NicArg {
     pub mtu: u32,
 }
 
+/// A read-only virtio-blk disk backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskArg {
+    /// The file (or block device).
+    pub path: PathBuf,
+    /// The guest's `/sys/block/vdX/serial` (at most 20 bytes).
+    pub serial: String,
+}
+
 /// Everything that goes on one VM's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmArgs {
@@ -148,6 +157,8 @@ pub struct VmArgs {
     pub pci: PciArgs,
     /// The pod's network interfaces.
     pub nics: Vec<NicArg>,
+    /// Read-only disks.
+    pub disks: Vec<DiskArg>,
 }
 
 /// The kernel command line for a VM of this configuration.
@@ -382,6 +393,32 @@ impl VmArgs {
         }
     }
 
+    /// Read-only disks: a `file` node under a `raw` node (both read-only,
+    /// written as JSON so that no path needs QEMU's comma escaping) and a
+    /// virtio-blk device the guest finds by its serial.
+    fn disks(&self, a: &mut Vec<OsString>) {
+        for (i, d) in self.disks.iter().enumerate() {
+            let file = serde_json::json!({
+                "driver": "file",
+                "node-name": format!("file{i}"),
+                "filename": d.path,
+                "read-only": true,
+            });
+            let raw = serde_json::json!({
+                "driver": "raw",
+                "node-name": format!("disk{i}"),
+                "file": format!("file{i}"),
+                "read-only": true,
+            });
+            a.push("-blockdev".into());
+            a.push(file.to_string().into());
+            a.push("-blockdev".into());
+            a.push(raw.to_string().into());
+            a.push("-device".into());
+            a.push(format!("virtio-blk-pci,drive=disk{i},serial={}", d.serial).into());
+        }
+    }
+
     /// Serial console and QMP.
     fn control(&self, a: &mut Vec<OsString>) {
         match &self.console_log {
@@ -408,6 +445,7 @@ impl VmArgs {
         self.pci(&mut a);
         self.vsock_and_shares(&mut a);
         self.nics(&mut a);
+        self.disks(&mut a);
         self.control(&mut a);
         a
     }
@@ -442,6 +480,7 @@ mod tests {
             tee: LaunchTee::None,
             pci: PciArgs::default(),
             nics: vec![],
+            disks: vec![],
         }
     }
 
@@ -606,6 +645,30 @@ mod tests {
         assert!(line.ends_with("console=ttyS0 loglevel=7"), "{line}");
         c.qemu.debug_console = false;
         assert!(!kernel_cmdline(&c.qemu).contains("console="));
+    }
+
+    #[test]
+    fn disks_are_read_only_virtio_blk_with_serials() {
+        let mut a = args();
+        a.disks = vec![DiskArg {
+            path: "/var/lib/cocoon/layers/ab,c.layer".into(),
+            serial: "disk0".into(),
+        }];
+        let argv: Vec<String> = a
+            .to_argv()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let at = argv.iter().position(|s| s == "-blockdev").unwrap();
+        let file: serde_json::Value = serde_json::from_str(&argv[at + 1]).unwrap();
+        assert_eq!(file["driver"], "file");
+        assert_eq!(file["filename"], "/var/lib/cocoon/layers/ab,c.layer");
+        assert_eq!(file["read-only"], true);
+        let raw: serde_json::Value = serde_json::from_str(&argv[at + 3]).unwrap();
+        assert_eq!(raw["driver"], "raw");
+        assert_eq!(raw["file"], "file0");
+        assert_eq!(raw["read-only"], true);
+        assert_eq!(argv[at + 5], "virtio-blk-pci,drive=disk0,serial=disk0");
     }
 
     #[test]
