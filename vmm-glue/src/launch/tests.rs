@@ -277,6 +277,40 @@ fn planning_errors_name_the_problem() {
     req.shares[0].dir = f.dir.path().join("vmlinuz");
     let e = LaunchPlan::build(&f.config("", ""), &host, &req).unwrap_err();
     assert!(matches!(e, PlanError::NotADirectory(_)), "{e}");
+    // Disks: a directory, a missing file, a bad serial; a good one
+    // becomes a read-only virtio-blk device.
+    for (path, serial, needle) in [
+        (f.dir.path().join("shared"), "disk0", "not a regular file"),
+        (f.dir.path().join("missing"), "disk0", "cannot be read"),
+        (f.dir.path().join("vmlinuz"), "disk 0", "serial"),
+        (f.dir.path().join("vmlinuz"), "", "serial"),
+    ] {
+        let mut req = f.request();
+        req.disks = vec![PlannedDisk {
+            path,
+            serial: serial.into(),
+        }];
+        let e = LaunchPlan::build(&f.config("", ""), &host, &req).unwrap_err();
+        assert!(
+            matches!(e, PlanError::BadDisk { .. }) && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
+    let mut req = f.request();
+    req.disks = vec![PlannedDisk {
+        path: f.dir.path().join("vmlinuz"),
+        serial: "disk0".into(),
+    }];
+    let plan = LaunchPlan::build(&f.config("", ""), &host, &req).unwrap();
+    let argv: Vec<String> = plan
+        .qemu_args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        argv.contains(&"virtio-blk-pci,drive=disk0,serial=disk0".to_string()),
+        "{argv:?}"
+    );
     // A state directory too deep for socket paths.
     let mut req = f.request();
     req.dir = Some(PathBuf::from(format!("/run/{}", "d".repeat(100))));
