@@ -10,11 +10,9 @@
 //! never sees half an entry and an interrupted build leaves nothing.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest as _, Sha256};
 
 use crate::{layer, oci, verity};
 
@@ -187,27 +185,14 @@ impl LayerCache {
             .tempfile_in(&self.dir)
             .map_err(io(&self.dir))?;
         let blob = open().map_err(io(Path::new(digest)))?;
-        let mut hashing = Hashing {
-            inner: blob,
-            sha: Sha256::new(),
-        };
-        let (file, len) = layer::to_erofs(
-            &mut hashing,
-            tmp.reopen().map_err(io(path))?,
-            oci::LAYER_FS_UUID,
-        )
-        .map_err(|source| CacheError::Layer {
-            digest: digest.to_string(),
-            source,
-        })?;
-        drop(file);
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io(Path::new(digest)))?;
-        let got: String = hashing
-            .sha
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let converted =
+            oci::convert_blob(blob, tmp.reopen().map_err(io(path))?).map_err(|source| {
+                CacheError::Layer {
+                    digest: digest.to_string(),
+                    source,
+                }
+            })?;
+        let got = oci::hex(&converted.sha256);
         if got != hex {
             return Err(CacheError::Mismatch {
                 digest: digest.to_string(),
@@ -215,12 +200,12 @@ impl LayerCache {
             });
         }
         // The hash device right after the image, in the same file.
-        let mut data = BufReader::new(tmp.reopen().map_err(io(path))?);
+        let len = converted.len;
         let mut out = tmp.reopen().map_err(io(path))?;
         out.seek(SeekFrom::Start(len)).map_err(io(path))?;
         let mut out = std::io::BufWriter::new(out);
         let tree =
-            verity::format(&mut data, len, &oci::layer_params(), &mut out).map_err(|source| {
+            oci::layer_tree(tmp.reopen().map_err(io(path))?, len, &mut out).map_err(|source| {
                 CacheError::Verity {
                     digest: digest.to_string(),
                     source,
@@ -279,19 +264,5 @@ impl LayerCache {
             // The (empty) lock file stays: removing it could let two
             // builders lock different files for one digest.
         }
-    }
-}
-
-/// Hashes what passes through.
-struct Hashing<R> {
-    inner: R,
-    sha: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
     }
 }

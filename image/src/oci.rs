@@ -194,7 +194,7 @@ impl Store {
 
 fn check(d: &Descriptor, sha: &[u8; 32], len: u64) -> Result<(), OciError> {
     let want = d.digest().digest();
-    let got: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let got = hex(sha);
     if got != want || len != d.size() {
         return Err(invalid(
             d.digest().as_ref(),
@@ -212,6 +212,60 @@ struct Hashing<R> {
     inner: R,
     sha: Sha256,
     len: u64,
+}
+
+/// A layer blob converted into an erofs image.
+pub(crate) struct Converted {
+    /// The image's length.
+    pub len: u64,
+    /// SHA-256 of the whole blob, as read.
+    pub sha256: [u8; 32],
+    /// The blob's length.
+    pub blob_len: u64,
+}
+
+/// Converts the layer `blob` into an erofs image written to `image`, with
+/// the fixed layer parameters, and reads the blob to its end so that its
+/// digest covers every byte (what the tar reader left unread included).
+pub(crate) fn convert_blob(blob: impl Read, image: File) -> Result<Converted, layer::LayerError> {
+    let mut hashing = Hashing {
+        inner: blob,
+        sha: Sha256::new(),
+        len: 0,
+    };
+    let (_, len) = layer::to_erofs(&mut hashing, image, LAYER_FS_UUID)?;
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(layer::LayerError::Tar)?;
+    Ok(Converted {
+        len,
+        sha256: hashing.sha.finalize().into(),
+        blob_len: hashing.len,
+    })
+}
+
+/// The dm-verity tree (layer parameters) of the `len`-byte image at the
+/// start of `image`, written to `out`.
+pub(crate) fn layer_tree(
+    mut image: File,
+    len: u64,
+    out: &mut impl std::io::Write,
+) -> Result<verity::Tree, verity::VerityError> {
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| verity::VerityError::Io {
+            what: "read the data",
+            source,
+        })?;
+    verity::format(
+        &mut std::io::BufReader::new(image),
+        len,
+        &layer_params(),
+        out,
+    )
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl<R: Read> Read for Hashing<R> {
@@ -279,44 +333,25 @@ pub fn layer_hashes(image: &Path, scratch: &Path) -> Result<Vec<LayerHash>, OciE
             }
         }
         let (reader, _) = store.open_member(&Store::blob_name(d)?)?;
-        let mut hashing = Hashing {
-            inner: reader,
-            sha: Sha256::new(),
-            len: 0,
-        };
         let tmp = tempfile::tempfile_in(scratch).map_err(|source| OciError::Io {
             path: scratch.display().to_string(),
             source,
         })?;
-        let (mut tmp, len) =
-            layer::to_erofs(&mut hashing, tmp, LAYER_FS_UUID).map_err(|source| {
-                OciError::Layer {
-                    digest: digest.clone(),
-                    source,
-                }
-            })?;
-        // What the tar reader left unread still belongs to the blob.
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|source| OciError::Io {
-            path: digest.clone(),
+        let image = tmp.try_clone().map_err(|source| OciError::Io {
+            path: scratch.display().to_string(),
             source,
         })?;
-        let sha: [u8; 32] = hashing.sha.finalize().into();
-        check(d, &sha, hashing.len)?;
-        tmp.seek(SeekFrom::Start(0))
-            .map_err(|source| OciError::Io {
-                path: digest.clone(),
-                source,
-            })?;
-        let tree = verity::format(
-            &mut std::io::BufReader::new(tmp),
-            len,
-            &layer_params(),
-            &mut std::io::sink(),
-        )
-        .map_err(|source| OciError::Verity {
+        let converted = convert_blob(reader, image).map_err(|source| OciError::Layer {
             digest: digest.clone(),
             source,
         })?;
+        check(d, &converted.sha256, converted.blob_len)?;
+        let len = converted.len;
+        let tree =
+            layer_tree(tmp, len, &mut std::io::sink()).map_err(|source| OciError::Verity {
+                digest: digest.clone(),
+                source,
+            })?;
         out.push(LayerHash {
             digest,
             root_hash: tree.root_hex(),
