@@ -134,23 +134,7 @@ fn a_pods_network_namespace_reaches_the_guest() {
 
     // From the peer namespace, the pod's address answers (the guest's
     // httpd, through the tap and QEMU's virtio-net).
-    let started = Instant::now();
-    let body = loop {
-        let o = sh(&format!(
-            "ip netns exec {} curl -s --max-time 5 http://10.123.7.2:8080/index.html",
-            ns.peer
-        ));
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "no answer from the pod: {}\n{}",
-            out(&o),
-            ctd.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let body = curl_in(&ns.peer, "http://10.123.7.2:8080/index.html", &ctd);
     assert_eq!(body, "hello-from-the-pod\n");
     ctd.kill_and_remove("net1");
     ctd.assert_no_shims();
@@ -274,23 +258,7 @@ fn an_ipv6_only_pod_network_reaches_the_guest() {
     assert!(o.status.success(), "{}", out(&o));
     ctd.wait_running("net6");
     // The peer reaches the guest's httpd over IPv6 alone.
-    let started = Instant::now();
-    let body = loop {
-        let o = sh(&format!(
-            "ip netns exec {} curl -s -g --max-time 5 'http://[fd00:7b:9::2]:8080/index.html'",
-            ns.peer
-        ));
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "no answer from the pod over IPv6: {}\n{}",
-            out(&o),
-            ctd.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let body = curl_in(&ns.peer, "http://[fd00:7b:9::2]:8080/index.html", &ctd);
     assert_eq!(body, "hello-over-ipv6\n");
     // What the guest configured: the IPv6 address (usable at once, not
     // tentative), the default route, and no IPv4 address.
@@ -308,6 +276,27 @@ fn an_ipv6_only_pod_network_reaches_the_guest() {
     sb.assert_clean();
     let links = sh(&format!("ip -n {} link show", ns.pod));
     assert!(!String::from_utf8_lossy(&links.stdout).contains("_cocoon"));
+}
+
+/// `curl` of `url` from the `ip netns` namespace `netns`, retried for up to
+/// 90 s while the pod's server starts; its body.
+fn curl_in(netns: &str, url: &str, ctd: &Containerd) -> String {
+    let started = Instant::now();
+    loop {
+        let o = sh(&format!(
+            "ip netns exec {netns} curl -s -g --max-time 5 '{url}'"
+        ));
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no answer from {url} in {netns}: {}\n{}",
+            out(&o),
+            ctd.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// A pod's IP as CRI reports it.
@@ -466,16 +455,8 @@ async fn cni_pods(test: &str, flavor: Option<Flavor>) {
 
     // The node reaches every pod.
     for (name, _, _, ip) in &pods {
-        let started = Instant::now();
-        let body = loop {
-            let o = tokio::task::block_in_place(|| {
-                node.sh(&format!("curl -s --max-time 5 http://{ip}:8080/index.html"))
-            });
-            if o.status.success() || started.elapsed() > Duration::from_secs(90) {
-                break String::from_utf8_lossy(&o.stdout).into_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let url = format!("http://{ip}:8080/index.html");
+        let body = tokio::task::block_in_place(|| curl_in(&node.netns, &url, &ctd));
         assert_eq!(body, format!("hello-from-{name}\n"), "node → {name}");
     }
     // Every pod reaches every other (Cocoon ↔ Cocoon, Cocoon ↔ runc).
