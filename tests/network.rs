@@ -7,6 +7,8 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+
 use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::cri::{connect, container_config, exec_out, pod_network_sandbox_config};
 use cocoon_tests::{Env, Sandbox};
@@ -558,7 +560,7 @@ fn the_kbs_is_reached_over_the_pod_network() {
     let o = ctd
         .ctr(&[
             "run",
-            "--rm",
+            "-d",
             "--runtime",
             RUNTIME,
             "--with-ns",
@@ -567,12 +569,36 @@ fn the_kbs_is_reached_over_the_pod_network() {
             "io.cocoon.secret.demo=kbs:///default/key/net",
             IMAGE,
             "kbsnet1",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", out(&o), ctd.log());
+    ctd.wait_running("kbsnet1");
+    let o = ctd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "read",
+            "kbsnet1",
             "cat",
             "/run/secrets/cocoon/demo",
         ])
         .unwrap();
-    assert!(o.status.success(), "{}\n{}", out(&o), ctd.log());
-    assert_eq!(String::from_utf8_lossy(&o.stdout), secret);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), secret, "{}", out(&o));
+    // No host artefact of the running pod holds the secret, in clear or
+    // in base64: state (console, helper logs, sockets), the share,
+    // containerd's state and log with the shim's.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret.as_bytes());
+    for needle in [secret.as_bytes(), b64.as_bytes()] {
+        let mut found = Vec::new();
+        cocoon_tests::files_containing(&sb.state_dir, needle, &mut found);
+        cocoon_tests::files_containing(sb.dir.path(), needle, &mut found);
+        cocoon_tests::files_containing(ctd.dir.path(), needle, &mut found);
+        assert!(found.is_empty(), "the secret is on the host in {found:?}");
+    }
+    ctd.kill_and_remove("kbsnet1");
     ctd.assert_no_shims();
     sb.assert_clean();
 

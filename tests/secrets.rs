@@ -12,27 +12,7 @@ use base64::Engine;
 use cocoon_tests::containerd::{out, Containerd, Flavor, IMAGE, RUNTIME};
 use cocoon_tests::kbs::Kbs;
 use cocoon_tests::pod_kbs::{attest_to, attest_to_url, kbs_or_skip};
-use cocoon_tests::{env_or_skip, Sandbox};
-
-/// Files under `dir` (not following links) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        let p = e.path();
-        if t.is_dir() {
-            files_containing(&p, needle, found);
-        } else if t.is_file() {
-            if let Ok(data) = std::fs::read(&p) {
-                if data.windows(needle.len()).any(|w| w == needle) {
-                    found.push(p.display().to_string());
-                }
-            }
-        }
-    }
-}
+use cocoon_tests::{env_or_skip, files_containing, Sandbox};
 
 #[test]
 fn secrets_from_a_real_kbs_reach_the_pod_and_nothing_else() {

@@ -340,3 +340,23 @@ pub fn pids_matching(needle: &str, also: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Files under `dir` (not following links) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        let p = e.path();
+        if t.is_dir() {
+            files_containing(&p, needle, found);
+        } else if t.is_file() {
+            if let Ok(data) = std::fs::read(&p) {
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    found.push(p.display().to_string());
+                }
+            }
+        }
+    }
+}
