@@ -6,6 +6,7 @@
 //! - [`resource`]: KBS resource URIs (`kbs:///repo/type/tag`) and secret
 //!   names.
 //! - [`initdata`]: the initdata document, its checks and digest.
+//! - [`layers`]: the images a pod's policy allows, as layer root hashes.
 //! - [`client`]: [`client::GuestClient`], the typed client with named
 //!   timeouts that the shim and `cocoon run` use.
 //!
@@ -54,6 +55,7 @@ pub mod agent_ttrpc {
 
 pub mod client;
 pub mod initdata;
+pub mod layers;
 pub mod resource;
 
 pub use protobuf;
@@ -65,8 +67,9 @@ pub use ttrpc;
 /// shared pod namespaces and shared memory, [`POD_SHM_SOURCE`] and
 /// [`NS_CONTAINER_PREFIX`], device rules and nodes,
 /// `CreateSandboxRequest.interfaces`; 6: `Interface.neighbours`; 7:
-/// `CreateSandboxRequest.kbs_over_pod_network`).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// `CreateSandboxRequest.kbs_over_pod_network`; 8:
+/// `CreateContainerRequest.layers`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// In the guest's OCI spec, the `source` of a `tmpfs` mount that means the
 /// pod's shared memory: one tmpfs for every container of the pod, which

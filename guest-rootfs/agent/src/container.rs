@@ -148,6 +148,8 @@ pub struct Container {
     /// Whether it holds secrets (the pod's KBS secrets or a sealed model):
     /// the policy's stdin default depends on it.
     pub holds_secrets: bool,
+    /// Its verified layers, unmounted when it is removed.
+    pub layers: Mutex<Option<crate::layers::LayerStack>>,
 }
 
 impl Container {

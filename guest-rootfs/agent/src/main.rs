@@ -22,6 +22,7 @@ mod error;
 mod init;
 mod initdata;
 mod kbs;
+mod layers;
 mod models;
 mod network;
 mod oci;

@@ -13,6 +13,10 @@
 //! stats = true        # Stats, ListProcesses
 //! update = true       # UpdateContainer (cgroup limits)
 //! privileged = false  # capabilities that own the guest kernel
+//!
+//! [[images]]          # with any: containers run only these images,
+//! name = "app:1"      # from verified layers (docs/verified-layers.md)
+//! layers = ["<root hash>", ...]
 //! ```
 //!
 //! An unset rule takes its default, which depends on whether the guest
@@ -56,6 +60,11 @@ pub struct PodPolicy {
     /// Whether a container may hold capabilities that own the guest kernel
     /// ([`GUEST_OWNING_CAPS`]).
     pub privileged: Option<bool>,
+    /// The images containers may run, as verified layers' root hashes.
+    /// Empty: the container's root filesystem comes from the host over
+    /// virtio-fs, unverified.
+    #[serde(default)]
+    pub images: Vec<cocoon_protocol::layers::ImagePolicy>,
 }
 
 /// A host request the policy governs.
@@ -255,6 +264,8 @@ pub fn policy(initdata: &[u8]) -> Result<PodPolicy> {
             .map_err(|e| bad(format!("cocoon-policy.toml: {}", e.message())))?,
         None => PodPolicy::default(),
     };
+    cocoon_protocol::layers::check_images(&policy.images)
+        .map_err(|e| bad(format!("cocoon-policy.toml: {e}")))?;
     policy.kbs_url = kbs_url;
     policy.kbs_cert = aa_cert.or(cdh_cert);
     Ok(policy)
@@ -274,6 +285,30 @@ mod tests {
 
     fn doc(policy_toml: &str) -> Vec<u8> {
         format!("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"cocoon-policy.toml\" = '''\n{policy_toml}\n'''\n").into_bytes()
+    }
+
+    #[test]
+    fn images_are_read_and_their_hashes_checked() {
+        let h = "ab".repeat(32);
+        let p = policy(&doc(&format!(
+            "[[images]]\nname = \"app\"\nlayers = [\"{h}\"]"
+        )))
+        .unwrap();
+        assert_eq!(p.images.len(), 1);
+        assert_eq!(p.images[0].layers, [h.clone()]);
+        let e = policy(&doc(&format!("[[images]]\nlayers = [\"{}\"]", &h[..40])))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("initdata")
+                && e.contains("images[0].layers[0]")
+                && e.contains("40 characters"),
+            "{e}"
+        );
+        let e = policy(&doc("[[images]]\nlayers = [\"xyz\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("images[0].layers[0]"), "{e}");
     }
 
     #[test]

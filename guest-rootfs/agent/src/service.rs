@@ -366,13 +366,66 @@ impl AgentService {
                 id,
             });
         }
-        let rootfs = resolve_rootfs(&self.shared_dir, required("rootfs", &req.rootfs)?)?;
+        let policy = self.state().policy.clone();
+        let layer_stack = if req.layers.is_empty() {
+            if !policy.images.is_empty() {
+                return Err(Error::PermissionDenied(format!(
+                    "container {id:?} has no verified layers, but the pod's initdata policy allows only its [[images]] (the host offered a root filesystem over virtio-fs, which the guest cannot check): refused"
+                )));
+            }
+            None
+        } else {
+            crate::layers::check(&req.layers, &policy)?;
+            let (cid, layers) = (id.clone(), req.layers.clone());
+            Some(blocking(move || crate::layers::assemble(&cid, &layers)).await?)
+        };
+        let created = self.create_on(&id, req, policy, layer_stack.as_ref()).await;
+        match (created, layer_stack) {
+            (Ok((container, reports)), stack) => {
+                *container.layers.lock().unwrap_or_else(|p| p.into_inner()) = stack;
+                let pid = container.init.pid.as_raw().unsigned_abs();
+                let mut st = self.state();
+                if st.containers.contains_key(&id) {
+                    let _ = container.init.signal(Signal::SIGKILL);
+                    return Err(Error::AlreadyExists {
+                        kind: "container",
+                        id,
+                    });
+                }
+                st.containers.insert(id, container);
+                Ok((pid, reports))
+            }
+            (Err(e), Some(stack)) => {
+                let _ = blocking(move || {
+                    stack.teardown();
+                    Ok(())
+                })
+                .await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Creates container `id` on its root filesystem: verified layers, or
+    /// the host's share.
+    async fn create_on(
+        &self,
+        id: &str,
+        req: CreateContainerRequest,
+        policy: crate::policy::PodPolicy,
+        layers: Option<&crate::layers::LayerStack>,
+    ) -> Result<(Arc<Container>, Vec<ModelReport>)> {
+        let id = id.to_string();
+        let rootfs = match layers {
+            Some(stack) => stack.root.clone(),
+            None => resolve_rootfs(&self.shared_dir, required("rootfs", &req.rootfs)?)?,
+        };
         let reaper = self.reaper.clone();
         let shared = self.shared_dir.clone();
         let cid = id.clone();
         let oci_spec = req.oci_spec;
         let cgroups = self.cgroups.clone();
-        let policy = self.state().policy.clone();
         // Decoding compiles the seccomp filter: blocking work.
         let mut spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
         policy.check_privileged(spec.process.security.caps.bounding, &self.tee)?;
@@ -431,7 +484,6 @@ impl AgentService {
         })
         .await?;
         let init = Arc::new(Process::new(&spec.process.args[0], spawned)?);
-        let pid = init.pid.as_raw().unsigned_abs();
         let container = Arc::new(Container {
             id: id.clone(),
             init,
@@ -441,17 +493,9 @@ impl AgentService {
             has_models,
             own_devpts: spec.own_devpts,
             holds_secrets: has_secrets || has_models,
+            layers: Mutex::default(),
         });
-        let mut st = self.state();
-        if st.containers.contains_key(&id) {
-            let _ = container.init.signal(Signal::SIGKILL);
-            return Err(Error::AlreadyExists {
-                kind: "container",
-                id,
-            });
-        }
-        st.containers.insert(id, container);
-        Ok((pid, reports))
+        Ok((container, reports))
     }
 
     /// Replaces the sealed secrets among `env`'s values by their plaintext:
@@ -660,6 +704,14 @@ impl AgentService {
         // The container's copies of the pod's secrets (guest memory).
         let _ =
             std::fs::remove_dir_all(std::path::Path::new(crate::secrets::PER_CONTAINER).join(id));
+        let stack = c.layers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stack) = stack {
+            let _ = blocking(move || {
+                stack.teardown();
+                Ok(())
+            })
+            .await;
+        }
         Ok(())
     }
 
