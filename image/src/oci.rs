@@ -277,25 +277,27 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// The image manifest `index` leads to: its only one, or the linux/amd64
-/// one of several (one level of nested index followed).
-fn manifest(store: &Store, index: &ImageIndex, depth: u8) -> Result<ImageManifest, OciError> {
+/// The entry of `index` to follow: its only one, or the linux/amd64 one
+/// of several.
+pub fn pick_manifest(index: &ImageIndex) -> Result<&Descriptor, String> {
     let manifests = index.manifests();
-    let chosen = if manifests.len() == 1 {
-        &manifests[0]
-    } else {
-        let found = manifests.iter().find(|m| {
+    if manifests.len() == 1 {
+        return Ok(&manifests[0]);
+    }
+    manifests
+        .iter()
+        .find(|m| {
             m.platform().as_ref().is_some_and(|p| {
                 p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
             })
-        });
-        found.ok_or_else(|| {
-            invalid(
-                "index.json",
-                format!("{} manifests and none for linux/amd64", manifests.len()),
-            )
-        })?
-    };
+        })
+        .ok_or_else(|| format!("{} manifests and none for linux/amd64", manifests.len()))
+}
+
+/// The image manifest `index` leads to: its only one, or the linux/amd64
+/// one of several (one level of nested index followed).
+fn manifest(store: &Store, index: &ImageIndex, depth: u8) -> Result<ImageManifest, OciError> {
+    let chosen = pick_manifest(index).map_err(|p| invalid("index.json", p))?;
     let bytes = store.json_blob(chosen)?;
     if *chosen.media_type() == MediaType::ImageIndex {
         if depth > 0 {

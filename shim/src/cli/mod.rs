@@ -4,6 +4,7 @@ mod check;
 mod config;
 mod gpu;
 mod measure;
+mod policy;
 mod run;
 mod seal;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Encrypted models: seal a model for a pod, verify, inspect or open it.
     #[command(subcommand)]
     Seal(seal::SealCommand),
+    /// Print the [[images]] tables of a pod's cocoon-policy.toml for OCI
+    /// images: each layer's dm-verity root hash, bottom to top.
+    Policy(policy::PolicyArgs),
 }
 
 impl Cli {
@@ -86,6 +90,7 @@ pub fn main() -> i32 {
             Command::Measure(a) => measure::run(&cli, a),
             Command::Gpu(c) => gpu::run(&cli, c),
             Command::Seal(c) => seal::run(&cli, c),
+            Command::Policy(a) => policy::run(&cli, a),
         }
     });
     match result {

@@ -78,6 +78,9 @@ pub struct Pod {
     dir_guard: std::sync::Mutex<Option<DirGuard>>,
     /// The pod's mirrored network, restored at shutdown.
     network: std::sync::Mutex<Option<PodNetwork>>,
+    /// Its containers' verified layers (none: root filesystems over
+    /// virtio-fs).
+    pub layers: Option<super::layers::PodLayers>,
     log: Logger,
 }
 
@@ -128,6 +131,8 @@ pub struct PodLaunch<'a> {
     pub models: std::collections::BTreeMap<String, String>,
     /// The pod's network namespace (its interfaces go to the VM).
     pub netns: Option<PathBuf>,
+    /// containerd's API, when the pod's containers get verified layers.
+    pub layers: Option<super::images::Containerd>,
 }
 
 /// The pod's network namespace and the interfaces mirrored from it.
@@ -283,6 +288,11 @@ impl Pod {
                 })
                 .collect(),
             disks: Vec::new(),
+            hotplug_slots: if p.layers.is_some() {
+                config.vm.image.layer_slots
+            } else {
+                0
+            },
         };
         let started = std::time::Instant::now();
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
@@ -316,6 +326,16 @@ impl Pod {
         let sandbox_ms = u64::try_from(sandbox_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(log, "pod VM ready"; "pod" => id, "plan_ms" => plan_ms,
               "boot_ms" => boot_ms, "sandbox_ms" => sandbox_ms, "secrets" => secrets);
+        let layers = match p.layers {
+            Some(api) => match super::layers::PodLayers::new(&config, api, vm.qmp().clone()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    vm.kill_all().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let exit = vm.stopped();
         let vm_pid = vm.pids().first().map_or(0, |p| p.unsigned_abs());
         let pod = Arc::new(Self {
@@ -332,6 +352,7 @@ impl Pod {
             dead: watch::channel(false).0,
             dir_guard: std::sync::Mutex::new(Some(dir.guard)),
             network: std::sync::Mutex::new(None),
+            layers,
             log: log.clone(),
         });
         tokio::spawn(Self::monitor(Arc::downgrade(&pod), exit));

@@ -25,7 +25,9 @@ pub async fn serve(args: &Args, log: Logger) -> anyhow::Result<()> {
         args.namespace.clone(),
         log.clone(),
     );
-    let svc = Arc::new(Service::new(publisher, log.clone()));
+    let svc = Arc::new(
+        Service::new(publisher, log.clone()).with_containerd(&args.address, &args.namespace),
+    );
     let mut services = create_task(svc.clone());
     if let Some(v3) = services.remove(V3) {
         let again = create_task(svc.clone()).remove(V3);

@@ -7,11 +7,12 @@
 //! - [`qemu`]: `[hypervisor.qemu]`; [`agent`]: `[agent]`;
 //!   [`runtime`]: `[runtime]` (the shim owns some of its keys);
 //!   [`measurement`]: `[measurement]`; [`gpu`]: `[gpu]`;
-//!   [`attestation`]: `[attestation]`.
+//!   [`attestation`]: `[attestation]`; [`image`]: `[image]`.
 
 pub mod agent;
 pub mod attestation;
 pub mod gpu;
+pub mod image;
 pub mod measurement;
 pub mod qemu;
 pub mod runtime;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use agent::{AgentConfig, RawAgent, Transport};
 pub use attestation::{AttestationConfig, KbsAddress, KbsRoute, RawAttestation};
 pub use gpu::{CcMode, CcPolicy, GpuConfig, OnMismatch, RawCcMode, RawGpu};
+pub use image::{ImageConfig, RawImage, VerifiedLayers};
 pub use measurement::{
     Expected, LoadOptions, MeasurementConfig, MrtdOrder, RawExpected, RawMeasurement, SetupPatch,
 };
@@ -166,6 +168,7 @@ pub struct RawConfig {
     pub measurement: RawMeasurement,
     pub gpu: RawGpu,
     pub attestation: RawAttestation,
+    pub image: RawImage,
 }
 
 /// The validated node configuration.
@@ -187,6 +190,8 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// `[attestation]`.
     pub attestation: AttestationConfig,
+    /// `[image]`.
+    pub image: ImageConfig,
 }
 
 impl RawConfig {
@@ -221,6 +226,7 @@ impl RawConfig {
         let measurement = self.measurement.validate(qemu.tee, &invalid)?;
         let gpu = self.gpu.validate(qemu.tee, &invalid)?;
         let attestation = self.attestation.validate(&invalid)?;
+        let image = self.image.validate(&invalid)?;
         Ok(Config {
             origin: origin.to_string(),
             raw: self,
@@ -230,6 +236,7 @@ impl RawConfig {
             measurement,
             gpu,
             attestation,
+            image,
         })
     }
 }

@@ -68,6 +68,10 @@ pub struct LaunchRequest {
     /// Read-only disks (virtio-blk), in order: the guest sees them as
     /// vda, vdb, ... and by their serials.
     pub disks: Vec<PlannedDisk>,
+    /// Empty root ports to hot-plug disks into later (`hp0`, `hp1`, ...,
+    /// [`crate::qemu::argv::hotplug_port`]): the layer disks of the pod's
+    /// containers.
+    pub hotplug_slots: u32,
 }
 
 /// A host file given to the VM as a read-only virtio-blk disk.
@@ -387,6 +391,7 @@ fn plan_devices(
     let mut pci = PciArgs {
         vfio: Vec::new(),
         root_ports: q.pcie_root_port,
+        hotplug_ports: 0,
         mmio64_mb: q.pci_mmio64_mb,
     };
     if devices.is_empty() {
@@ -530,7 +535,8 @@ impl LaunchPlan {
         config.check_files()?;
         let (measurement, tee) = measure_and_resolve_tee(config, host, req.initdata.as_deref())?;
         check_qemu_knows(config, host, &tee)?;
-        let (pci, devices) = plan_devices(config, &req.devices, &tee)?;
+        let (mut pci, devices) = plan_devices(config, &req.devices, &tee)?;
+        pci.hotplug_ports = req.hotplug_slots;
         if let Some(fw) = &config.qemu.firmware {
             crate::tee::check_firmware(&tee, fw)?;
         }

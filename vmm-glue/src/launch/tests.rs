@@ -64,6 +64,7 @@ impl Fixture {
             relays: Vec::new(),
             nics: Vec::new(),
             disks: Vec::new(),
+            hotplug_slots: 0,
         }
     }
 

@@ -67,6 +67,11 @@ pub enum VsockDevice {
     },
 }
 
+/// QOM id of hot-plug root port `i` (the `bus` of a disk plugged there).
+pub fn hotplug_port(i: u32) -> String {
+    format!("hp{i}")
+}
+
 /// QOM id of the vsock device (for QMP queries).
 pub const VSOCK_DEVICE_ID: &str = "vsock0";
 
@@ -96,6 +101,9 @@ pub struct PciArgs {
     pub vfio: Vec<VfioArg>,
     /// Root ports to create at least (free ones stay empty).
     pub root_ports: u32,
+    /// Empty root ports for hot-plugged disks ([`hotplug_port`]), with
+    /// native PCIe hot-plug (the guest kernel has no ACPI PCI hot-plug).
+    pub hotplug_ports: u32,
     /// 64-bit MMIO window in MiB (0: firmware default).
     pub mmio64_mb: u64,
 }
@@ -313,6 +321,25 @@ impl VmArgs {
                 .into(),
             );
         }
+        for i in 0..self.pci.hotplug_ports {
+            let n = ports + i;
+            a.push("-device".into());
+            a.push(
+                format!(
+                    "pcie-root-port,id={},bus=pcie.0,chassis={},slot={n},multifunction=off",
+                    hotplug_port(i),
+                    n + 1
+                )
+                .into(),
+            );
+        }
+        if self.pci.hotplug_ports > 0 {
+            // q35 hands root-port hot-plug to ACPI by default; native
+            // PCIe hot-plug (pciehp) needs no ACPI PCI hot-plug support in
+            // the guest and adds the device at once.
+            a.push("-global".into());
+            a.push("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".into());
+        }
         if self.pci.vfio.iter().any(|d| d.iommufd) {
             a.push("-object".into());
             a.push("iommufd,id=iommufd0".into());
@@ -499,6 +526,7 @@ mod tests {
                 },
             ],
             root_ports: 3,
+            hotplug_ports: 0,
             mmio64_mb: 262_144,
         };
         let s = joined(&a);
@@ -645,6 +673,17 @@ mod tests {
         assert!(line.ends_with("console=ttyS0 loglevel=7"), "{line}");
         c.qemu.debug_console = false;
         assert!(!kernel_cmdline(&c.qemu).contains("console="));
+    }
+
+    #[test]
+    fn hotplug_ports_follow_the_vfio_ports_with_native_hotplug() {
+        let mut a = args();
+        a.pci.root_ports = 3;
+        a.pci.hotplug_ports = 2;
+        let s = joined(&a);
+        assert!(s.contains("-device pcie-root-port,id=rp2,bus=pcie.0,chassis=3,slot=2,multifunction=off -device pcie-root-port,id=hp0,bus=pcie.0,chassis=4,slot=3,multifunction=off -device pcie-root-port,id=hp1,bus=pcie.0,chassis=5,slot=4,multifunction=off -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"), "{s}");
+        a.pci.hotplug_ports = 0;
+        assert!(!joined(&a).contains("acpi-pci-hotplug"));
     }
 
     #[test]

@@ -46,6 +46,24 @@ impl qapi::Command for VirtioStatusQuery {
     const ALLOW_OOB: bool = false;
 }
 
+/// A QMP command whose arguments are a JSON object (for commands the
+/// crate's typed schema makes unwieldy, such as `blockdev-add`).
+macro_rules! json_command {
+    ($ty:ident, $name:literal) => {
+        #[derive(Debug, Clone, serde::Serialize)]
+        #[serde(transparent)]
+        struct $ty(serde_json::Value);
+
+        impl qapi::Command for $ty {
+            type Ok = serde_json::Value;
+            const NAME: &'static str = $name;
+            const ALLOW_OOB: bool = false;
+        }
+    };
+}
+json_command!(BlockdevAdd, "blockdev-add");
+json_command!(DeviceAdd, "device_add");
+
 /// Client of one VM's QMP socket.
 #[derive(Debug, Clone)]
 pub struct Qmp {
@@ -100,6 +118,39 @@ impl Qmp {
                     message: format!("client failed: {e}"),
                 })
             })
+    }
+
+    /// Hot-plugs `path` as a read-only virtio-blk disk with virtio serial
+    /// `serial` into root port `bus`: a `file` node under a `raw` node
+    /// named `node`, the device named `id`.
+    pub async fn hotplug_read_only_disk(
+        &self,
+        path: &Path,
+        node: &str,
+        id: &str,
+        serial: &str,
+        bus: &str,
+    ) -> Result<(), QmpError> {
+        let path = path.to_str().ok_or_else(|| QmpError::Command {
+            command: "blockdev-add",
+            message: format!("{} is not UTF-8", path.display()),
+        })?;
+        self.run(BlockdevAdd(serde_json::json!({
+            "driver": "raw",
+            "node-name": node,
+            "read-only": true,
+            "file": {"driver": "file", "filename": path, "read-only": true},
+        })))
+        .await?;
+        self.run(DeviceAdd(serde_json::json!({
+            "driver": "virtio-blk-pci",
+            "id": id,
+            "drive": node,
+            "bus": bus,
+            "serial": serial,
+        })))
+        .await?;
+        Ok(())
     }
 
     /// The VM's run state as QEMU names it ("running", "paused", ...).

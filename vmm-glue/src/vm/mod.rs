@@ -339,6 +339,11 @@ impl Vm {
         &self.measurement
     }
 
+    /// The VM's QMP client (hot-plug).
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
     /// The agent client.
     pub fn guest(&self) -> &GuestClient {
         &self.guest

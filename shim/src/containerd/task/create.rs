@@ -198,6 +198,14 @@ async fn launch_pod(
     };
     let secrets = creq.secrets()?;
     let models = creq.models()?;
+    let layers = match super::super::layers::decide(&config, initdata.as_deref(), &svc.log)? {
+        super::super::layers::RootfsSource::Shared => None,
+        super::super::layers::RootfsSource::Verified => Some(svc.containerd.clone().ok_or_else(|| {
+            ShimError::FailedPrecondition(
+                "verified layers need containerd's API, and this shim was not started by containerd (no -address)".into(),
+            )
+        })?),
+    };
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
@@ -227,6 +235,7 @@ async fn launch_pod(
         initdata,
         secrets,
         models,
+        layers,
     };
     let pod = Pod::launch(launch, config, dir, &svc.log).await?;
     Ok((pod, rootfs))
@@ -251,6 +260,9 @@ async fn create_in_pod(
     // sandbox's pause container has no use for them).
     if creq.kind != Kind::PodSandbox {
         areq.models = pod.models.clone().into_iter().collect();
+    }
+    if let Some(layers) = &pod.layers {
+        areq.layers = layers.for_container(&creq.id, &svc.log).await?;
     }
     for note in &guest.notes {
         slog::warn!(svc.log, "the guest differs from runc here"; "container" => &creq.id, "note" => note);

@@ -36,6 +36,8 @@ pub struct Service {
     pub(crate) log: Logger,
     /// Node config path from the runtime options, if containerd sent one.
     pub(crate) config_path: Mutex<Option<PathBuf>>,
+    /// containerd's API (the image of a container, for verified layers).
+    pub(crate) containerd: Option<super::images::Containerd>,
     exit: watch::Sender<bool>,
 }
 
@@ -48,8 +50,16 @@ impl Service {
             publisher,
             log,
             config_path: Mutex::default(),
+            containerd: None,
             exit: watch::channel(false).0,
         }
+    }
+
+    /// With containerd's API at `address` (the shim's `-address`), in
+    /// `namespace`.
+    pub fn with_containerd(mut self, address: &str, namespace: &str) -> Self {
+        self.containerd = super::images::Containerd::connect(address, namespace).ok();
+        self
     }
 
     /// Resolves when the shim should exit (after `Shutdown`).

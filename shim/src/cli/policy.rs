@@ -1,0 +1,63 @@
+//! `cocoon policy`: the `[[images]]` of a pod's `cocoon-policy.toml` for
+//! OCI images — each layer's dm-verity root hash, computed as the node
+//! builds the layer (docs/verified-layers.md), so the guest accepts
+//! exactly these images.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use cocoon_protocol::layers::{policy_fragment, ImagePolicy};
+
+use super::Cli;
+
+#[derive(Debug, Args)]
+pub(crate) struct PolicyArgs {
+    /// OCI images: layout directories or archives of one (`ctr images
+    /// export`, `docker save` of Docker 25+, `skopeo copy oci-archive:`).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// The image's name in the policy (one image only; default: its file
+    /// name). Informational: the guest matches layers, not names.
+    #[arg(long)]
+    name: Option<String>,
+    /// Print each layer's blob digest and erofs size on stderr.
+    #[arg(long)]
+    show_layers: bool,
+}
+
+pub(crate) fn run(_cli: &Cli, a: &PolicyArgs) -> anyhow::Result<i32> {
+    if a.name.is_some() && a.images.len() > 1 {
+        anyhow::bail!("--name names one image; {} were given", a.images.len());
+    }
+    let scratch = tempfile::tempdir().context("create a scratch directory")?;
+    let mut images = Vec::new();
+    for path in &a.images {
+        let hashes = cocoon_image::oci::layer_hashes(path, scratch.path())
+            .with_context(|| format!("image {}", path.display()))?;
+        if a.show_layers {
+            for h in &hashes {
+                eprintln!(
+                    "{}: {} -> {} ({} bytes of erofs)",
+                    path.display(),
+                    h.digest,
+                    h.root_hash,
+                    h.image_bytes
+                );
+            }
+        }
+        let name = match &a.name {
+            Some(n) => n.clone(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        images.push(ImagePolicy {
+            name,
+            layers: hashes.into_iter().map(|h| h.root_hash).collect(),
+        });
+    }
+    print!("{}", policy_fragment(&images));
+    Ok(0)
+}
