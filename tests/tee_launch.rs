@@ -248,6 +248,7 @@ fn real_qemu_accepts_the_vfio_command_line() {
             iommufd: false,
         }],
         root_ports: 2,
+        hotplug_ports: 2,
         mmio64_mb: 65536,
     };
     let err = run_qemu(&a);

@@ -263,6 +263,8 @@ mod dm {
     use super::*;
 
     const DM_IOCTL_SIZE: usize = 312;
+    /// `DM_IOCTL_SIZE` as the header's `data_start`.
+    const DATA_START: u32 = 312;
     const TARGET_SPEC_SIZE: usize = 40;
     const NAME_OFFSET: usize = 48;
     const NAME_LEN: usize = 128;
@@ -296,7 +298,7 @@ mod dm {
             |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
         put(&mut b, 0, 4); // interface version 4.0.0
         put(&mut b, 12, u32::try_from(size).unwrap_or(u32::MAX)); // data_size
-        put(&mut b, 16, DM_IOCTL_SIZE as u32); // data_start
+        put(&mut b, 16, DATA_START);
         put(&mut b, 28, flags);
         b[NAME_OFFSET..NAME_OFFSET + name.len()].copy_from_slice(name.as_bytes());
         Ok(b)

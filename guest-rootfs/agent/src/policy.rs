@@ -295,7 +295,7 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(p.images.len(), 1);
-        assert_eq!(p.images[0].layers, [h.clone()]);
+        assert_eq!(p.images[0].layers, std::slice::from_ref(&h));
         let e = policy(&doc(&format!("[[images]]\nlayers = [\"{}\"]", &h[..40])))
             .unwrap_err()
             .to_string();

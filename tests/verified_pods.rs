@@ -1,0 +1,187 @@
+//! Pods on verified layers through a real containerd: the node forces
+//! verified layers (`image.verified_layers = "always"`, which runs the
+//! confidential path under TCG), `cocoon policy` computes the root hashes
+//! the pod's initdata allows, the shim converts the image's layer from
+//! containerd's content store into the node cache and hot-plugs it, and
+//! the guest mounts it under dm-verity. A layer the policy does not name,
+//! a cached layer changed by one byte, a pod without images in its policy:
+//! each refused with its own error, nothing left behind.
+
+use std::io::Write;
+use std::path::Path;
+
+use cocoon_tests::containerd::{image_archives, out, Containerd, Flavor, IMAGE, RUNTIME};
+use cocoon_tests::{env_or_skip, Sandbox};
+
+const KATA_INITDATA: &str = "io.katacontainers.config.hypervisor.cc_init_data";
+
+fn encode(doc: &[u8]) -> String {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(doc).unwrap();
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        gz.finish().unwrap(),
+    )
+}
+
+fn initdata(policy: &str) -> String {
+    let doc = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cocoon-policy.toml\" = '''\n{policy}'''\n"
+    );
+    format!("{KATA_INITDATA}={}", encode(doc.as_bytes()))
+}
+
+/// `ctr run --rm` of IMAGE with `annotation`, printing the root mount and
+/// proving the root is writable.
+fn run(ctd: &Containerd, id: &str, annotation: &str) -> std::process::Output {
+    ctd.ctr(&[
+        "run",
+        "--rm",
+        "--annotation",
+        annotation,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "grep ' / ' /proc/mounts; echo written > /etc/motd && cat /etc/motd; busybox | head -1",
+    ])
+    .unwrap()
+}
+
+fn cache_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn pods_run_only_the_verified_image_their_policy_names() {
+    let test = "pods_run_only_the_verified_image_their_policy_names";
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = Flavor::system() else {
+        eprintln!("SKIP {test}: containerd is not installed (make deps)");
+        return;
+    };
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("layers");
+    let sb = Sandbox::new(&env, |t| {
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from(KATA_INITDATA)].into(),
+        );
+        let mut image = toml::Table::new();
+        image.insert("verified_layers".into(), "always".into());
+        image.insert("layer_cache_dir".into(), cache.display().to_string().into());
+        t.insert("image".into(), image.into());
+    });
+    let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
+
+    // The policy, computed from the image archive containerd imported.
+    let o = sb
+        .cocoon()
+        .args(["policy", "--name", IMAGE])
+        .arg(&image_archives().0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let fragment = String::from_utf8(o.stdout).unwrap();
+    assert!(fragment.starts_with("[[images]]"), "{fragment}");
+    let allowed = initdata(&fragment);
+
+    // Runs from the verified layer: the root is the guest's overlay of the
+    // layer's erofs, writable in guest memory.
+    let o = run(&ctd, "v1", &allowed);
+    let text = out(&o);
+    eprintln!("v1: {text}");
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("overlay / overlay") && text.contains("lowerdir=/run/cocoon/layers/v1/l0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("written") && text.contains("BusyBox"),
+        "{text}"
+    );
+    let files = cache_files(&cache);
+    let layer = files
+        .iter()
+        .find(|f| f.ends_with(".layer"))
+        .unwrap_or_else(|| panic!("no layer in the cache: {files:?}"))
+        .clone();
+    assert!(
+        files.iter().all(|f| !f.starts_with('.')),
+        "temporary files left in the cache: {files:?}"
+    );
+
+    // A second pod reuses the cached layer (not rebuilt: same inode).
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(cache.join(&layer)).unwrap().ino();
+    let o = run(&ctd, "v2", &allowed);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(std::fs::metadata(cache.join(&layer)).unwrap().ino(), ino);
+    assert_eq!(cache_files(&cache), files);
+    let log = ctd.log();
+    assert!(
+        log.contains("layer ready"),
+        "no layer log in containerd's log"
+    );
+
+    // A policy naming another image: the guest refuses the layer.
+    let other = fragment
+        .lines()
+        .map(|l| {
+            if l.starts_with("layers") {
+                format!("layers = [\"{}\"]", "ab".repeat(32))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let o = run(&ctd, "v3", &initdata(&other));
+    let text = out(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("not an image of the pod's initdata policy"),
+        "{text}"
+    );
+
+    // Images in the policy with a malformed hash: one error naming it.
+    let o = run(&ctd, "v4", &initdata("[[images]]\nlayers = [\"abc\"]\n"));
+    let text = out(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("images[0].layers[0]"), "{text}");
+
+    // A pod without images in its policy: refused, naming the way out.
+    let o = run(&ctd, "v5", &initdata("exec = true\n"));
+    let text = out(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("lists none") && text.contains("image.allow_unverified"),
+        "{text}"
+    );
+
+    // The host's copy changed by one byte after the policy was made: the
+    // guest's dm-verity refuses it.
+    let path = cache.join(&layer);
+    let mut data = std::fs::read(&path).unwrap();
+    data[2000] ^= 0x01;
+    std::fs::write(&path, &data).unwrap();
+    let o = run(&ctd, "v6", &allowed);
+    let text = out(&o);
+    eprintln!("v6: {text}");
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("failed dm-verity verification"), "{text}");
+
+    ctd.assert_no_shims();
+    sb.assert_clean();
+}
