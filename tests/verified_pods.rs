@@ -184,4 +184,151 @@ fn pods_run_only_the_verified_image_their_policy_names() {
 
     ctd.assert_no_shims();
     sb.assert_clean();
+    drop(ctd);
+
+    // The node's default (verified layers for TEE pods only; there is no
+    // TEE here): the host sends the root over virtio-fs, and the guest
+    // refuses it, since the pod's policy names images.
+    let plain = Sandbox::new(&env, |t| {
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from(KATA_INITDATA)].into(),
+        );
+    });
+    let Some(flavor) = Flavor::system() else {
+        return;
+    };
+    let ctd = Containerd::start(&env, &plain, flavor, &["default"]);
+    let o = run(&ctd, "v7", &allowed);
+    let text = out(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "has no verified layers, but the pod's initdata policy allows only its [[images]]"
+        ),
+        "{text}"
+    );
+    ctd.assert_no_shims();
+    plain.assert_clean();
+}
+
+/// A CRI pod on verified layers: the sandbox (pause image) and an
+/// application container, whose images share their one layer, so the pod's
+/// VM gets one disk for both; the guest refuses a container the policy
+/// does not allow; with the node's default (`verified_layers = "tee"`, no
+/// TEE here) the host sends the root over virtio-fs, and the guest refuses
+/// that too when the pod's policy names images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cri_pod_runs_its_sandbox_and_containers_from_verified_layers() {
+    cri_pod(
+        "a_cri_pod_runs_its_sandbox_and_containers_from_verified_layers",
+        Flavor::system(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cri_pod_on_verified_layers_with_containerd_2() {
+    cri_pod(
+        "a_cri_pod_on_verified_layers_with_containerd_2",
+        Flavor::v2(),
+    )
+    .await;
+}
+
+async fn cri_pod(test: &str, flavor: Option<Flavor>) {
+    use cocoon_tests::cri::{connect, container_config, exec_out, sandbox_config};
+    use k8s_cri::v1::*;
+    let Some(env) = env_or_skip(test) else { return };
+    let Some(flavor) = flavor else {
+        eprintln!("SKIP {test}: this containerd is not installed (make deps)");
+        return;
+    };
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("layers");
+    let sb = Sandbox::new(&env, |t| {
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from(KATA_INITDATA)].into(),
+        );
+        let mut image = toml::Table::new();
+        image.insert("verified_layers".into(), "always".into());
+        image.insert("layer_cache_dir".into(), cache.display().to_string().into());
+        t.insert("image".into(), image.into());
+    });
+    let ctd = tokio::task::block_in_place(|| Containerd::start(&env, &sb, flavor, &["k8s.io"]));
+    let o = sb
+        .cocoon()
+        .arg("policy")
+        .arg(&image_archives().0)
+        .arg(&image_archives().1)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let fragment = String::from_utf8(o.stdout).unwrap();
+    let (key, value) = initdata(&fragment)
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .unwrap();
+    let mut cri = connect(ctd.cri_socket().to_path_buf()).await;
+    let mut config = sandbox_config("vp", "default");
+    config.annotations.insert(key, value);
+    let pod = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "cocoon".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app", "sleep 1000")),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctd.log()))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let mounts = exec_out(&mut cri, &id, "grep ' / ' /proc/mounts; ls /sys/block").await;
+    assert!(
+        mounts.contains("overlay / overlay") && mounts.contains("lowerdir=/run/cocoon/layers/"),
+        "{mounts}"
+    );
+    // Both images are the same one layer: one disk, built once.
+    let log = ctd.log();
+    let built = log
+        .lines()
+        .filter(|l| l.contains("layer ready") && l.contains("\"built\":true"))
+        .count();
+    let verified = log
+        .lines()
+        .filter(|l| l.contains("\"verified layers\""))
+        .count();
+    assert_eq!((built, verified), (1, 2), "{log}");
+    assert!(
+        mounts.contains("vda") && !mounts.contains("vdb"),
+        "{mounts}"
+    );
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        ctd.assert_no_shims();
+        sb.assert_clean();
+    });
 }

@@ -274,7 +274,7 @@ impl Containerd {
              {sandbox_image}\
              [plugins.\"{cri}\".containerd]\n  default_runtime_name = \"runc\"\n\
              {runtimes}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-             {runtimes}.cocoon]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.cocoon.*\"]\n\
+             {runtimes}.cocoon]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.cocoon.*\", \"io.katacontainers.config.hypervisor.cc_init_data\"]\n\
              {runtimes}.cocoon.options]\n  ConfigPath = \"{cfg}\"\n",
             v = flavor.config_version,
             d = d.display(),
