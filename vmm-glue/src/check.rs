@@ -354,7 +354,36 @@ pub fn run(
         measurement_finding(config, wants, cpuid, &mut add);
     }
     firmware_findings(config, wants, &mut add);
+    image_finding(config, wants, &mut add);
     f
+}
+
+/// Where pods' root filesystems come from (`[image]`).
+fn image_finding(config: &Config, wants: Tee, add: &mut Add<'_>) {
+    let image = &config.image;
+    let verifies = image.verifies(wants);
+    let (severity, detail) = match (verifies, image.allow_unverified) {
+        (true, false) => (
+            Severity::Ok,
+            format!(
+                "pods run verified layers only (image.verified_layers = \"{}\"); layer cache {}",
+                match image.verified_layers {
+                    crate::config::VerifiedLayers::Tee => "tee",
+                    crate::config::VerifiedLayers::Always => "always",
+                },
+                image.layer_cache_dir.display()
+            ),
+        ),
+        (true, true) => (
+            Severity::Warn,
+            "image.allow_unverified = true: a pod whose initdata lists no images runs with its root filesystem from the host, unverified — the host can change what the pod executes; set it to false outside development".into(),
+        ),
+        (false, _) => (
+            Severity::Info,
+            "no TEE: root filesystems come from the host over virtio-fs (image.verified_layers = \"always\" verifies them anyway)".into(),
+        ),
+    };
+    add("image", severity, detail);
 }
 
 /// The launch measurement of the configuration, and whether it is one of
@@ -566,6 +595,32 @@ mod tests {
 
     fn find<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
         f.iter().find(|x| x.check == check).unwrap()
+    }
+
+    #[test]
+    fn unverified_images_are_a_warning() {
+        let d = tree(&[("dev/kvm", "")]);
+        let host = HostRoots::under(d.path());
+        let f = run(&config(""), &host, &intel, None);
+        assert_eq!(find(&f, "image").severity, Severity::Info);
+        let f = run(
+            &config("[image]\nverified_layers = \"always\""),
+            &host,
+            &intel,
+            None,
+        );
+        let i = find(&f, "image");
+        assert_eq!(i.severity, Severity::Ok, "{i:?}");
+        assert!(i.detail.contains("\"always\""), "{i:?}");
+        let f = run(
+            &config("tee = \"snp\"\n[image]\nallow_unverified = true"),
+            &host,
+            &amd,
+            None,
+        );
+        let i = find(&f, "image");
+        assert_eq!(i.severity, Severity::Warn, "{i:?}");
+        assert!(i.detail.contains("image.allow_unverified = true"), "{i:?}");
     }
 
     #[test]

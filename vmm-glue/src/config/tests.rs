@@ -205,6 +205,22 @@ fn bad_files_name_the_key_and_the_fix() {
             "[hypervisor.qemu]\npci_mmio64_mb = 1000",
             &["hypervisor.qemu.pci_mmio64_mb", "power of two"],
         ),
+        (
+            "[image]\nverified_layers = \"sometimes\"",
+            &["`image.verified_layers`", "`tee`", "`always`"],
+        ),
+        (
+            "[image]\nlayer_cache_dir = \"layers\"",
+            &["image.layer_cache_dir", "absolute"],
+        ),
+        (
+            "[image]\nlayer_cache_max_mib = 1",
+            &["image.layer_cache_max_mib", "at least 64"],
+        ),
+        (
+            "[image]\nlayer_slots = 13",
+            &["image.layer_slots", "between 1 and 12"],
+        ),
         ("[hypervisor.qemu", &["test.toml", "line 1"]),
         ("[runtimes]\nx = 1", &["unknown field `runtimes`"]),
     ];
