@@ -4,6 +4,7 @@
 #   tests/deps.sh [PREFIX]
 #
 # - Debian packages: qemu-system-x86 10.x (bookworm-backports), containerd,
+#   docker-registry (a local registry for `cocoon policy docker://...`),
 #   containernetworking-plugins (bridge, host-local: the CRI pod network
 #   tests), cryptsetup-bin (veritysetup: dm-verity trees are checked against
 #   it), attr and erofs-utils (getfattr and fsck.erofs read back the erofs
@@ -88,7 +89,7 @@ EOF
 fi
 
 # --- Debian packages --------------------------------------------------------
-PKGS="containerd containernetworking-plugins cryptsetup-bin curl attr erofs-utils protobuf-compiler procps time bsdutils mount python3 python3-venv cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod gcc make bc bison flex dwarves libelf-dev libssl-dev zstd"
+PKGS="containerd containernetworking-plugins docker-registry cryptsetup-bin curl attr erofs-utils protobuf-compiler procps time bsdutils mount python3 python3-venv cpio xz-utils busybox-static libcap-ng-dev libseccomp-dev pkg-config iproute2 kmod gcc make bc bison flex dwarves libelf-dev libssl-dev zstd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

@@ -332,3 +332,89 @@ async fn cri_pod(test: &str, flavor: Option<Flavor>) {
         sb.assert_clean();
     });
 }
+
+/// `cocoon policy docker://...` reads the image from a local registry
+/// (Debian's docker-registry, the image pushed by containerd) and prints
+/// the same root hashes as from the image archive.
+#[test]
+fn cocoon_policy_reads_an_image_from_a_local_registry() {
+    let test = "cocoon_policy_reads_an_image_from_a_local_registry";
+    let Some((_env, sb, ctd)) = cocoon_tests::containerd::setup(test, &["default"]) else {
+        return;
+    };
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        eprintln!("SKIP {test}: docker-registry is not installed (make deps)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut registry = std::process::Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let pushed = format!("127.0.0.1:{port}/cocoon/busybox:1");
+    let result = std::panic::catch_unwind(|| {
+        assert!(up, "docker-registry did not listen");
+        let o = ctd.ctr(&["images", "tag", IMAGE, &pushed]).unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        let o = ctd
+            .ctr(&["images", "push", "--plain-http", &pushed])
+            .unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        let from_registry = sb
+            .cocoon()
+            .args(["policy", "--name", "x"])
+            .arg(format!("docker://{pushed}"))
+            .output()
+            .unwrap();
+        assert!(from_registry.status.success(), "{}", out(&from_registry));
+        let from_archive = sb
+            .cocoon()
+            .args(["policy", "--name", "x"])
+            .arg(&image_archives().0)
+            .output()
+            .unwrap();
+        assert!(from_archive.status.success(), "{}", out(&from_archive));
+        assert_eq!(
+            String::from_utf8_lossy(&from_registry.stdout),
+            String::from_utf8_lossy(&from_archive.stdout)
+        );
+        // A tag the registry does not have: one error naming it.
+        let o = sb
+            .cocoon()
+            .arg("policy")
+            .arg(format!("docker://127.0.0.1:{port}/cocoon/busybox:nope"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("/v2/cocoon/busybox/manifests/nope") && e.contains("404"),
+            "{e}"
+        );
+    });
+    let _ = registry.kill();
+    let _ = registry.wait();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

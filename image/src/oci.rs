@@ -314,6 +314,48 @@ fn manifest(store: &Store, index: &ImageIndex, depth: u8) -> Result<ImageManifes
         .map_err(|e| invalid(chosen.digest().as_ref(), e.to_string()))
 }
 
+/// The policy entry of one layer blob read from `blob`, checked against
+/// its descriptor `d` (digest and size); the layer image is built in a
+/// temporary file in `scratch`.
+pub fn hash_layer_blob(
+    blob: impl Read,
+    d: &Descriptor,
+    scratch: &Path,
+) -> Result<LayerHash, OciError> {
+    let digest = d.digest().to_string();
+    if let MediaType::Other(t) = d.media_type() {
+        if t.contains("zstd") {
+            return Err(invalid(
+                &digest,
+                format!("{t}: zstd layers are not supported yet"),
+            ));
+        }
+    }
+    let tmp = tempfile::tempfile_in(scratch).map_err(|source| OciError::Io {
+        path: scratch.display().to_string(),
+        source,
+    })?;
+    let image = tmp.try_clone().map_err(|source| OciError::Io {
+        path: scratch.display().to_string(),
+        source,
+    })?;
+    let converted = convert_blob(blob, image).map_err(|source| OciError::Layer {
+        digest: digest.clone(),
+        source,
+    })?;
+    check(d, &converted.sha256, converted.blob_len)?;
+    let len = converted.len;
+    let tree = layer_tree(tmp, len, &mut std::io::sink()).map_err(|source| OciError::Verity {
+        digest: digest.clone(),
+        source,
+    })?;
+    Ok(LayerHash {
+        digest,
+        root_hash: tree.root_hex(),
+        image_bytes: len,
+    })
+}
+
 /// The root hash of each layer of the image at `image` (a layout directory
 /// or an archive of one), bottom layer first. Layer images are built in
 /// `scratch` and removed.
@@ -325,40 +367,8 @@ pub fn layer_hashes(image: &Path, scratch: &Path) -> Result<Vec<LayerHash>, OciE
     let manifest = manifest(&store, &index, 0)?;
     let mut out = Vec::new();
     for d in manifest.layers() {
-        let digest = d.digest().to_string();
-        if let MediaType::Other(t) = d.media_type() {
-            if t.contains("zstd") {
-                return Err(invalid(
-                    &digest,
-                    format!("{t}: zstd layers are not supported yet"),
-                ));
-            }
-        }
         let (reader, _) = store.open_member(&Store::blob_name(d)?)?;
-        let tmp = tempfile::tempfile_in(scratch).map_err(|source| OciError::Io {
-            path: scratch.display().to_string(),
-            source,
-        })?;
-        let image = tmp.try_clone().map_err(|source| OciError::Io {
-            path: scratch.display().to_string(),
-            source,
-        })?;
-        let converted = convert_blob(reader, image).map_err(|source| OciError::Layer {
-            digest: digest.clone(),
-            source,
-        })?;
-        check(d, &converted.sha256, converted.blob_len)?;
-        let len = converted.len;
-        let tree =
-            layer_tree(tmp, len, &mut std::io::sink()).map_err(|source| OciError::Verity {
-                digest: digest.clone(),
-                source,
-            })?;
-        out.push(LayerHash {
-            digest,
-            root_hash: tree.root_hex(),
-            image_bytes: len,
-        });
+        out.push(hash_layer_blob(reader, d, scratch)?);
     }
     Ok(out)
 }

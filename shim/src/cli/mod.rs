@@ -5,6 +5,7 @@ mod config;
 mod gpu;
 mod measure;
 mod policy;
+mod registry;
 mod run;
 mod seal;
 
@@ -90,7 +91,7 @@ pub fn main() -> i32 {
             Command::Measure(a) => measure::run(&cli, a),
             Command::Gpu(c) => gpu::run(&cli, c),
             Command::Seal(c) => seal::run(&cli, c),
-            Command::Policy(a) => policy::run(&cli, a),
+            Command::Policy(a) => policy::run(&cli, a).await,
         }
     });
     match result {
