@@ -9,7 +9,9 @@
 # - sealed models: cocoon seal and in-guest decryption vs openssl;
 # - ctr run under Cocoon vs runc, pods with secrets, volumes (read
 #   throughput vs the host, cost per volume), pod network (node <-> pod
-#   throughput and latency, Cocoon vs runc), launch measurement.
+#   throughput and latency, Cocoon vs runc), verified layers (pod start
+#   first/cached vs virtio-fs, 256 MiB read, conversion vs mkfs.erofs +
+#   veritysetup), launch measurement.
 set -euo pipefail
 config=$1
 bin=${COCOON_BIN_DIR:-target/release}
@@ -325,6 +327,53 @@ for rt in runc cocoon; do
     $ctr c rm "net-$rt" >/dev/null 2>&1 || true
 done
 echo "cocoon/runc: throughput x$(python3 -c "print(round(${net_tp[cocoon]} / max(${net_tp[runc]}, 0.001), 3))"), latency x$(python3 -c "print(round(${net_lat[cocoon]} / max(${net_lat[runc]}, 0.001), 1))")"
+
+# --- verified layers: pod start and reads, conversion -----------------------
+# The same image (busybox + a 256 MiB random file, one uncompressed layer)
+# over virtio-fs, then from verified layers: first pod (the node converts
+# the layer into its cache), cached pods; reading the 256 MiB file in the
+# guest either way; the conversion (tar -> erofs -> dm-verity tree) as
+# `cocoon policy` does it vs tar -x + mkfs.erofs + veritysetup format.
+echo "== verified layers (erofs + dm-verity per layer, checked in the guest)"
+big_root="$work/big-rootfs"
+cp -a "$rootfs" "$big_root"
+mkdir -p "$big_root/data"
+head -c $((256 * 1024 * 1024)) /dev/urandom >"$big_root/data/big"
+"$root/tests/fixtures/make-oci-image.sh" "$big_root" cocoon.bench/big:1 "$work/big.tar"
+rm -rf "$big_root"
+$ctr images import "$work/big.tar" >/dev/null
+layer_mib=$(python3 -c "import sys,tarfile; t=tarfile.open(sys.argv[1]); print(round(max(m.size for m in t.getmembers())/1048576))" "$work/big.tar")
+conv_t=(); hand_t=()
+for _ in $(seq 3); do
+    conv_t+=("$(wall "$bin/cocoon" policy "$work/big.tar")")
+    hand_t+=("$(wall sh -c "rm -rf '$work/x' && mkdir '$work/x' && tar -xf '$work/big.tar' -C '$work/x' && mkdir '$work/x/root' && tar -xf \$(ls -S '$work'/x/blobs/sha256/* | head -n1) -C '$work/x/root' && mkfs.erofs -q '$work/x/img' '$work/x/root' && veritysetup format --no-superblock '$work/x/img' '$work/x/hash' >/dev/null")")
+done
+rm -rf "$work/x"
+mconv=$(median "${conv_t[@]}"); mhand=$(median "${hand_t[@]}")
+echo "conversion of a ${layer_mib} MiB layer: cocoon policy median ${mconv} ms ($(python3 -c "print(round($layer_mib * 1000 / $mconv))") MiB/s; ${conv_t[*]}), tar -x + mkfs.erofs + veritysetup format median ${mhand} ms ($(python3 -c "print(round($layer_mib * 1000 / $mhand))") MiB/s; ${hand_t[*]}), ratio x$(python3 -c "print(round($mhand / $mconv, 2))")"
+fragment=$("$bin/cocoon" policy --name big "$work/big.tar")
+doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'''"'\n%s\n'"'''"'\n' "$fragment")
+initdata="io.katacontainers.config.hypervisor.cc_init_data=$(printf '%s' "$doc" | gzip -9 | base64 -w0)"
+readcmd='time -f %e cat /data/big >/dev/null'
+fs_t=(); for i in $(seq "$runs"); do fs_t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/big:1 vf$i true)"); done
+fs_read=$($ctr run --rm --runtime io.containerd.cocoon.v2 cocoon.bench/big:1 vf-read sh -c "$readcmd" 2>&1 | tail -n1)
+sed -i -e 's/^verified_layers = .*/verified_layers = "always"/' \
+    -e "s#^layer_cache_dir = .*#layer_cache_dir = \"$work/layers\"#" \
+    -e 's/^allowed_annotations = .*/allowed_annotations = ["io.katacontainers.config.hypervisor.cc_init_data"]/' "$ctd/cocoon.toml"
+first_t=(); cached_t=()
+for i in $(seq 3); do
+    rm -rf "$work/layers"
+    first_t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.bench/big:1 vl-first$i true)")
+done
+for i in $(seq "$runs"); do
+    cached_t+=("$(wall $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.bench/big:1 vl-cached$i true)")
+done
+vl_read=$($ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.bench/big:1 vl-read sh -c "$readcmd" 2>&1 | tail -n1)
+builds=$(grep '"msg":"layer ready"' "$ctd/containerd.log" | grep '"built":true' | grep -o '"ms":[0-9]*' | cut -d: -f2)
+mfs=$(median "${fs_t[@]}"); mfirst=$(median "${first_t[@]}"); mcached=$(median "${cached_t[@]}")
+echo "pod start (ctr run --rm ... true): virtio-fs median ${mfs} ms (${fs_t[*]}); verified, first pod (layer converted) median ${mfirst} ms (${first_t[*]}); verified, cached median ${mcached} ms (${cached_t[*]})"
+echo "  cached/virtio-fs x$(python3 -c "print(round($mcached / $mfs, 2))"), first/cached x$(python3 -c "print(round($mfirst / $mcached, 2))"); the shim's conversion in the node cache: $(echo $builds) ms"
+echo "read 256 MiB in the guest: virtio-fs $(mbs "$fs_read") MiB/s (${fs_read} s), verified layer $(mbs "$vl_read") MiB/s (${vl_read} s), verified/virtio-fs x$(python3 -c "print(round($fs_read / max($vl_read, 0.001), 2))")"
 
 # Launch measurement: cocoon measure snp vs sev-snp-measure 0.0.13 on the
 # same inputs (4 MiB OVMF.amdsev.fd, the guest kernel, a 30 MiB initrd), and
