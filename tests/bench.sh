@@ -346,8 +346,9 @@ layer_mib=$(python3 -c "import sys,tarfile; t=tarfile.open(sys.argv[1]); print(r
 conv_t=(); hand_t=()
 for _ in $(seq 3); do
     conv_t+=("$(wall "$bin/cocoon" policy "$work/big.tar")")
-    hand_t+=("$(wall sh -c "rm -rf '$work/x' && mkdir '$work/x' && tar -xf '$work/big.tar' -C '$work/x' && mkdir '$work/x/root' && tar -xf \$(ls -S '$work'/x/blobs/sha256/* | head -n1) -C '$work/x/root' && mkfs.erofs -q '$work/x/img' '$work/x/root' && veritysetup format --no-superblock '$work/x/img' '$work/x/hash' >/dev/null")")
+    hand_t+=("$(wall sh -c "rm -rf '$work/x' && mkdir '$work/x' && tar -xf '$work/big.tar' -C '$work/x' && mkdir '$work/x/root' && tar -xf \$(ls -S '$work'/x/blobs/sha256/* | head -n1) -C '$work/x/root' && mkfs.erofs --quiet '$work/x/img' '$work/x/root' && veritysetup format --no-superblock '$work/x/img' '$work/x/hash' >/dev/null")")
 done
+[ -s "$work/x/hash" ] || { echo "bench: the mkfs.erofs + veritysetup run failed" >&2; exit 1; }
 rm -rf "$work/x"
 mconv=$(median "${conv_t[@]}"); mhand=$(median "${hand_t[@]}")
 echo "conversion of a ${layer_mib} MiB layer: cocoon policy median ${mconv} ms ($(python3 -c "print(round($layer_mib * 1000 / $mconv))") MiB/s; ${conv_t[*]}), tar -x + mkfs.erofs + veritysetup format median ${mhand} ms ($(python3 -c "print(round($layer_mib * 1000 / $mhand))") MiB/s; ${hand_t[*]}), ratio x$(python3 -c "print(round($mhand / $mconv, 2))")"
