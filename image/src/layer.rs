@@ -1,4 +1,4 @@
-//! An OCI image layer (a tar stream, gzip-compressed or not) converted to
+//! An OCI image layer (a tar stream, gzip- or zstd-compressed or not) converted to
 //! an erofs image that overlayfs can stack in the guest: whiteouts become
 //! overlayfs whiteouts (a character device 0:0), an opaque-directory marker
 //! becomes `trusted.overlay.opaque = "y"` on its directory.
@@ -126,7 +126,8 @@ impl<W: Write + Seek> Tree<W> {
     }
 }
 
-/// Reads `layer` (tar, or gzip-compressed tar) and writes its erofs image
+/// Reads `layer` (tar, or tar compressed with gzip or zstd, told by their
+/// magic numbers) and writes its erofs image
 /// to `out`; returns the writer and the image's length.
 pub fn to_erofs<W: Write + Seek>(
     layer: impl Read,
@@ -135,9 +136,10 @@ pub fn to_erofs<W: Write + Seek>(
 ) -> Result<(W, u64), LayerError> {
     let mut buffered = BufReader::new(layer);
     let head = buffered.fill_buf().map_err(LayerError::Tar)?;
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(buffered))
+    let reader: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(LayerError::Tar)?)
     } else {
         Box::new(buffered)
     };

@@ -323,14 +323,6 @@ pub fn hash_layer_blob(
     scratch: &Path,
 ) -> Result<LayerHash, OciError> {
     let digest = d.digest().to_string();
-    if let MediaType::Other(t) = d.media_type() {
-        if t.contains("zstd") {
-            return Err(invalid(
-                &digest,
-                format!("{t}: zstd layers are not supported yet"),
-            ));
-        }
-    }
     let tmp = tempfile::tempfile_in(scratch).map_err(|source| OciError::Io {
         path: scratch.display().to_string(),
         source,

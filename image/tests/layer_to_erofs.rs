@@ -298,6 +298,29 @@ fn the_kernel_mounts_a_layer_with_everything_in_it() {
 }
 
 #[test]
+fn compressed_layers_give_the_same_image_as_the_plain_tar() {
+    let (tar, _) = full_layer();
+    let plain = convert(&tar).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    assert_eq!(convert(&gz).unwrap(), plain, "gzip");
+    // Two gzip members (what parallel compressors write) are one stream.
+    let (a, b) = tar.split_at(tar.len() / 2);
+    let mut two = Vec::new();
+    for part in [a, b] {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, part).unwrap();
+        two.extend(e.finish().unwrap());
+    }
+    assert_eq!(convert(&two).unwrap(), plain, "two gzip members");
+    let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+    assert_eq!(convert(&zst).unwrap(), plain, "zstd");
+    // A truncated zstd stream is an error, not a shorter image.
+    assert!(convert(&zst[..zst.len() / 2]).is_err());
+}
+
+#[test]
 fn overlayfs_honours_the_whiteouts() {
     let test = "overlayfs_honours_the_whiteouts";
     let mut lower = Tar::new();
