@@ -170,10 +170,43 @@ fn pods_run_only_the_verified_image_their_policy_names() {
         "{text}"
     );
 
-    // The host's copy changed by one byte after the policy was made: the
-    // guest's dm-verity refuses it.
+    // A byte changed in the middle of the cached layer (file data of
+    // /data/big): the container starts (superblock and metadata intact),
+    // and reading that file fails with EIO in the guest — never the
+    // changed bytes.
     let path = cache.join(&layer);
+    let meta = std::fs::read_to_string(path.with_extension("meta")).unwrap();
+    let data_blocks: usize = meta.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mid = data_blocks / 2 * 4096 + 123;
     let mut data = std::fs::read(&path).unwrap();
+    data[mid] ^= 0x01;
+    std::fs::write(&path, &data).unwrap();
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--annotation",
+            &allowed,
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "v8",
+            "sh",
+            "-c",
+            "echo started; cat /data/big >/dev/null",
+        ])
+        .unwrap();
+    let text = out(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("started") && text.contains("Input/output error"),
+        "{text}"
+    );
+    data[mid] ^= 0x01;
+    std::fs::write(&path, &data).unwrap();
+
+    // The host's copy changed by one byte after the policy was made, in
+    // the layer's first block: the guest's dm-verity refuses the mount.
     data[2000] ^= 0x01;
     std::fs::write(&path, &data).unwrap();
     let o = run(&ctd, "v6", &allowed);
@@ -302,6 +335,31 @@ async fn cri_pod(test: &str, flavor: Option<Flavor>) {
         mounts.contains("overlay / overlay") && mounts.contains("lowerdir=/run/cocoon/layers/"),
         "{mounts}"
     );
+    // The host's root filesystems are not in the share: each container's
+    // rootfs there is an empty directory.
+    let mut roots = Vec::new();
+    let mut stack = vec![sb.state_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name() == "rootfs" {
+                    roots.push(p);
+                } else {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    assert_eq!(roots.len(), 2, "{roots:?}");
+    for r in &roots {
+        assert_eq!(
+            std::fs::read_dir(r).unwrap().count(),
+            0,
+            "{} is not empty",
+            r.display()
+        );
+    }
     // Both images are the same one layer: one disk, built once.
     let log = ctd.log();
     let built = log

@@ -290,17 +290,22 @@ pub struct SharedRootfs {
 }
 
 impl SharedRootfs {
-    /// Mounts the container's rootfs at `<shared>/<id>/rootfs` and its
-    /// host volumes at `<shared>/<id>/mounts/<n>`.
+    /// Mounts the container's rootfs (`None`: an empty directory, for a
+    /// container on verified layers) at `<shared>/<id>/rootfs` and its host
+    /// volumes at `<shared>/<id>/mounts/<n>`.
     pub fn mount(
         shared: &Path,
         id: &str,
-        src: &super::request::RootfsSource,
+        src: Option<&super::request::RootfsSource>,
         binds: &[super::guest_spec::HostBind],
     ) -> Result<Self> {
         let (target, guest_path) = shared_paths(shared, id);
         let guard = DirGuard::adopt(shared.join(id));
-        mount_rootfs(&src.mounts, &src.bundle_rootfs, &target)?;
+        match src {
+            Some(src) => mount_rootfs(&src.mounts, &src.bundle_rootfs, &target)?,
+            None => std::fs::create_dir_all(&target)
+                .map_err(|e| ShimError::io(format!("mkdir {}", target.display()), e))?,
+        }
         let staging = shared.parent().unwrap_or(shared).join("staging").join(id);
         super::guest_spec::mount_binds(binds, guard.path(), &staging)?;
         Ok(Self {
@@ -416,7 +421,7 @@ mod tests {
             mounts: vec![m],
             bundle_rootfs: dir.path().join("b"),
         };
-        assert!(SharedRootfs::mount(dir.path(), "c1", &src, &[]).is_err());
+        assert!(SharedRootfs::mount(dir.path(), "c1", Some(&src), &[]).is_err());
         assert!(!dir.path().join("c1").exists());
     }
 

@@ -39,8 +39,13 @@ pub(super) async fn create(svc: &Service, req: &CreateTaskRequest) -> Result<Cre
         (Kind::PodContainer { .. }, Some(pod)) => {
             check_joins(pod, &creq)?;
             warn_pod_level(&creq, &svc.log);
-            let rootfs =
-                SharedRootfs::mount(&pod.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
+            // On verified layers the guest never reads the host's root.
+            let rootfs = SharedRootfs::mount(
+                &pod.shared,
+                &creq.id,
+                pod.layers.is_none().then_some(&creq.rootfs),
+                &creq.guest.binds,
+            )?;
             (pod.clone(), rootfs, false)
         }
         (Kind::PodContainer { sandbox_id }, None) => {
@@ -208,7 +213,12 @@ async fn launch_pod(
     };
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
-    let rootfs = SharedRootfs::mount(&dir.shared, &creq.id, &creq.rootfs, &creq.guest.binds)?;
+    let rootfs = SharedRootfs::mount(
+        &dir.shared,
+        &creq.id,
+        layers.is_none().then_some(&creq.rootfs),
+        &creq.guest.binds,
+    )?;
     // Recorded before the VM starts: if this shim dies during the launch,
     // containerd's `delete` finds the pod directory and the processes the
     // VM records as it starts them, and removes everything.
