@@ -184,7 +184,10 @@ impl Containerd {
         let resp = grpc
             .unary(self.request(msg)?, PathAndQuery::from_static(path), codec)
             .await
-            .map_err(|s| s.message().to_string())?;
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => format!("cannot reach containerd: {}", s.message()),
+                _ => s.message().to_string(),
+            })?;
         Ok(resp.into_inner())
     }
 
@@ -253,7 +256,7 @@ impl Containerd {
         let c: GetContainerResponse = self
             .unary(GET_CONTAINER, GetContainerRequest { id: id.to_string() })
             .await
-            .map_err(|e| format!("containerd has no container {id:?}: {e}"))?;
+            .map_err(|e| format!("container {id:?}: {e}"))?;
         let image = c.container.map(|c| c.image).unwrap_or_default();
         if image.is_empty() {
             return Err(format!("container {id:?} was not created from an image (e.g. `ctr run --rootfs`), so there are no layers to verify"));
