@@ -7,8 +7,6 @@
 //! content}/v1` and `api/types/descriptor.proto` (only the fields Cocoon
 //! reads); the namespace travels as the `containerd-namespace` header.
 
-use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -191,12 +189,13 @@ impl Containerd {
         Ok(resp.into_inner())
     }
 
-    /// Streams blob `digest` (`size` bytes expected) into `out`.
+    /// Streams blob `digest` (`size` bytes expected) into `tx`, chunk by
+    /// chunk as containerd sends them; returns the byte count.
     pub async fn read_blob(
         &self,
         digest: &str,
         size: i64,
-        out: &mut impl Write,
+        tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, String>>,
     ) -> Result<u64, String> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
@@ -229,14 +228,15 @@ impl Containerd {
                     chunk.offset
                 ));
             }
-            out.write_all(&chunk.data)
-                .map_err(|e| format!("write {digest}: {e}"))?;
             got += chunk.data.len() as u64;
             if got > u64::try_from(size).unwrap_or(0) {
                 return Err(format!(
                     "{digest} is larger than its descriptor's {size} bytes"
                 ));
             }
+            tx.send(Ok(chunk.data))
+                .await
+                .map_err(|_| format!("read {digest}: the reader stopped"))?;
         }
         Ok(got)
     }
@@ -245,9 +245,18 @@ impl Containerd {
         if !(0..=MAX_DOCUMENT).contains(&size) {
             return Err(format!("{digest}: a manifest of {size} bytes"));
         }
-        let mut buf = Vec::new();
-        self.read_blob(digest, size, &mut buf).await?;
-        Ok(buf)
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let collect = async move {
+            let mut buf = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                buf.extend(chunk?);
+            }
+            Ok::<_, String>(buf)
+        };
+        let fetch = async move { self.read_blob(digest, size, &tx).await };
+        let (fetched, buf) = tokio::join!(fetch, collect);
+        fetched?;
+        buf
     }
 
     /// The layers (bottom first) of the image container `id` was created
@@ -311,26 +320,58 @@ fn is_index(media_type: &str) -> bool {
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-/// Fetches blob `layer` into a new temporary file in `dir` and returns it
-/// opened for reading (the name is gone already).
-pub async fn fetch_to_temp(
+/// A blocking reader of blob `layer`, streamed from containerd on
+/// `handle`'s runtime while the reader consumes it (at most 16 chunks
+/// buffered): the node converts a layer without a copy of its blob. A
+/// transfer error, or a blob of another size than its descriptor's, is
+/// the reader's error; the converter checks the digest.
+pub fn stream_blob(
     api: &Containerd,
     layer: &Layer,
-    dir: &Path,
-) -> Result<std::fs::File, String> {
-    let mut f =
-        tempfile::tempfile_in(dir).map_err(|e| format!("temp file in {}: {e}", dir.display()))?;
-    let size = i64::try_from(layer.size).unwrap_or(i64::MAX);
-    let got = api.read_blob(&layer.digest, size, &mut f).await?;
-    if got != layer.size {
-        return Err(format!(
-            "{} has {got} bytes; its descriptor says {}",
-            layer.digest, layer.size
-        ));
+    handle: &tokio::runtime::Handle,
+) -> impl std::io::Read + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (api, layer) = (api.clone(), layer.clone());
+    handle.spawn(async move {
+        let size = i64::try_from(layer.size).unwrap_or(i64::MAX);
+        let result = match api.read_blob(&layer.digest, size, &tx).await {
+            Ok(got) if got == layer.size => return,
+            Ok(got) => format!(
+                "{} has {got} bytes; its descriptor says {}",
+                layer.digest, layer.size
+            ),
+            Err(e) => e,
+        };
+        let _ = tx.send(Err(result)).await;
+    });
+    ChunkReader {
+        rx,
+        chunk: Vec::new(),
+        at: 0,
     }
-    use std::io::Seek;
-    f.rewind().map_err(|e| e.to_string())?;
-    Ok(f)
+}
+
+/// Reads the chunks of a channel as one stream (on a blocking thread).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => (self.chunk, self.at) = (chunk, 0),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +385,34 @@ mod tests {
             "application/vnd.docker.distribution.manifest.list.v2+json"
         ));
         assert!(!is_index("application/vnd.oci.image.manifest.v1+json"));
+    }
+
+    #[test]
+    fn chunks_read_as_one_stream_and_an_error_ends_it() {
+        use std::io::Read;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.blocking_send(Ok(b"hello ".to_vec())).unwrap();
+        tx.blocking_send(Ok(Vec::new())).unwrap();
+        tx.blocking_send(Ok(b"world".to_vec())).unwrap();
+        drop(tx);
+        let mut r = ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        };
+        let mut all = String::new();
+        r.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "hello world");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.blocking_send(Ok(b"part".to_vec())).unwrap();
+        tx.blocking_send(Err("sha256:ab has 4 bytes".into())).unwrap();
+        let mut r = ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        };
+        let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("has 4 bytes"), "{e}");
     }
 
     #[tokio::test]

@@ -9,8 +9,6 @@
 //! image of the pod's measured policy, and dm-verity checks every block
 //! against them.
 
-use std::path::PathBuf;
-
 use cocoon_image::cache::{CachedLayer, LayerCache};
 use cocoon_protocol::agent::VerifiedLayer;
 use cocoon_vmm::qemu::argv::hotplug_port;
@@ -18,7 +16,7 @@ use cocoon_vmm::qemu::qmp::Qmp;
 use slog::{info, warn, Logger};
 
 use super::error::{Result, ShimError};
-use super::images::{fetch_to_temp, Containerd};
+use super::images::{stream_blob, Containerd};
 use crate::node::NodeConfig;
 
 /// How a pod's containers get their root filesystems.
@@ -79,7 +77,6 @@ struct Attached {
 #[derive(Debug)]
 pub struct PodLayers {
     cache: LayerCache,
-    cache_dir: PathBuf,
     slots: u32,
     api: Containerd,
     qmp: Qmp,
@@ -94,7 +91,6 @@ impl PodLayers {
             .map_err(|e| ShimError::FailedPrecondition(format!("image.layer_cache_dir: {e}")))?;
         Ok(Self {
             cache,
-            cache_dir: image.layer_cache_dir.clone(),
             slots: image.layer_slots,
             api,
             qmp,
@@ -123,19 +119,13 @@ impl PodLayers {
                         )));
                     }
                     let started = std::time::Instant::now();
-                    let (cache, api, dir, layer) = (
-                        self.cache.clone(),
-                        self.api.clone(),
-                        self.cache_dir.clone(),
-                        l.clone(),
-                    );
+                    let (cache, api, layer) = (self.cache.clone(), self.api.clone(), l.clone());
                     let handle = tokio::runtime::Handle::current();
+                    // Streamed from containerd only when not cached yet.
                     let (cached, built) = tokio::task::spawn_blocking(move || {
                         cache.get_or_build(&layer.digest, || {
-                            let f = handle
-                                .block_on(fetch_to_temp(&api, &layer, &dir))
-                                .map_err(std::io::Error::other)?;
-                            Ok(Box::new(f) as Box<dyn std::io::Read>)
+                            Ok(Box::new(stream_blob(&api, &layer, &handle))
+                                as Box<dyn std::io::Read>)
                         })
                     })
                     .await
