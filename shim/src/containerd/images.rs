@@ -405,7 +405,8 @@ mod tests {
         assert_eq!(all, "hello world");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.blocking_send(Ok(b"part".to_vec())).unwrap();
-        tx.blocking_send(Err("sha256:ab has 4 bytes".into())).unwrap();
+        tx.blocking_send(Err("sha256:ab has 4 bytes".into()))
+            .unwrap();
         let mut r = ChunkReader {
             rx,
             chunk: Vec::new(),

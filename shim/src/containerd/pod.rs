@@ -133,6 +133,9 @@ pub struct PodLaunch<'a> {
     pub netns: Option<PathBuf>,
     /// containerd's API, when the pod's containers get verified layers.
     pub layers: Option<super::images::Containerd>,
+    /// Why the pod may not run (its root filesystems), reported once the
+    /// launch plan has checked the host and the configuration.
+    pub refusal: Option<ShimError>,
 }
 
 /// The pod's network namespace and the interfaces mirrored from it.
@@ -298,6 +301,9 @@ impl Pod {
         let plan = LaunchPlan::build_blocking(&config.vm, &HostView::detect(), &req)
             .await
             .map_err(cocoon_vmm::vm::VmError::from)?;
+        if let Some(e) = p.refusal {
+            return Err(e);
+        }
         let plan_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let vm = Vm::launch(plan, log).await?;
         let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

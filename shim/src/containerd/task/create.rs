@@ -203,20 +203,24 @@ async fn launch_pod(
     };
     let secrets = creq.secrets()?;
     let models = creq.models()?;
-    let layers = match super::super::layers::decide(&config, initdata.as_deref(), &svc.log)? {
-        super::super::layers::RootfsSource::Shared => None,
-        super::super::layers::RootfsSource::Verified => Some(svc.containerd.clone().ok_or_else(|| {
-            ShimError::FailedPrecondition(
+    // A refusal waits until the launch plan has checked the host and the
+    // configuration (a host that cannot run the TEE says so first).
+    let (layers, refusal) = match super::super::layers::decide(&config, initdata.as_deref(), &svc.log) {
+        Ok(super::super::layers::RootfsSource::Shared) => (None, None),
+        Ok(super::super::layers::RootfsSource::Verified) => match svc.containerd.clone() {
+            Some(api) => (Some(api), None),
+            None => (None, Some(ShimError::FailedPrecondition(
                 "verified layers need containerd's API, and this shim was not started by containerd (no -address)".into(),
-            )
-        })?),
+            ))),
+        },
+        Err(e) => (None, Some(e)),
     };
     let resolved = devices.resolve(&config.vm)?;
     let dir = PodDir::create(&config.vm.runtime.state_dir, &creq.id)?;
     let rootfs = SharedRootfs::mount(
         &dir.shared,
         &creq.id,
-        layers.is_none().then_some(&creq.rootfs),
+        (layers.is_none() && refusal.is_none()).then_some(&creq.rootfs),
         &creq.guest.binds,
     )?;
     // Recorded before the VM starts: if this shim dies during the launch,
@@ -246,6 +250,7 @@ async fn launch_pod(
         secrets,
         models,
         layers,
+        refusal,
     };
     let pod = Pod::launch(launch, config, dir, &svc.log).await?;
     Ok((pod, rootfs))
