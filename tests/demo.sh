@@ -112,16 +112,17 @@ fi
 echo "== verified image: cocoon policy computes the image's layer root hashes for the pod's initdata"
 fragment=$("$bin/cocoon" policy --name cocoon.demo/busybox:1 "$work/image.tar")
 printf '%s\n' "$fragment" | sed 's/^/   /'
-doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'
-%s
-'"'
-' "$fragment")
+doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'''"'\n%s\n'"'''"'\n' "$fragment")
 initdata="io.katacontainers.config.hypervisor.cc_init_data=$(printf '%s' "$doc" | gzip -9 | base64 -w0)"
 # The node verifies every pod's image (as it does for SEV-SNP/TDX pods by
 # default) and allows the pod's own initdata.
-sed -i -e 's/^verified_layers = .*/verified_layers = "always"/'     -e "s#^layer_cache_dir = .*#layer_cache_dir = "$work/layers"#"     -e 's/^allowed_annotations = \[\]/allowed_annotations = ["io.katacontainers.config.hypervisor.cc_init_data"]/'     -e 's/^allowed_annotations = \[\(..*\)\]/allowed_annotations = [, "io.katacontainers.config.hypervisor.cc_init_data"]/' "$work/cocoon.toml"
+sed -i -e 's/^verified_layers = .*/verified_layers = "always"/' \
+    -e "s#^layer_cache_dir = .*#layer_cache_dir = \"$work/layers\"#" \
+    -e 's/^allowed_annotations = \[\]/allowed_annotations = ["io.katacontainers.config.hypervisor.cc_init_data"]/' \
+    -e 's/^allowed_annotations = \[\(..*\)\]/allowed_annotations = [\1, "io.katacontainers.config.hypervisor.cc_init_data"]/' "$work/cocoon.toml"
 echo "== ctr run --annotation <initdata with the image's hashes> ... (the layer checked by dm-verity in the guest)"
-$ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.demo/busybox:1 demo-verified     sh -c 'echo "   root: $(grep " / " /proc/mounts | cut -d" " -f1-3), lower layer $(grep " / " /proc/mounts | grep -o "lowerdir=[^,]*")"; for d in /sys/block/dm-*; do echo "   $(cat $d/dm/name): a dm-verity device over $(ls $d/slaves)"; done'
+$ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.demo/busybox:1 demo-verified \
+    sh -c 'echo "   root: $(grep " / " /proc/mounts | cut -d" " -f1-3), lower layer $(grep " / " /proc/mounts | grep -o "lowerdir=[^,]*")"; for d in /sys/block/dm-*; do echo "   $(cat $d/dm/name): a dm-verity device over $(ls $d/slaves)"; done'
 echo "== one byte of the node's cached layer changed: the guest refuses it"
 layer_file=$(ls "$work"/layers/*.layer)
 python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(2000); b=f.read(1); f.seek(2000); f.write(bytes([b[0]^1]))' "$layer_file"
@@ -129,5 +130,5 @@ if $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" coco
     echo "the changed layer was accepted" >&2
     exit 1
 fi
-grep -o "failed dm-verity verification[^:]*" "$work/tampered.err" | head -n1 | sed 's/^/   /'
+grep -o "failed dm-verity verification: [^(]*" "$work/tampered.err" | head -n1 | sed 's/^/   /'
 echo "== stopping containerd"
