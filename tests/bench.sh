@@ -352,7 +352,7 @@ done
 rm -rf "$work/x"
 mconv=$(median "${conv_t[@]}"); mhand=$(median "${hand_t[@]}")
 echo "conversion of a ${layer_mib} MiB layer: cocoon policy median ${mconv} ms ($(python3 -c "print(round($layer_mib * 1000 / $mconv))") MiB/s; ${conv_t[*]}), tar -x + mkfs.erofs + veritysetup format median ${mhand} ms ($(python3 -c "print(round($layer_mib * 1000 / $mhand))") MiB/s; ${hand_t[*]}), ratio x$(python3 -c "print(round($mhand / $mconv, 2))")"
-fragment=$("$bin/cocoon" policy --name big "$work/big.tar")
+fragment=$("$bin/cocoon" policy --any-process --name big "$work/big.tar")
 doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'''"'\n%s\n'"'''"'\n' "$fragment")
 initdata="io.katacontainers.config.hypervisor.cc_init_data=$(printf '%s' "$doc" | gzip -9 | base64 -w0)"
 readcmd='time -f %e cat /data/big >/dev/null'

@@ -109,11 +109,19 @@ if found:
 print("   not found: the model was plaintext only in the owner's hands and in the guest's memory")
 EOF3
 fi
-echo "== verified image: cocoon policy computes the image's layer root hashes for the pod's initdata"
-fragment=$("$bin/cocoon" policy --name cocoon.demo/busybox:1 "$work/image.tar")
-printf '%s\n' "$fragment" | sed 's/^/   /'
-doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'''"'\n%s\n'"'''"'\n' "$fragment")
-initdata="io.katacontainers.config.hypervisor.cc_init_data=$(printf '%s' "$doc" | gzip -9 | base64 -w0)"
+echo "== verified image: cocoon policy computes the image's layer root hashes and pins the container's command for the pod's initdata"
+pinned=$("$bin/cocoon" policy --name cocoon.demo/busybox:1 "$work/image.tar")
+printf '%s\n' "$pinned" | sed 's/^/   /'
+# The demo's probes run commands of their own: an entry for the same
+# layers without pins.
+fragment=$("$bin/cocoon" policy --any-process --any-volume --name cocoon.demo/busybox:1 "$work/image.tar")
+to_initdata() {
+    local doc
+    doc=$(printf 'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n"cocoon-policy.toml" = '"'''"'\n%s\n'"'''"'\n' "$1")
+    echo "io.katacontainers.config.hypervisor.cc_init_data=$(printf '%s' "$doc" | gzip -9 | base64 -w0)"
+}
+initdata=$(to_initdata "$fragment")
+pinned_initdata=$(to_initdata "$pinned")
 # The node verifies every pod's image (as it does for SEV-SNP/TDX pods by
 # default) and allows the pod's own initdata.
 sed -i -e 's/^verified_layers = .*/verified_layers = "always"/' \
@@ -123,6 +131,13 @@ sed -i -e 's/^verified_layers = .*/verified_layers = "always"/' \
 echo "== ctr run --annotation <initdata with the image's hashes> ... (the layer checked by dm-verity in the guest)"
 $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$initdata" cocoon.demo/busybox:1 demo-verified \
     sh -c 'echo "   root: $(grep " / " /proc/mounts | cut -d" " -f1-3), lower layer $(grep " / " /proc/mounts | grep -o "lowerdir=[^,]*")"; for d in /sys/block/dm-*; do echo "   $(cat $d/dm/name): a dm-verity device over $(ls $d/slaves)"; done'
+echo "== under the pinned entry, another command of the same image is refused"
+if $ctr run --rm --runtime io.containerd.cocoon.v2 --annotation "$pinned_initdata" cocoon.demo/busybox:1 demo-other \
+    sh -c 'cat /proc/self/environ' 2>"$work/other.err"; then
+    echo "a command the policy does not pin was run" >&2
+    exit 1
+fi
+grep -o "not what the host asks it to run: [^;]*" "$work/other.err" | head -n1 | sed 's/^/   /'
 echo "== one byte of the node's cached layer changed: the guest refuses it"
 layer_file=$(ls "$work"/layers/*.layer)
 python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(2000); b=f.read(1); f.seek(2000); f.write(bytes([b[0]^1]))' "$layer_file"

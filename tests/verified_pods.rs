@@ -84,16 +84,18 @@ fn pods_run_only_the_verified_image_their_policy_names() {
     });
     let ctd = Containerd::start(&env, &sb, flavor, &["default"]);
 
-    // The policy, computed from the image archive containerd imported.
+    // The policy, computed from the image archive containerd imported:
+    // the layers only, since the probes below run commands of their own.
     let o = sb
         .cocoon()
-        .args(["policy", "--name", IMAGE])
+        .args(["policy", "--any-process", "--any-volume", "--name", IMAGE])
         .arg(&image_archives().0)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
     let fragment = String::from_utf8(o.stdout).unwrap();
     assert!(fragment.starts_with("[[images]]"), "{fragment}");
+    assert!(!fragment.contains("args"), "{fragment}");
     let allowed = initdata(&fragment);
 
     // Runs from the verified layer: the root is the guest's overlay of the
@@ -218,6 +220,10 @@ fn pods_run_only_the_verified_image_their_policy_names() {
     ctd.assert_no_shims();
     sb.assert_clean();
     drop(ctd);
+    drop(cache_dir);
+    if let Some(flavor) = Flavor::system() {
+        pinned_processes(&env, flavor);
+    }
 
     // The node's default (verified layers for TEE pods only; there is no
     // TEE here): the host sends the root over virtio-fs, and the guest
@@ -243,6 +249,153 @@ fn pods_run_only_the_verified_image_their_policy_names() {
     );
     ctd.assert_no_shims();
     plain.assert_clean();
+}
+
+/// The image's entry pins what its containers run (`cocoon policy`'s
+/// default): a second entry for the same layers allows a second command,
+/// with an environment entry and a volume its patterns allow; another
+/// command of the same image, an environment entry the policy does not
+/// name and a host volume over the image's files are each refused by the
+/// guest, with the pin named. (The image's own command, `sh`, waits for
+/// input under `ctr run` with runc as with Cocoon; the CRI test runs the
+/// pause image's own pinned command.)
+fn pinned_processes(env: &cocoon_tests::Env, flavor: Flavor) {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let sb = Sandbox::new(env, |t| {
+        t["runtime"].as_table_mut().unwrap().insert(
+            "allowed_annotations".into(),
+            vec![toml::Value::from(KATA_INITDATA)].into(),
+        );
+        let mut image = toml::Table::new();
+        image.insert("verified_layers".into(), "always".into());
+        image.insert(
+            "layer_cache_dir".into(),
+            cache_dir.path().display().to_string().into(),
+        );
+        t.insert("image".into(), image.into());
+    });
+    let ctd = Containerd::start(env, &sb, flavor, &["default"]);
+    let o = sb
+        .cocoon()
+        .args(["policy", "--volume", "/data/*", "--env", "MODE=fast"])
+        .arg(&image_archives().0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let fragment = String::from_utf8(o.stdout).unwrap();
+    // The pins are the image config's (Cmd /bin/sh, no WorkingDir, no Env)
+    // with what containerd and the kubelet add.
+    let doc: toml::Table = toml::from_str(&fragment).unwrap();
+    let entry = doc["images"].as_array().unwrap()[0]
+        .as_table()
+        .unwrap()
+        .clone();
+    let strings = |k: &str| -> Vec<String> {
+        entry[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(strings("args"), ["/bin/sh"], "{fragment}");
+    assert_eq!(entry["cwd"].as_str(), Some("/"), "{fragment}");
+    let env_pins = strings("env");
+    assert!(
+        env_pins[0].starts_with("PATH=/usr/local/sbin:")
+            && env_pins.contains(&"HOSTNAME=*".to_string())
+            && env_pins.last().map(String::as_str) == Some("MODE=fast"),
+        "{fragment}"
+    );
+    let volume_pins = strings("volumes");
+    assert!(
+        volume_pins.contains(&"/etc/resolv.conf".to_string())
+            && volume_pins.last().map(String::as_str) == Some("/data/*"),
+        "{fragment}"
+    );
+    // A second entry for the same layers: the probe's command.
+    let probe = "grep ' / ' /proc/mounts; echo \"mode=$MODE\"";
+    let mut second = entry.clone();
+    second.insert(
+        "args".into(),
+        toml::Value::Array(
+            ["sh", "-c", probe]
+                .iter()
+                .map(|a| toml::Value::from(*a))
+                .collect(),
+        ),
+    );
+    let mut both = doc.clone();
+    both["images"].as_array_mut().unwrap().push(second.into());
+    let allowed = initdata(&toml::to_string(&both).unwrap());
+    let ctr_run = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--annotation",
+            &allowed,
+            "--runtime",
+            RUNTIME,
+        ];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        let o = ctd.ctr(&args).unwrap();
+        (o.status.success(), out(&o))
+    };
+
+    // The second entry's command, with an allowed environment entry and a
+    // volume where the policy allows one.
+    let vol = tempfile::tempdir().unwrap();
+    let data_mount = format!(
+        "type=bind,src={},dst=/data/in,options=rbind:ro",
+        vol.path().display()
+    );
+    let (ok, text) = ctr_run(
+        "p2",
+        &["--env", "MODE=fast", "--mount", &data_mount],
+        &["sh", "-c", probe],
+    );
+    assert!(
+        ok && text.contains("mode=fast") && text.contains("overlay / overlay"),
+        "{text}"
+    );
+    // Another command of the same image.
+    let (ok, text) = ctr_run("p3", &[], &["sh", "-c", "cat /proc/self/environ"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("not what the host asks it to run")
+            && text.contains("images[0] (")
+            && text.contains("process.args [\"sh\", \"-c\", \"cat /proc/self/environ\"]"),
+        "{text}"
+    );
+    // An environment entry the policy does not name (the value is not
+    // echoed: the host's environment may hold sealed values).
+    let (ok, text) = ctr_run(
+        "p4",
+        &["--env", "LD_PRELOAD=/data/in/x.so"],
+        &["sh", "-c", probe],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("process.env entry LD_PRELOAD=… matches none of its env patterns")
+            && !text.contains("x.so"),
+        "{text}"
+    );
+    // A host volume over the image's own files.
+    let over_bin = format!(
+        "type=bind,src={},dst=/bin,options=rbind:ro",
+        vol.path().display()
+    );
+    let (ok, text) = ctr_run("p5", &["--mount", &over_bin], &["sh", "-c", probe]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("a host volume at \"/bin\" matches none of its volumes patterns"),
+        "{text}"
+    );
+    ctd.assert_no_shims();
+    sb.assert_clean();
 }
 
 /// A CRI pod on verified layers: the sandbox (pause image) and an
@@ -290,15 +443,24 @@ async fn cri_pod(test: &str, flavor: Option<Flavor>) {
         t.insert("image".into(), image.into());
     });
     let ctd = tokio::task::block_in_place(|| Containerd::start(&env, &sb, flavor, &["k8s.io"]));
-    let o = sb
-        .cocoon()
-        .arg("policy")
-        .arg(&image_archives().0)
-        .arg(&image_archives().1)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", out(&o));
-    let fragment = String::from_utf8(o.stdout).unwrap();
+    // The sandbox runs the pause image's own command, pinned; the
+    // application container runs a command of the test's.
+    let mut fragment = String::new();
+    for (image, extra) in [
+        (&image_archives().1, None),
+        (&image_archives().0, Some("--any-process")),
+    ] {
+        let o = sb
+            .cocoon()
+            .arg("policy")
+            .args(extra)
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        fragment.push_str(&String::from_utf8(o.stdout).unwrap());
+    }
+    assert!(fragment.contains("\"/bin/sleep\""), "{fragment}");
     let (key, value) = initdata(&fragment)
         .split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))

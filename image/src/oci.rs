@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest as _, Sha256};
 
 use crate::{layer, verity};
@@ -346,6 +346,60 @@ pub fn hash_layer_blob(
         root_hash: tree.root_hex(),
         image_bytes: len,
     })
+}
+
+/// The `PATH` containerd gives a container whose image sets none (`ctr
+/// run` and CRI alike).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a container of an image runs when nothing overrides the image's
+/// config: the pins `cocoon policy` writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageProcess {
+    /// `Entrypoint` followed by `Cmd`.
+    pub args: Vec<String>,
+    /// `WorkingDir`, or `/`.
+    pub cwd: String,
+    /// `Env`, with containerd's default `PATH` when it has none.
+    pub env: Vec<String>,
+}
+
+/// The process of an image config document (`application/vnd.oci.image.
+/// config.v1+json` or Docker's, which has the same fields); `at` names the
+/// document in errors.
+pub fn image_process(config: &[u8], at: &str) -> Result<ImageProcess, OciError> {
+    let c = ImageConfiguration::from_reader(config).map_err(|e| invalid(at, e.to_string()))?;
+    let cfg = c.config().clone().unwrap_or_default();
+    let mut args: Vec<String> = cfg.entrypoint().clone().unwrap_or_default();
+    args.extend(cfg.cmd().clone().unwrap_or_default());
+    if args.is_empty() {
+        return Err(invalid(
+            at,
+            "the image's config has neither Entrypoint nor Cmd: a container of it needs a command of its own (write `args` into the policy by hand)",
+        ));
+    }
+    let mut env = cfg.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    let cwd = cfg
+        .working_dir()
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+    Ok(ImageProcess { args, cwd, env })
+}
+
+/// The process of the image at `image` (a layout directory or an archive
+/// of one), from its config.
+pub fn process_of(image: &Path) -> Result<ImageProcess, OciError> {
+    let store = Store::open(image)?;
+    let index_bytes = store.json("index.json")?;
+    let index = ImageIndex::from_reader(&index_bytes[..])
+        .map_err(|e| invalid("index.json", e.to_string()))?;
+    let manifest = manifest(&store, &index, 0)?;
+    let config = store.json_blob(manifest.config())?;
+    image_process(&config, manifest.config().digest().as_ref())
 }
 
 /// The root hash of each layer of the image at `image` (a layout directory

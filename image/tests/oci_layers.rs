@@ -40,8 +40,7 @@ fn layout(dir: &Path) -> Vec<Vec<u8>> {
     let l2 = gz.finish().unwrap();
     let (d1, s1) = put_blob(dir, &l1);
     let (d2, s2) = put_blob(dir, &l2);
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"Entrypoint":["/bin/tool"],"Cmd":["--serve","a b"],"Env":["LANG=C"],"WorkingDir":"/srv"}}"#;
     let (dc, sc) = put_blob(dir, config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -176,4 +175,45 @@ fn blobs_that_do_not_match_their_digest_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("linux/amd64"), "{e}");
+}
+
+#[test]
+fn the_image_config_gives_the_process_to_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("image");
+    layout(&root);
+    let p = oci::process_of(&root).unwrap();
+    assert_eq!(p.args, ["/bin/tool", "--serve", "a b"]);
+    assert_eq!(p.cwd, "/srv");
+    // containerd's default PATH first, as ctr and CRI set it.
+    assert_eq!(p.env, [oci::DEFAULT_PATH, "LANG=C"]);
+    // Only Cmd, a PATH of its own, no WorkingDir.
+    let p = oci::image_process(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"Cmd":["sh"],"Env":["PATH=/bin"]}}"#,
+        "c",
+    )
+    .unwrap();
+    assert_eq!(
+        (p.args, p.cwd, p.env),
+        (
+            vec!["sh".to_string()],
+            "/".to_string(),
+            vec!["PATH=/bin".to_string()]
+        )
+    );
+    // No command at all, or not a config: named.
+    let e = oci::image_process(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        "sha256:cfg",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("sha256:cfg") && e.contains("neither Entrypoint nor Cmd"),
+        "{e}"
+    );
+    let e = oci::image_process(b"[]", "sha256:cfg")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sha256:cfg"), "{e}");
 }

@@ -28,6 +28,7 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
+use crate::oci::ProcessSpec;
 use crate::policy::PodPolicy;
 
 /// Where each container's layers are mounted.
@@ -104,6 +105,35 @@ pub fn check(layers: &[VerifiedLayer], policy: &PodPolicy) -> Result<usize> {
             shown.join(", "),
             policy.images.len()
         ))
+    })
+}
+
+/// Checks what a container on `layers` runs against the pins of the
+/// policy's entries for those layers (`args`, `cwd`, `env`, `volumes`):
+/// the host writes the OCI spec, so without this it could run any program
+/// of a verified image, or bind a volume of its own over the image's
+/// files. `env` is as the host wrote it (sealed values still sealed);
+/// `volumes` are the destinations of the spec's bind mounts.
+pub fn check_process(
+    layers: &[VerifiedLayer],
+    policy: &PodPolicy,
+    process: &ProcessSpec,
+    volumes: &[&str],
+) -> Result<usize> {
+    let hashes: Vec<&str> = layers.iter().map(|l| l.root_hash.as_str()).collect();
+    let p = layers::Process {
+        args: &process.args,
+        cwd: &process.cwd,
+        env: &process.env,
+        volumes,
+    };
+    layers::allowed_image(&policy.images, &hashes, &p).map_err(|why| {
+        Error::PermissionDenied(match why {
+            Some(why) => format!(
+                "the pod's initdata policy allows the container's image, but not what the host asks it to run: {why}; refused"
+            ),
+            None => "the container's layers are not an image of the pod's initdata policy: refused".into(),
+        })
     })
 }
 
@@ -409,6 +439,7 @@ mod tests {
             images: vec![ImagePolicy {
                 name: "app".into(),
                 layers: vec![a.clone(), b.clone()],
+                ..ImagePolicy::default()
             }],
             ..Default::default()
         };
@@ -439,6 +470,48 @@ mod tests {
         l.hash_start_block = 10;
         let e = check(&[l], &policy).unwrap_err().to_string();
         assert!(e.contains("hash_start_block"), "{e}");
+    }
+
+    #[test]
+    fn the_host_cannot_run_another_command_of_a_pinned_image() {
+        let a = "a".repeat(64);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let policy = PodPolicy {
+            images: vec![ImagePolicy {
+                name: "app".into(),
+                layers: vec![a.clone()],
+                args: Some(s(&["/app/server"])),
+                volumes: Some(s(&["/etc/hosts"])),
+                ..ImagePolicy::default()
+            }],
+            ..Default::default()
+        };
+        let mut p = ProcessSpec {
+            args: s(&["/app/server"]),
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        let layers = [layer(&a, "l0")];
+        assert_eq!(
+            check_process(&layers, &policy, &p, &["/etc/hosts"]).unwrap(),
+            0
+        );
+        let e = check_process(&layers, &policy, &p, &["/app"]).unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("images[0] (\"app\"): a host volume at \"/app\""),
+            "{e}"
+        );
+        p.args = s(&["/bin/sh"]);
+        let e = check_process(&layers, &policy, &p, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not what the host asks it to run")
+                && e.contains("process.args [\"/bin/sh\"]"),
+            "{e}"
+        );
     }
 
     #[test]

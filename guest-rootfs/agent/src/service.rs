@@ -429,6 +429,15 @@ impl AgentService {
         // Decoding compiles the seccomp filter: blocking work.
         let mut spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
         policy.check_privileged(spec.process.security.caps.bounding, &self.tee)?;
+        if layers.is_some() {
+            let volumes: Vec<&str> = spec
+                .mounts
+                .iter()
+                .filter(|m| matches!(m.kind, MountKind::Bind { .. }))
+                .map(|m| m.destination.as_str())
+                .collect();
+            crate::layers::check_process(&req.layers, &policy, &spec.process, &volumes)?;
+        }
         self.unseal_env(&mut spec.process.env).await?;
         let (model_binds, reports) = self.prepare_models(&req.models, &rootfs, &spec).await?;
         let has_models = !model_binds.is_empty();

@@ -1,7 +1,9 @@
 //! `cocoon policy`: the `[[images]]` of a pod's `cocoon-policy.toml` for
 //! OCI images — each layer's dm-verity root hash, computed as the node
 //! builds the layer (docs/verified-layers.md), so the guest accepts
-//! exactly these images.
+//! exactly these images — and what a container of each image may run: the
+//! command line, working directory and environment of the image's config,
+//! and the paths where the host may bind volumes.
 
 use std::path::{Path, PathBuf};
 
@@ -26,29 +28,115 @@ pub(crate) struct PolicyArgs {
     /// Print each layer's blob digest and erofs size on stderr.
     #[arg(long)]
     show_layers: bool,
+    /// Pin only the layers: containers of the image may run any command,
+    /// working directory and environment the host's spec names.
+    #[arg(long)]
+    any_process: bool,
+    /// Also allow host volumes at this container path (a pattern: `*`
+    /// matches any run of characters, as in `/data/*`); repeatable. The
+    /// files containerd and the kubelet bind are always allowed.
+    #[arg(long = "volume", value_name = "PATH")]
+    volumes: Vec<String>,
+    /// Also allow this environment entry (`NAME=value`, a pattern: `*`
+    /// matches any run of characters, as in `MODEL_NAME=*`); repeatable.
+    #[arg(
+        long = "env",
+        value_name = "NAME=VALUE",
+        conflicts_with = "any_process"
+    )]
+    env: Vec<String>,
+    /// Do not pin volumes: the host may bind volumes anywhere, over the
+    /// image's own files too.
+    #[arg(long, conflicts_with = "volumes")]
+    any_volume: bool,
+}
+
+/// What containerd's CRI and the kubelet bind into every container: the
+/// pod's name-resolution files, the termination log, the service account.
+pub(crate) const KUBERNETES_VOLUMES: [&str; 5] = [
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/dev/termination-log",
+    "/var/run/secrets/kubernetes.io/serviceaccount",
+];
+
+/// Environment entries containerd and the kubelet add to an image's:
+/// `HOSTNAME`, and the API server's address, which the kubelet gives every
+/// container (`KUBERNETES_SERVICE_HOST`, `KUBERNETES_PORT_443_TCP`, ...).
+/// The discovery variables of the namespace's other services are left
+/// out: an application may read such names as its own settings, so pods
+/// set `enableServiceLinks: false` or name them with `--env`.
+pub(crate) const KUBERNETES_ENV: [&str; 4] = [
+    "HOSTNAME=*",
+    "KUBERNETES_SERVICE_*=*",
+    "KUBERNETES_PORT=*",
+    "KUBERNETES_PORT_*=*",
+];
+
+fn pinned(
+    name: String,
+    hashes: Vec<cocoon_image::oci::LayerHash>,
+    process: cocoon_image::oci::ImageProcess,
+    a: &PolicyArgs,
+) -> ImagePolicy {
+    let mut img = ImagePolicy {
+        name,
+        layers: hashes.into_iter().map(|h| h.root_hash).collect(),
+        ..ImagePolicy::default()
+    };
+    if !a.any_process {
+        let mut env = process.env;
+        env.extend(KUBERNETES_ENV.iter().map(|e| e.to_string()));
+        env.extend(a.env.iter().cloned());
+        img.args = Some(process.args);
+        img.cwd = Some(process.cwd);
+        img.env = Some(env);
+    }
+    if !a.any_volume {
+        let mut v: Vec<String> = KUBERNETES_VOLUMES.iter().map(|v| v.to_string()).collect();
+        v.extend(a.volumes.iter().cloned());
+        img.volumes = Some(v);
+    }
+    img
 }
 
 pub(crate) async fn run(_cli: &Cli, a: &PolicyArgs) -> anyhow::Result<i32> {
     if a.name.is_some() && a.images.len() > 1 {
         anyhow::bail!("--name names one image; {} were given", a.images.len());
     }
+    for v in &a.volumes {
+        if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
+            anyhow::bail!("--volume {v:?}: not an absolute container path without `..` (as in /data or /data/*)");
+        }
+    }
+    for e in &a.env {
+        if e.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+            anyhow::bail!("--env {e:?}: not NAME=value (a pattern: `*` matches any run of characters, as in MODEL=*)");
+        }
+    }
     let scratch = tempfile::tempdir().context("create a scratch directory")?;
     let mut images = Vec::new();
     for image in &a.images {
-        let (hashes, default_name) = if image.starts_with(registry::SCHEME) {
+        let (hashes, process, default_name) = if image.starts_with(registry::SCHEME) {
             let r = registry::Reference::parse(image)?;
-            let hashes = registry::layer_hashes(&r, scratch.path())
+            let (hashes, process) = registry::image(&r, scratch.path())
                 .await
                 .with_context(|| format!("image {image}"))?;
             (
                 hashes,
+                process,
                 format!("{}/{}:{}", r.authority, r.name, r.reference),
             )
         } else {
             let path = PathBuf::from(image);
             let scratch = scratch.path().to_path_buf();
-            let hashes = tokio::task::spawn_blocking(move || {
-                cocoon_image::oci::layer_hashes(&path, &scratch)
+            let (hashes, process) = tokio::task::spawn_blocking(move || {
+                let process = cocoon_image::oci::process_of(&path)?;
+                Ok::<_, cocoon_image::oci::OciError>((
+                    cocoon_image::oci::layer_hashes(&path, &scratch)?,
+                    process,
+                ))
             })
             .await?
             .with_context(|| format!("image {image}"))?;
@@ -56,7 +144,7 @@ pub(crate) async fn run(_cli: &Cli, a: &PolicyArgs) -> anyhow::Result<i32> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            (hashes, name)
+            (hashes, process, name)
         };
         if a.show_layers {
             for h in &hashes {
@@ -67,10 +155,10 @@ pub(crate) async fn run(_cli: &Cli, a: &PolicyArgs) -> anyhow::Result<i32> {
             }
         }
         let name = a.name.clone().unwrap_or(default_name);
-        images.push(ImagePolicy {
-            name,
-            layers: hashes.into_iter().map(|h| h.root_hash).collect(),
-        });
+        let img = pinned(name, hashes, process, a);
+        img.check(&format!("images[{}]", images.len()))
+            .map_err(|e| anyhow::anyhow!("image {image}: {e}"))?;
+        images.push(img);
     }
     print!("{}", policy_fragment(&images));
     Ok(0)

@@ -182,8 +182,12 @@ async fn blob(r: &Reference, d: &Descriptor, scratch: &Path) -> anyhow::Result<s
     Ok(f)
 }
 
-/// The root hash of each layer (bottom first) of image `r`.
-pub async fn layer_hashes(r: &Reference, scratch: &Path) -> anyhow::Result<Vec<LayerHash>> {
+/// The root hash of each layer (bottom first) of image `r`, and the
+/// process its config names.
+pub async fn image(
+    r: &Reference,
+    scratch: &Path,
+) -> anyhow::Result<(Vec<LayerHash>, oci::ImageProcess)> {
     let (mut media_type, mut bytes) = document(r, &r.reference).await?;
     for _ in 0..2 {
         if !media_type.contains("index") && !media_type.contains("manifest.list") {
@@ -195,6 +199,23 @@ pub async fn layer_hashes(r: &Reference, scratch: &Path) -> anyhow::Result<Vec<L
     }
     let manifest = ImageManifest::from_reader(&bytes[..])
         .with_context(|| format!("the manifest ({media_type})"))?;
+    let config = manifest.config();
+    if config.size() > MAX_DOCUMENT as u64 {
+        bail!(
+            "the image config {} is larger than {MAX_DOCUMENT} bytes",
+            config.digest()
+        );
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut blob(r, config, scratch).await?, &mut bytes)?;
+    let got = hex::encode(Sha256::digest(&bytes));
+    if got != config.digest().digest() {
+        bail!(
+            "the registry sent the image config {} as a document whose digest is sha256:{got}",
+            config.digest()
+        );
+    }
+    let process = oci::image_process(&bytes, config.digest().as_ref())?;
     let mut out = Vec::new();
     for d in manifest.layers() {
         let f = blob(r, d, scratch).await?;
@@ -204,7 +225,7 @@ pub async fn layer_hashes(r: &Reference, scratch: &Path) -> anyhow::Result<Vec<L
             tokio::task::spawn_blocking(move || oci::hash_layer_blob(f, &d, &scratch)).await??,
         );
     }
-    Ok(out)
+    Ok((out, process))
 }
 
 #[cfg(test)]
