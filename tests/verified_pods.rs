@@ -255,8 +255,8 @@ fn pods_run_only_the_verified_image_their_policy_names() {
 /// default): a second entry for the same layers allows a second command,
 /// with an environment entry and a volume its patterns allow; another
 /// command of the same image, an environment entry the policy does not
-/// name and a host volume over the image's files are each refused by the
-/// guest, with the pin named. (The image's own command, `sh`, waits for
+/// name, a host volume over the image's files and an empty file system
+/// over them are each refused by the guest, with the pin named. (The image's own command, `sh`, waits for
 /// input under `ctr run` with runc as with Cocoon; the CRI test runs the
 /// pause image's own pinned command.)
 fn pinned_processes(env: &cocoon_tests::Env, flavor: Flavor) {
@@ -391,7 +391,19 @@ fn pinned_processes(env: &cocoon_tests::Env, flavor: Flavor) {
     let (ok, text) = ctr_run("p5", &["--mount", &over_bin], &["sh", "-c", probe]);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("a host volume at \"/bin\" matches none of its volumes patterns"),
+        text.contains("a host mount at \"/bin\" matches none of its volumes patterns"),
+        "{text}"
+    );
+    // An empty file system over the image's files (hiding, say, a
+    // configuration that turns authentication on).
+    let (ok, text) = ctr_run(
+        "p6",
+        &["--mount", "type=tmpfs,src=tmpfs,dst=/etc,options=nosuid"],
+        &["sh", "-c", probe],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("a host mount at \"/etc\" matches none of its volumes patterns"),
         "{text}"
     );
     ctd.assert_no_shims();

@@ -18,9 +18,10 @@
 //! An entry may also pin what a container of the image runs, since the
 //! host writes the container's OCI spec: `args` (the exact command line),
 //! `cwd`, `env` (patterns every environment entry must match) and
-//! `volumes` (patterns of the destinations where host volumes may be
-//! bound). A pin left out is not checked. Patterns are exact text where
-//! `*` matches any run of characters. Several entries may list the same
+//! `volumes` (patterns of the paths where the host may mount volumes or
+//! file systems, or mask paths, over the image). A pin left out is not
+//! checked. Patterns are exact text where `*` matches any run of
+//! characters. Several entries may list the same
 //! layers with different pins (one image, several commands): a container
 //! is allowed when one entry with its layers allows its process.
 //!
@@ -59,7 +60,8 @@ pub struct ImagePolicy {
     /// absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
-    /// Patterns of the container paths where the host may bind volumes
+    /// Patterns of the container paths where the host may mount volumes
+    /// or file systems, or mask paths, outside `/proc`, `/sys` and `/dev`
     /// (`/etc/hosts`, `/data/*`); none but these (not checked when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<String>>,
@@ -74,7 +76,8 @@ pub struct Process<'a> {
     pub cwd: &'a str,
     /// `process.env`, as the host wrote it (sealed values still sealed).
     pub env: &'a [String],
-    /// The destinations of the host's bind mounts (volumes).
+    /// Where the host's spec puts something over the image: volumes, and
+    /// file systems or masked paths outside `/proc`, `/sys` and `/dev`.
     pub volumes: &'a [&'a str],
 }
 
@@ -209,7 +212,7 @@ impl ImagePolicy {
                     .any(|pat| glob_match(&clean_path(pat), &clean_path(v)))
             }) {
                 return Err(format!(
-                    "a host volume at {v:?} matches none of its volumes patterns"
+                    "a host mount at {v:?} matches none of its volumes patterns"
                 ));
             }
         }

@@ -28,7 +28,7 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
-use crate::oci::ProcessSpec;
+use crate::oci::{ContainerSpec, ProcessSpec};
 use crate::policy::PodPolicy;
 
 /// Where each container's layers are mounted.
@@ -111,9 +111,9 @@ pub fn check(layers: &[VerifiedLayer], policy: &PodPolicy) -> Result<usize> {
 /// Checks what a container on `layers` runs against the pins of the
 /// policy's entries for those layers (`args`, `cwd`, `env`, `volumes`):
 /// the host writes the OCI spec, so without this it could run any program
-/// of a verified image, or bind a volume of its own over the image's
+/// of a verified image, or put a volume of its own over the image's
 /// files. `env` is as the host wrote it (sealed values still sealed);
-/// `volumes` are the destinations of the spec's bind mounts.
+/// `volumes` are [`host_mount_points`].
 pub fn check_process(
     layers: &[VerifiedLayer],
     policy: &PodPolicy,
@@ -135,6 +135,26 @@ pub fn check_process(
             None => "the container's layers are not an image of the pod's initdata policy: refused".into(),
         })
     })
+}
+
+/// The container paths where the host's spec puts something over the
+/// image, which the `volumes` pins govern: every mount (a volume, or a
+/// file system that would hide the image's files under it) and every
+/// masked path, except under the kernel's own trees (`/proc`, `/sys`,
+/// `/dev`), where an image has nothing to hide.
+pub fn host_mount_points(spec: &ContainerSpec) -> Vec<String> {
+    let kernel = |p: &str| {
+        ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|k| p == *k || p.strip_prefix(k).is_some_and(|r| r.starts_with('/')))
+    };
+    spec.mounts
+        .iter()
+        .map(|m| m.destination.as_str())
+        .chain(spec.masked_paths.iter().map(String::as_str))
+        .map(layers::clean_path)
+        .filter(|p| !kernel(p))
+        .collect()
 }
 
 fn is_serial(s: &str) -> bool {
@@ -500,7 +520,7 @@ mod tests {
         assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
         assert!(
             e.to_string()
-                .contains("images[0] (\"app\"): a host volume at \"/app\""),
+                .contains("images[0] (\"app\"): a host mount at \"/app\""),
             "{e}"
         );
         p.args = s(&["/bin/sh"]);
@@ -511,6 +531,50 @@ mod tests {
             e.contains("not what the host asks it to run")
                 && e.contains("process.args [\"/bin/sh\"]"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn mounts_and_masks_over_the_image_are_host_mount_points() {
+        use crate::oci::{MountKind, SpecMount};
+        let m = |dest: &str, kind: MountKind| SpecMount {
+            destination: dest.into(),
+            kind,
+            flags: 0,
+            propagation: 0,
+            data: String::new(),
+        };
+        let fs = |t: &str| MountKind::Fs {
+            fstype: t.into(),
+            source: t.into(),
+        };
+        let bind = MountKind::Bind {
+            source: "c/mounts/0".into(),
+            recursive: false,
+        };
+        let spec = ContainerSpec {
+            mounts: vec![
+                m("/proc", fs("proc")),
+                m("/dev", fs("tmpfs")),
+                m("/dev/pts", MountKind::Devpts),
+                m("/dev/shm", MountKind::PodShm),
+                m("/sys/fs/cgroup", fs("cgroup2")),
+                m("/dev/termination-log", bind.clone()),
+                m("/etc//hosts", bind),
+                m("/app/config", fs("tmpfs")),
+                m("/development", fs("tmpfs")),
+            ],
+            masked_paths: vec!["/proc/kcore".into(), "/app/auth.yaml".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            host_mount_points(&spec),
+            [
+                "/etc/hosts",
+                "/app/config",
+                "/development",
+                "/app/auth.yaml"
+            ]
         );
     }
 

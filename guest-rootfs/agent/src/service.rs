@@ -430,13 +430,9 @@ impl AgentService {
         let mut spec = blocking(move || ContainerSpec::from_json(&oci_spec)).await?;
         policy.check_privileged(spec.process.security.caps.bounding, &self.tee)?;
         if layers.is_some() {
-            let volumes: Vec<&str> = spec
-                .mounts
-                .iter()
-                .filter(|m| matches!(m.kind, MountKind::Bind { .. }))
-                .map(|m| m.destination.as_str())
-                .collect();
-            crate::layers::check_process(&req.layers, &policy, &spec.process, &volumes)?;
+            let points = crate::layers::host_mount_points(&spec);
+            let points: Vec<&str> = points.iter().map(String::as_str).collect();
+            crate::layers::check_process(&req.layers, &policy, &spec.process, &points)?;
         }
         self.unseal_env(&mut spec.process.env).await?;
         let (model_binds, reports) = self.prepare_models(&req.models, &rootfs, &spec).await?;

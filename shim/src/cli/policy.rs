@@ -3,7 +3,7 @@
 //! builds the layer (docs/verified-layers.md), so the guest accepts
 //! exactly these images — and what a container of each image may run: the
 //! command line, working directory and environment of the image's config,
-//! and the paths where the host may bind volumes.
+//! and the paths where the host may mount over the image.
 
 use std::path::{Path, PathBuf};
 
@@ -32,9 +32,10 @@ pub(crate) struct PolicyArgs {
     /// working directory and environment the host's spec names.
     #[arg(long)]
     any_process: bool,
-    /// Also allow host volumes at this container path (a pattern: `*`
-    /// matches any run of characters, as in `/data/*`); repeatable. The
-    /// files containerd and the kubelet bind are always allowed.
+    /// Also allow host mounts (volumes, file systems, masked paths) at this
+    /// container path (a pattern: `*` matches any run of characters, as in
+    /// `/data/*`); repeatable. The files containerd and the kubelet bind
+    /// are always allowed; `/proc`, `/sys` and `/dev` are never checked.
     #[arg(long = "volume", value_name = "PATH")]
     volumes: Vec<String>,
     /// Also allow this environment entry (`NAME=value`, a pattern: `*`
@@ -45,15 +46,18 @@ pub(crate) struct PolicyArgs {
         conflicts_with = "any_process"
     )]
     env: Vec<String>,
-    /// Do not pin volumes: the host may bind volumes anywhere, over the
-    /// image's own files too.
+    /// Do not pin volumes: the host may mount volumes and file systems, or
+    /// mask paths, anywhere, over the image's own files too.
     #[arg(long, conflicts_with = "volumes")]
     any_volume: bool,
 }
 
-/// What containerd's CRI and the kubelet bind into every container: the
-/// pod's name-resolution files, the termination log, the service account.
-pub(crate) const KUBERNETES_VOLUMES: [&str; 5] = [
+/// What containerd and the kubelet mount over every container's image:
+/// the `tmpfs` at `/run` of containerd's default spec (`ctr run`), the
+/// pod's name-resolution files (CRI), the termination log and the service
+/// account (kubelet).
+pub(crate) const DEFAULT_VOLUMES: [&str; 6] = [
+    "/run",
     "/etc/hosts",
     "/etc/hostname",
     "/etc/resolv.conf",
@@ -94,7 +98,7 @@ fn pinned(
         img.env = Some(env);
     }
     if !a.any_volume {
-        let mut v: Vec<String> = KUBERNETES_VOLUMES.iter().map(|v| v.to_string()).collect();
+        let mut v: Vec<String> = DEFAULT_VOLUMES.iter().map(|v| v.to_string()).collect();
         v.extend(a.volumes.iter().cloned());
         img.volumes = Some(v);
     }
