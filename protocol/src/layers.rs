@@ -106,6 +106,16 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// Whether `e` is an `env` pattern: `NAME=value` with a name.
+pub fn is_env_pattern(e: &str) -> bool {
+    e.split_once('=').is_some_and(|(name, _)| !name.is_empty())
+}
+
+/// Whether `v` is a `volumes` pattern: an absolute path without `..`.
+pub fn is_volume_pattern(v: &str) -> bool {
+    v.starts_with('/') && !v.split('/').any(|c| c == "..")
+}
+
 /// `path` without repeated, trailing or `.` components (`/etc//hosts/`
 /// is `/etc/hosts`).
 pub fn clean_path(path: &str) -> String {
@@ -160,14 +170,14 @@ impl ImagePolicy {
             }
         }
         for (i, e) in self.env.iter().flatten().enumerate() {
-            if e.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+            if !is_env_pattern(e) {
                 return Err(format!(
                     "{at}.env[{i}] {e:?} is not NAME=value (a pattern: `*` matches any run of characters, as in \"HOSTNAME=*\")"
                 ));
             }
         }
         for (i, v) in self.volumes.iter().flatten().enumerate() {
-            if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
+            if !is_volume_pattern(v) {
                 return Err(format!(
                     "{at}.volumes[{i}] {v:?} is not an absolute container path without `..`"
                 ));

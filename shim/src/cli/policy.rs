@@ -110,12 +110,12 @@ pub(crate) async fn run(_cli: &Cli, a: &PolicyArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--name names one image; {} were given", a.images.len());
     }
     for v in &a.volumes {
-        if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
+        if !cocoon_protocol::layers::is_volume_pattern(v) {
             anyhow::bail!("--volume {v:?}: not an absolute container path without `..` (as in /data or /data/*)");
         }
     }
     for e in &a.env {
-        if e.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+        if !cocoon_protocol::layers::is_env_pattern(e) {
             anyhow::bail!("--env {e:?}: not NAME=value (a pattern: `*` matches any run of characters, as in MODEL=*)");
         }
     }
